@@ -24,7 +24,8 @@ Heads with ``S_h <= tau`` keep their weights bit for bit in every layout.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
@@ -98,3 +99,80 @@ class QKClipLayerSpec:
     def param_names(self) -> tuple[str, ...]:
         blocks = self.q + self.k + self.q_rope
         return tuple(dict.fromkeys([b.param for b in blocks] + list(self.shared_k)))
+
+
+def qk_clip_scales(max_logits: Tensor, tau: float) -> Tensor:
+    """Per-head factor gamma_h = tau / S_h where S_h > tau, else exactly 1 (K2 Alg. 1)."""
+    if not tau > 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    s = max_logits.detach().double()  # gamma in double: exact to round-off for fp64 weights too
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError(f"max logits must be finite to compute QK-Clip factors, got {s.tolist()}")
+    return torch.where(s > tau, tau / s, torch.ones_like(s))
+
+
+def _scale_rows_(params: Mapping[str, Tensor], block: RowBlock, head: int, factor: float) -> None:
+    p = params[block.param]
+    rows = block.rows(head)
+    if rows.stop > p.shape[0]:
+        raise ValueError(f"{block.param}: head {head} rows {rows.start}:{rows.stop} exceed dim 0 ({p.shape[0]})")
+    p.data[rows].mul_(factor)
+
+
+@torch.no_grad()
+def apply_qk_clip_(
+    params_by_name: Mapping[str, Tensor],
+    spec: Sequence[QKClipLayerSpec],
+    max_logits: Sequence[Tensor],
+    tau: float,
+    *,
+    gqa_mode: str = "exact",
+) -> list[Tensor]:
+    """Rescale, in place, the q/k rows of every head whose max logit exceeds ``tau``.
+
+    Returns the per-layer gamma (``Tensor[n_head]``, 1 for untouched heads). After the call a
+    forward on the same input gives ``S'_h = min(S_h, tau)`` for every head (exactly, up to
+    round-off), and untouched heads' weights are bit-identical.
+    """
+    if gqa_mode not in GQA_MODES:
+        raise ValueError(f"unknown gqa_mode {gqa_mode!r}; expected one of {GQA_MODES}")
+    if len(max_logits) != len(spec):
+        raise ValueError(f"max_logits has {len(max_logits)} layers but the spec has {len(spec)}")
+    missing = [n for layer in spec for n in layer.param_names() if n not in params_by_name]
+    if missing:
+        raise KeyError(f"QK-Clip spec names unknown parameters: {missing[:5]}")
+    gammas = []
+    for layer, logits in zip(spec, max_logits):
+        if logits.numel() != layer.n_head:
+            raise ValueError(f"expected {layer.n_head} max logits for a layer, got {logits.numel()}")
+        gamma = qk_clip_scales(logits.reshape(-1), tau)
+        gammas.append(gamma)
+        clipped = [h for h in range(layer.n_head) if gamma[h] < 1]
+        if not clipped:
+            continue
+        g = gamma.tolist()
+        if not layer.grouped:
+            for h in clipped:
+                root = math.sqrt(g[h])
+                for block in layer.q + layer.k:
+                    _scale_rows_(params_by_name, block, h, root)
+                for block in layer.q_rope:
+                    _scale_rows_(params_by_name, block, h, g[h])
+            continue
+        kv_of = layer.kv_map()
+        if gqa_mode == "exact":
+            # Never scale a shared key head: each query head takes its whole factor.
+            for h in clipped:
+                for block in layer.q + layer.q_rope:
+                    _scale_rows_(params_by_name, block, h, g[h])
+            continue
+        # balanced: k_g * sqrt(g_min), q_h * gamma_h / sqrt(g_min) for every head of group g.
+        for kv in sorted({kv_of[h] for h in clipped}):
+            members = [h for h in range(layer.n_head) if kv_of[h] == kv]
+            root_min = math.sqrt(min(g[h] for h in members))
+            for block in layer.k:
+                _scale_rows_(params_by_name, block, kv, root_min)
+            for h in members:
+                for block in layer.q + layer.q_rope:
+                    _scale_rows_(params_by_name, block, h, g[h] / root_min)
+    return gammas

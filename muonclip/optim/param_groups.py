@@ -1,0 +1,131 @@
+"""Build MuonClip param groups by parameter name: hidden matrices to Muon, the rest to AdamW."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["Rule", "DEFAULT_RULES", "assign_params", "build_param_groups", "describe_param_groups"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Send parameters whose name matches ``pattern`` (re.search) to ``algorithm``."""
+
+    pattern: str
+    algorithm: str  # "muon" | "adamw"
+    reason: str = ""
+
+
+# Embeddings and output heads are not hidden matrices: Muon's orthogonalised update does
+# not suit them (Moonlight Sec. 2; Megatron-LM #4641 routed a tied lm_head to Muon).
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule(r"(^|\.)(lm_head|embed_out|output_layer|score)(\.|$)", "adamw", "output head"),
+    Rule(r"(^|\.)(embed|embeds|embedding|embeddings|embed_tokens|wte|wpe|tok_embeddings|word_embeddings|position_embeddings)(\.|$)", "adamw", "embedding"),
+)
+
+
+def _special_params(model: nn.Module) -> dict[int, str]:
+    """Parameters that must go to AdamW whatever their name: embedding tables (also when
+    tied to the lm_head) and the model's declared input/output embeddings (HF API)."""
+    special: dict[int, str] = {}
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            special[id(module.weight)] = "embedding"
+    for getter, why in (("get_input_embeddings", "input embedding"), ("get_output_embeddings", "output head")):
+        fn = getattr(model, getter, None)
+        if callable(fn):
+            try:
+                mod = fn()
+            except (NotImplementedError, AttributeError):
+                mod = None
+            weight = getattr(mod, "weight", None)
+            if isinstance(weight, torch.Tensor):
+                special.setdefault(id(weight), why)
+    return special
+
+
+def assign_params(model: nn.Module, rules: Sequence[Rule] | None = None) -> list[tuple[str, torch.nn.Parameter, str, str]]:
+    """Decide each trainable parameter's algorithm: ``(name, param, algorithm, reason)``.
+
+    User ``rules`` are tried first (first match wins), then embeddings/heads by identity,
+    then :data:`DEFAULT_RULES`, then the shape rule: >=2-D -> Muon, otherwise AdamW.
+    ``named_parameters`` lists a tied weight once, so every parameter lands in exactly one group.
+    """
+    special = _special_params(model)
+    out = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        algo = reason = None
+        for rule in rules or ():
+            if re.search(rule.pattern, name):
+                algo, reason = rule.algorithm, rule.reason or f"rule {rule.pattern!r}"
+                break
+        if algo is None and id(p) in special:
+            algo, reason = "adamw", special[id(p)]
+        if algo is None:
+            for rule in DEFAULT_RULES:
+                if re.search(rule.pattern, name):
+                    algo, reason = rule.algorithm, rule.reason
+                    break
+        if algo is None:
+            algo, reason = ("muon", "hidden matrix") if p.ndim >= 2 else ("adamw", f"{p.ndim}-D tensor")
+        if algo not in ("muon", "adamw"):
+            raise ValueError(f"rule sent {name} to unknown algorithm {algo!r}")
+        if algo == "muon" and p.ndim < 2:
+            raise ValueError(f"rule sent {p.ndim}-D parameter {name} to Muon; Muon needs >=2-D tensors")
+        out.append((name, p, algo, reason))
+    return out
+
+
+def build_param_groups(
+    model: nn.Module,
+    lr: float = 0.02,
+    weight_decay: float = 0.1,
+    *,
+    rules: Sequence[Rule] | None = None,
+    adamw_lr: float | None = None,
+    adamw_weight_decay: float | None = None,
+) -> list[dict]:
+    """Param groups for :class:`MuonClip`, each with ``algorithm`` and ``param_names``.
+
+    With the default ``update_scale="rms_match"`` Muon and AdamW share lr and weight decay
+    (Moonlight); ``adamw_lr`` / ``adamw_weight_decay`` override them for the AdamW group.
+    Empty groups are dropped. Print the assignment with :func:`describe_param_groups`.
+    """
+    plan = assign_params(model, rules)
+    groups = []
+    for algo, glr, gwd in (
+        ("muon", lr, weight_decay),
+        ("adamw", lr if adamw_lr is None else adamw_lr, weight_decay if adamw_weight_decay is None else adamw_weight_decay),
+    ):
+        members = [(n, p, r) for n, p, a, r in plan if a == algo]
+        if members:
+            groups.append({
+                "params": [p for _, p, _ in members],
+                "param_names": [n for n, _, _ in members],
+                "reasons": [r for _, _, r in members],
+                "algorithm": algo,
+                "lr": glr,
+                "weight_decay": gwd,
+            })
+    return groups
+
+
+def describe_param_groups(groups: Iterable[dict]) -> str:
+    """A table of every parameter, its shape, its group's algorithm and why it landed there."""
+    lines = [f"{'parameter':48s} {'shape':>16s}  {'algorithm':9s} reason"]
+    total = {"muon": 0, "adamw": 0}
+    for group in groups:
+        algo = group.get("algorithm", "muon")
+        names = group.get("param_names") or [f"<unnamed {i}>" for i in range(len(group["params"]))]
+        reasons = group.get("reasons") or [""] * len(names)
+        for name, p, why in zip(names, group["params"], reasons):
+            total[algo] = total.get(algo, 0) + p.numel()
+            lines.append(f"{name:48s} {str(tuple(p.shape)):>16s}  {algo:9s} {why}")
+    lines.append("totals: " + ", ".join(f"{k} {v:,} params" for k, v in total.items()))
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""Shared test helpers: deterministic seeding, hypothesis profiles and small toy modules."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+from torch import nn
+
+settings.register_profile(
+    "default", deadline=None, max_examples=25,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "ci", deadline=None, max_examples=15, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+class ToyLM(nn.Module):
+    """A tiny LM-shaped module: embedding, two hidden matrices, a norm, a bias, a head."""
+
+    def __init__(self, vocab: int = 17, d: int = 8, tie: bool = False, conv: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.up = nn.Linear(d, 3 * d, bias=True)
+        self.down = nn.Linear(3 * d, d, bias=False)
+        self.norm = nn.LayerNorm(d)
+        self.conv = nn.Conv1d(d, d, 3, padding=1, bias=False) if conv else None
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        if tie:
+            self.lm_head.weight = self.embed.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        h = self.embed(idx)
+        if self.conv is not None:
+            h = h + self.conv(h.transpose(1, 2)).transpose(1, 2)
+        h = h + self.down(torch.relu(self.up(h)))
+        return self.lm_head(self.norm(h))
+
+
+@pytest.fixture
+def toy_lm():
+    return ToyLM
+
+
+@pytest.fixture
+def toy_batch():
+    def make(vocab: int = 17, batch: int = 4, seq: int = 6):
+        g = torch.Generator().manual_seed(1)
+        return torch.randint(0, vocab, (batch, seq), generator=g)
+    return make

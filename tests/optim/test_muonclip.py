@@ -1,0 +1,227 @@
+"""The MuonClip class: parity with float64 / torch AdamW, torch.optim behaviour, bad input."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from muonclip import MuonClip, NonFiniteGradientError, build_param_groups
+from muonclip.optim.reference import reference_adamw_step, reference_muon_step
+
+SHAPES = {"square": (16, 16), "tall": (40, 12), "wide": (12, 40), "3d": (3, 10, 20), "conv": (8, 4, 3, 3)}
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+def test_muon_matches_float64_reference_over_10_steps(shape, nesterov):
+    p = nn.Parameter(torch.randn(shape) * 0.1)
+    opt = MuonClip([p], lr=0.02, nesterov=nesterov, weight_decay=0.1)
+    ref_p, ref_buf = p.detach().double().clone(), torch.zeros(shape, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(10):
+        grad = torch.randn(shape, generator=g)
+        p.grad = grad.clone()
+        opt.step()
+        ref_p, ref_buf = reference_muon_step(ref_p, grad, ref_buf, lr=0.02, nesterov=nesterov, weight_decay=0.1)
+    torch.testing.assert_close(p.detach().double(), ref_p, rtol=0, atol=1e-5)
+    torch.testing.assert_close(opt.state[p]["momentum_buffer"].double(), ref_buf, rtol=1e-6, atol=1e-6)
+
+
+def _adamw_pair(toy_lm, **kw):
+    torch.manual_seed(0)
+    model = toy_lm()
+    twin = copy.deepcopy(model)
+    ours = MuonClip([{"params": list(model.parameters()), "algorithm": "adamw"}], **kw)
+    theirs = torch.optim.AdamW(twin.parameters(), lr=kw["lr"], betas=kw.get("betas", (0.9, 0.95)),
+                               eps=1e-8, weight_decay=kw["weight_decay"], foreach=False)
+    return model, twin, ours, theirs
+
+
+def test_adamw_groups_match_torch_adamw(toy_lm, toy_batch):
+    model, twin, ours, theirs = _adamw_pair(toy_lm, lr=3e-3, weight_decay=0.1)
+    idx = toy_batch()
+    for _ in range(10):
+        for m, opt in ((model, ours), (twin, theirs)):
+            opt.zero_grad()
+            m(idx).logsumexp(-1).mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_adamw_matches_float64_reference():
+    p = nn.Parameter(torch.randn(7))
+    opt = MuonClip([{"params": [p], "algorithm": "adamw"}], lr=1e-2, weight_decay=0.1)
+    ref, m, v = p.detach().double().clone(), torch.zeros(7, dtype=torch.float64), torch.zeros(7, dtype=torch.float64)
+    for step in range(1, 11):
+        grad = torch.randn(7)
+        p.grad = grad
+        opt.step()
+        ref, m, v = reference_adamw_step(ref, grad, m, v, step, lr=1e-2, weight_decay=0.1)
+    torch.testing.assert_close(p.detach().double(), ref, rtol=0, atol=1e-6)
+
+
+def _train(model, opt, idx, steps, sched=None):
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        model(idx).logsumexp(-1).mean().backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def test_state_dict_continuation_is_bit_exact(toy_lm, toy_batch):
+    idx = toy_batch()
+    torch.manual_seed(0)
+    model = toy_lm()
+    resumed_model = copy.deepcopy(model)
+    opt = MuonClip(build_param_groups(model, lr=0.02), lr=0.02)
+    _train(model, opt, idx, 6)
+
+    opt2 = MuonClip(build_param_groups(resumed_model, lr=0.02), lr=0.02)
+    _train(resumed_model, opt2, idx, 3)
+    saved_model, saved_opt = copy.deepcopy(resumed_model.state_dict()), copy.deepcopy(opt2.state_dict())
+    torch.manual_seed(0)
+    fresh = toy_lm()
+    fresh.load_state_dict(saved_model)
+    opt3 = MuonClip(build_param_groups(fresh, lr=0.02), lr=0.02)
+    opt3.load_state_dict(saved_opt)
+    _train(fresh, opt3, idx, 3)
+    for a, b in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_lr_scheduler_and_closure(toy_lm, toy_batch):
+    model = toy_lm()
+    opt = MuonClip(build_param_groups(model, lr=0.02), lr=0.02)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
+    idx = toy_batch()
+
+    def closure():
+        opt.zero_grad()
+        loss = model(idx).logsumexp(-1).mean()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert torch.is_tensor(loss) and loss.ndim == 0
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.01]
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_muon_update_ignores_gradient_scale():
+    """Global-norm gradient clipping cannot shrink Muon's step (DeepSpeed #8439): NS normalises
+    the momentum, so scaling every gradient by 1e-4 leaves the update unchanged."""
+    g = torch.randn(16, 24)
+    steps = []
+    for scale in (1.0, 1e-4):
+        p = nn.Parameter(torch.zeros(16, 24))
+        p.grad = g * scale
+        MuonClip([p], lr=0.1, weight_decay=0.0).step()
+        steps.append(p.detach().clone())
+    torch.testing.assert_close(steps[0], steps[1], rtol=1e-4, atol=1e-6)
+    assert steps[0].abs().max() > 0
+
+
+def test_nonfinite_gradient_raises_names_param_and_changes_nothing(toy_lm, toy_batch):
+    model = toy_lm()
+    opt = MuonClip(build_param_groups(model, lr=0.02), lr=0.02)
+    _train(model, opt, toy_batch(), 2)
+    before_p = copy.deepcopy(model.state_dict())
+    before_s = copy.deepcopy(opt.state_dict())
+    model(toy_batch()).sum().backward()
+    model.up.weight.grad[0, 0] = float("nan")
+    with pytest.raises(NonFiniteGradientError, match="up.weight"):
+        opt.step()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before_p[k])
+    after_s = opt.state_dict()
+    for pid, st in before_s["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, after_s["state"][pid][k])
+
+
+def test_nonfinite_skip_policy_counts():
+    p = nn.Parameter(torch.ones(4, 4))
+    opt = MuonClip([p], lr=0.1, nonfinite="skip")
+    p.grad = torch.full((4, 4), float("inf"))
+    opt.step()
+    assert opt.skipped_steps == 1 and torch.equal(p.detach(), torch.ones(4, 4))
+
+
+def test_vector_in_muon_group_is_rejected_with_its_name():
+    with pytest.raises(ValueError, match="'norm.bias'"):
+        MuonClip([{"params": [nn.Parameter(torch.zeros(3))], "param_names": ["norm.bias"], "algorithm": "muon"}])
+    with pytest.raises(ValueError, match="shape \\(3,\\)"):
+        MuonClip([nn.Parameter(torch.zeros(3))])
+
+
+def test_sparse_and_complex_are_rejected():
+    with pytest.raises(ValueError, match="complex"):
+        MuonClip([nn.Parameter(torch.zeros(3, 3, dtype=torch.complex64))])
+    emb = nn.Embedding(10, 4, sparse=True)
+    opt = MuonClip([{"params": list(emb.parameters()), "algorithm": "adamw"}])
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match="sparse"):
+        opt.step()
+
+
+def test_zero_gradient_gives_zero_update_and_none_is_skipped():
+    a, b = nn.Parameter(torch.randn(6, 6)), nn.Parameter(torch.randn(6, 6))
+    a0, b0 = a.detach().clone(), b.detach().clone()
+    opt = MuonClip([a, b], lr=0.1, weight_decay=0.0)
+    a.grad = torch.zeros(6, 6)
+    opt.step()
+    assert torch.equal(a.detach(), a0) and torch.equal(b.detach(), b0)
+    assert b not in opt.state and torch.isfinite(opt.state[a]["momentum_buffer"]).all()
+
+
+def test_bf16_parameters_update_in_fp32():
+    p32 = nn.Parameter(torch.randn(16, 16))
+    p16 = nn.Parameter(p32.detach().to(torch.bfloat16))
+    g = torch.randn(16, 16)
+    for p in (p32, p16):
+        p.grad = g.to(p.dtype)
+        MuonClip([p], lr=0.05, weight_decay=0.0).step()
+    assert p16.dtype == torch.bfloat16
+    torch.testing.assert_close(p16.detach().float(), p32.detach(), rtol=2e-2, atol=2e-2)
+    emb = nn.Parameter(torch.randn(5).to(torch.bfloat16))
+    emb.grad = torch.ones(5, dtype=torch.bfloat16)
+    MuonClip([{"params": [emb], "algorithm": "adamw"}], lr=0.1).step()
+    assert emb.dtype == torch.bfloat16 and torch.isfinite(emb.float()).all()
+
+
+def test_bf16_newton_schulz_refused_on_cpu():
+    with pytest.raises(ValueError, match="CUDA"):
+        MuonClip([nn.Parameter(torch.zeros(4, 4))], ns_dtype=torch.bfloat16)
+
+
+def test_same_shape_batching_equals_one_by_one():
+    ps = [nn.Parameter(torch.randn(12, 20)) for _ in range(3)] + [nn.Parameter(torch.randn(20, 12))]
+    solo = [nn.Parameter(p.detach().clone()) for p in ps]
+    grads = [torch.randn(p.shape) for p in ps]
+    for p, g in zip(ps, grads):
+        p.grad = g.clone()
+    MuonClip(ps, lr=0.02).step()
+    for p, g in zip(solo, grads):
+        p.grad = g.clone()
+        MuonClip([p], lr=0.02).step()
+    for a, b in zip(ps, solo):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"lr": -1}, "learning rate"), ({"momentum": 1.0}, "momentum"), ({"orthogonalizer": "svd"}, "orthogonalizer"),
+    ({"update_scale": "x"}, "update_scale"), ({"qk_clip_tau": 0.0}, "qk_clip_tau"), ({"gqa_mode": "x"}, "gqa_mode"),
+    ({"qk_clip_tau": 30.0}, "qk_clip_spec"), ({"nonfinite": "ignore"}, "nonfinite"),
+])
+def test_invalid_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        MuonClip([nn.Parameter(torch.zeros(4, 4))], **kw)
+
+
+def test_unknown_algorithm_rejected():
+    with pytest.raises(ValueError, match="algorithm"):
+        MuonClip([{"params": [nn.Parameter(torch.zeros(4, 4))], "algorithm": "sgd"}])

@@ -1,0 +1,74 @@
+"""Param groups by name: every parameter in exactly one group, embeddings/heads to AdamW."""
+import pytest
+import torch
+from torch import nn
+
+from muonclip import MuonClip, build_param_groups, describe_param_groups
+from muonclip.optim.param_groups import Rule, assign_params
+
+
+def _names(groups, algo):
+    return [n for g in groups if g["algorithm"] == algo for n in g["param_names"]]
+
+
+def test_routing_and_exactly_once(toy_lm):
+    model = toy_lm(conv=True)
+    groups = build_param_groups(model, lr=0.02, weight_decay=0.1)
+    assert set(_names(groups, "muon")) == {"up.weight", "down.weight", "conv.weight"}
+    assert set(_names(groups, "adamw")) == {"embed.weight", "up.bias", "norm.weight", "norm.bias", "lm_head.weight"}
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+
+
+def test_tied_embedding_and_lm_head_go_to_adamw(toy_lm):
+    model = toy_lm(tie=True)
+    assert model.lm_head.weight is model.embed.weight
+    groups = build_param_groups(model)
+    adamw_ids = {id(p) for g in groups if g["algorithm"] == "adamw" for p in g["params"]}
+    assert id(model.embed.weight) in adamw_ids
+    assert all(id(p) != id(model.embed.weight) for g in groups if g["algorithm"] == "muon" for p in g["params"])
+
+
+def test_tied_head_listed_under_head_name_still_adamw():
+    class HeadFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm_head = nn.Linear(4, 9, bias=False)
+            self.hidden = nn.Linear(4, 4)
+            self.tok = nn.Embedding(9, 4)
+            self.tok.weight = self.lm_head.weight
+
+    groups = build_param_groups(HeadFirst())
+    assert _names(groups, "muon") == ["hidden.weight"]
+    assert "lm_head.weight" in _names(groups, "adamw")
+
+
+def test_user_rules_override_and_validate(toy_lm):
+    model = toy_lm()
+    groups = build_param_groups(model, rules=[Rule(r"^down\.", "adamw", "kept on AdamW")])
+    assert "down.weight" in _names(groups, "adamw")
+    with pytest.raises(ValueError, match="1-D"):
+        build_param_groups(model, rules=[Rule(r"bias", "muon")])
+
+
+def test_adamw_overrides_and_groups_feed_the_optimizer(toy_lm, toy_batch):
+    model = toy_lm()
+    groups = build_param_groups(model, lr=0.02, weight_decay=0.1, adamw_lr=3e-3, adamw_weight_decay=0.0)
+    by_algo = {g["algorithm"]: g for g in groups}
+    assert by_algo["adamw"]["lr"] == 3e-3 and by_algo["adamw"]["weight_decay"] == 0.0
+    opt = MuonClip(groups, lr=0.02)
+    model(toy_batch()).sum().backward()
+    opt.step()
+
+
+def test_assignment_can_be_printed(toy_lm):
+    table = describe_param_groups(build_param_groups(toy_lm(tie=True)))
+    assert "embed.weight" in table and "embedding" in table and "hidden matrix" in table
+    assert "totals:" in table
+
+
+def test_frozen_params_are_left_out(toy_lm):
+    model = toy_lm()
+    model.down.weight.requires_grad_(False)
+    names = [n for n, *_ in assign_params(model)]
+    assert "down.weight" not in names
