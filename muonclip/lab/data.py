@@ -167,7 +167,7 @@ def default_corpus_sources() -> tuple[tuple[str, str], ...]:
 
 @functools.lru_cache(maxsize=1)
 def default_corpus() -> str:
-    """The embedded default corpus (about 1.8 MB on CPython 3.11).
+    """The embedded default corpus (about 2 MB of text on CPython 3.11).
 
     pydoc topic pages (sorted by topic), then one block per docstring of the pure-Python
     standard library: modules in sorted order, files sorted within packages, docstrings
@@ -307,9 +307,6 @@ def load_corpus(
 
 
 # --------------------------------------------------------------------------- token dataset
-
-SPLITS = ("train", "val")
-
 
 def _derive_seed(*parts: object) -> int:
     """A 63-bit seed from any labels, stable across processes and platforms."""

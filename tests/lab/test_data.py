@@ -49,8 +49,10 @@ def test_default_corpus_is_deterministic_and_sizeable():
 
 
 def test_default_corpus_reads_no_excluded_modules():
-    labels = [label for label, _ in default_corpus_sources()]
-    assert labels == sorted(set(labels), key=labels.index)  # no duplicates
+    sources = default_corpus_sources()
+    labels = [label for label, _ in sources]
+    docs = [text for label, text in sources if label.startswith("doc:")]
+    assert len(docs) == len(set(docs))  # identical docstrings kept once
     modules = {label[4:].split(".")[0] for label in labels if label.startswith("doc:")}
     for name in ("test", "idlelib", "tkinter", "turtle", "antigravity", "this", "lib2to3"):
         assert name not in modules
@@ -58,15 +60,15 @@ def test_default_corpus_reads_no_excluded_modules():
 
 
 def test_default_corpus_ignores_shadowing_files_in_cwd(tmp_path, monkeypatch):
+    from muonclip.lab import data
+
     (tmp_path / "json.py").write_text('"""SHADOW DOCSTRING"""\n', encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    default_corpus_sources.cache_clear()
-    try:
-        docs = dict(default_corpus_sources())
-        assert "SHADOW DOCSTRING" not in docs.get("doc:json", "")
-    finally:
-        default_corpus_sources.cache_clear()
+    files = data._stdlib_source_files("json", data._stdlib_dir())
+    assert files and all(not path.startswith(str(tmp_path)) for _, path in files)
+    assert {"json", "json.decoder", "json.encoder"} <= {name for name, _ in files}
+    assert data._stdlib_source_files("sys", data._stdlib_dir()) == []  # built-in: no source
 
 
 # --------------------------------------------------------------------------- load_text
