@@ -348,9 +348,21 @@ class DataCfg:
         return 256 if self.tokenizer == "byte" else self.bpe_vocab_size
 
 
+@functools.lru_cache(maxsize=1)
+def _optimizer_choices() -> dict[str, tuple[str, ...]]:
+    """Valid ``ns_method`` / ``update_scale`` values, read from the optimizer itself so
+    the two never drift apart (empty -- no check -- if it cannot be imported)."""
+    try:
+        from ..optim import functional as F
+    except Exception:  # pragma: no cover - optimizer package broken or absent
+        return {}
+    return {"ns_method": tuple(F.ORTHOGONALIZERS), "update_scale": tuple(F.UPDATE_SCALES)}
+
+
 @dataclass(frozen=True)
 class OptimCfg:
     """Optimizer. ``lr`` is the Muon(Clip) learning rate for matrix parameters;
+    ``ns_method`` is the optimizer's ``orthogonalizer`` (``ns5``, ``polar_express``);
     ``adamw_lr`` is the rate of the AdamW groups (embeddings, norms, biases, head) and of
     the whole model when ``optimizer="adamw"``. ``qk_clip_tau`` matters only for
     ``muonclip``. ``grad_clip=None`` disables gradient-norm clipping."""
@@ -380,7 +392,10 @@ class OptimCfg:
         _check(self.eps > 0, f"optim.eps must be > 0; got {self.eps}")
         _check(self.qk_clip_tau > 0, f"optim.qk_clip_tau must be > 0; got {self.qk_clip_tau}")
         _check(self.grad_clip is None or self.grad_clip > 0, f"optim.grad_clip must be > 0 or None; got {self.grad_clip}")
-        _check(bool(self.ns_method) and bool(self.update_scale), "optim.ns_method and optim.update_scale must not be empty")
+        for name, choices in _optimizer_choices().items():
+            value = getattr(self, name)
+            _check(value in choices, f"optim.{name}: {value!r} is not one of {', '.join(map(repr, choices))}"
+                   f"{_close(value, choices)}")
 
 
 @dataclass(frozen=True)
