@@ -271,10 +271,13 @@ def load_hf_dataset(
         text = row[text_field]
         if not isinstance(text, str) or not text.strip():
             continue
-        if max_chars is not None and total + len(text) > max_chars:
-            parts.append(text[: max_chars - total])
-            total = max_chars
-            break
+        if max_chars is not None:
+            room = max_chars - total
+            if room <= 0:
+                break
+            if len(text) > room:
+                parts.append(text[:room])
+                break
         parts.append(text)
         total += len(text) + len(DOC_SEPARATOR)
     if not parts:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Union
 
@@ -16,10 +16,17 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _open_temp(directory: Path, name: str) -> tuple[int, Path]:
+    """Create a fresh temp file next to the target. Mode 0o666 minus the umask (applied
+    by the OS), i.e. the permissions a plain ``open(path, "w")`` would give."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = directory / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temp file in {directory}")  # pragma: no cover
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -39,19 +46,18 @@ def _fsync_dir(directory: Path) -> None:
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and return the path.
 
-    The temp file lives in the same directory (so ``os.replace`` is a rename on one
-    file system) and gets the permissions a plain ``open(path, "w")`` would give.
+    The temp file lives in the same directory, so ``os.replace`` is a rename within one
+    file system; on any error it is removed and an existing ``path`` is left untouched.
     """
     path = Path(path)
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _open_temp(directory, path.name)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -336,8 +336,9 @@ def test_atomic_writes(tmp_path):
     q = atomic_write_json(tmp_path / "c.json", {"x": [1, 2]})
     assert json.loads(q.read_text(encoding="utf-8")) == {"x": [1, 2]}
     assert sorted(x.name for x in tmp_path.rglob("*") if x.is_file()) == ["b.bin", "c.json"]
-    mode = p.stat().st_mode & 0o777
-    assert mode & 0o600 == 0o600
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x", encoding="utf-8")
+    assert p.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # umask respected
 
 
 def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
