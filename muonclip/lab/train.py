@@ -1,0 +1,359 @@
+"""The training loop of the lab: one run directory per run, metrics every step, exact resume.
+
+A run directory holds:
+
+* ``config.json``  -- the resolved :class:`TrainConfig`;
+* ``run.json``     -- git sha, versions, seed, config hash;
+* ``metrics.jsonl`` and ``tb/`` -- one row per step (schema in :mod:`muonclip.lab.metrics`);
+* ``checkpoint.pt`` -- atomic, checksummed; ``--resume`` continues from it bit-exactly;
+* ``spectra.npz``  -- singular values of tracked weights and of their applied updates;
+* ``summary.json`` -- final figures, written when the run completes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..optim import MuonClip, build_param_groups
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig, apply_overrides, config_hash, load_config, save_config, to_dict
+from .data import TokenDataset, load_corpus
+from .io import atomic_write_bytes, atomic_write_json
+from .metrics import MetricsLog
+from .schedule import lr_multiplier
+from .spectra import effective_rank, singular_values, spectral_entropy
+from .tokenizer import load_tokenizer, make_tokenizer
+
+__all__ = ["train", "build_model", "build_optimizer", "load_dataset", "TRACKED_MATRICES", "RESUMABLE_KEYS"]
+
+# Matrices whose spectra are tracked in every layer (suffixes of parameter names).
+TRACKED_MATRICES = ("attn.q_proj.weight", "attn.k_proj.weight", "attn.o_proj.weight", "mlp.up_proj.weight")
+# Keys a resumed run may change: how long it runs and how often it logs/saves.
+RESUMABLE_KEYS = ("run.steps", "run.eval_every", "run.checkpoint_every", "run.spectra_every", "run.log_every")
+
+_GPT_RENAMES = {"rope_theta": "rope_base"}
+
+
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The lab's GPT from the config's model section (fields matched by name)."""
+    from ..models import GPT, GPTConfig
+
+    known = {f.name for f in dataclasses.fields(GPTConfig)}
+    kwargs = {}
+    for f in dataclasses.fields(cfg.model):
+        name = _GPT_RENAMES.get(f.name, f.name)
+        if name in known:
+            kwargs[name] = getattr(cfg.model, f.name)
+    return GPT(GPTConfig(**kwargs))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``adamw``: torch.optim.AdamW on the same groups; ``muon``: MuonClip without clip;
+    ``muonclip``: with ``qk_clip_tau``."""
+    o = cfg.optim
+    if o.optimizer == "adamw":
+        groups = build_param_groups(model, lr=o.adamw_lr, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(groups, lr=o.adamw_lr, betas=tuple(o.betas), eps=o.eps,
+                                 weight_decay=o.weight_decay)
+    groups = build_param_groups(model, lr=o.lr, weight_decay=o.weight_decay, adamw_lr=o.adamw_lr)
+    clip = o.optimizer == "muonclip"
+    return MuonClip(
+        groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
+        orthogonalizer=o.ns_method, update_scale=o.update_scale, betas=tuple(o.betas), eps=o.eps,
+        qk_clip_tau=o.qk_clip_tau if clip else None,
+        qk_clip_spec=model.qk_clip_spec() if clip else None,
+        max_logits_fn=model.max_logits if clip else None,
+        gqa_mode=o.gqa_mode,
+    )
+
+
+def load_dataset(cfg: TrainConfig, run_dir: Path | None = None) -> TokenDataset:
+    """Corpus -> tokenizer -> TokenDataset. A BPE tokenizer is trained once and saved in the run."""
+    d = cfg.data
+    text = load_corpus(d.source, hf_dataset=d.hf_dataset, hf_split=d.hf_split,
+                       hf_text_field=d.hf_text_field, max_chars=d.max_chars)
+    tok_path = run_dir / "tokenizer.json" if run_dir is not None else None
+    if d.tokenizer == "bpe" and tok_path is not None and tok_path.exists():
+        tokenizer = load_tokenizer(tok_path)
+    else:
+        tokenizer = make_tokenizer(d.tokenizer, text, d.bpe_vocab_size)
+        if d.tokenizer == "bpe" and tok_path is not None:
+            tokenizer.save(tok_path)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is {cfg.model.vocab_size}; "
+            f"--set model.vocab_size={tokenizer.vocab_size}"
+        )
+    return TokenDataset.from_text(text, tokenizer, val_fraction=d.val_fraction, seed=cfg.run.seed)
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_info(cfg: TrainConfig) -> dict[str, Any]:
+    import numpy
+
+    return {
+        "git_sha": _git_sha(),
+        "config_hash": config_hash(cfg),
+        "seed": cfg.run.seed,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "argv": sys.argv,
+    }
+
+
+def _tracked(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if n.endswith(TRACKED_MATRICES)}
+
+
+def _hidden_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The hidden matrices (Muon group; the same group under AdamW runs)."""
+    return [p for g in optimizer.param_groups if g.get("algorithm") == "muon" for p in g["params"]]
+
+
+def _grad_norm(params: list[torch.Tensor]) -> float:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches) -> float:
+    was_training = model.training
+    model.eval()
+    try:
+        losses = [float(model(x, y)[1]) for x, y in batches]
+    finally:
+        model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+class _Spectra:
+    """Snapshots of singular values, saved to spectra.npz (arrays keyed 'NAME|weight' etc.)."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.values: dict[str, list[np.ndarray]] = {}
+
+    def add(self, step: int, name: str, kind: str, s: torch.Tensor) -> None:
+        if not self.steps or self.steps[-1] != step:
+            self.steps.append(step)
+        self.values.setdefault(f"{name}|{kind}", []).append(s.float().numpy())
+
+    def save(self, path: Path) -> None:
+        buf = io.BytesIO()
+        arrays = {k: np.stack(v) for k, v in self.values.items()}
+        np.savez(buf, steps=np.asarray(self.steps, dtype=np.int64), **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path, up_to_step: int) -> "_Spectra":
+        out = cls()
+        if not path.exists():
+            return out
+        with np.load(path) as data:
+            steps = data["steps"].tolist()
+            keep = sum(1 for s in steps if s <= up_to_step)
+            out.steps = steps[:keep]
+            for key in data.files:
+                if key != "steps":
+                    out.values[key] = list(data[key][:keep])
+        return out
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) the run in ``run_dir`` and return its summary.
+
+    ``stop_after`` ends the session early after that many steps (for tests of resume);
+    the run stays resumable.
+    """
+    run_dir = Path(run_dir)
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg)
+    dataset = load_dataset(cfg, run_dir)
+    optimizer = build_optimizer(model, cfg)
+    start_step, tokens, prior_time = 0, 0, 0.0
+    ckpt_path = run_dir / "checkpoint.pt"
+
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        if state["config_hash_model"] != _model_hash(cfg):
+            raise CheckpointError(f"{ckpt_path} was written for a different model/optimizer/data config")
+        dataset.check_state_dict(state["data"])
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start_step, tokens, prior_time = state["step"], state["tokens"], state["time"]
+        if isinstance(optimizer, MuonClip):
+            optimizer.skipped_steps = state.get("skipped_steps", 0)
+        log(f"resuming {run_dir} at step {start_step}/{cfg.run.steps}")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.json")
+    atomic_write_json(run_dir / "run.json", run_info(cfg))
+
+    metrics = MetricsLog(run_dir, resume_step=start_step if resume else None)
+    spectra = _Spectra.load(run_dir / "spectra.npz", start_step) if resume else _Spectra()
+    r, o, s = cfg.run, cfg.optim, cfg.schedule
+    mult = lr_multiplier(s.kind, r.steps, s.warmup_steps, s.decay_fraction, s.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+    val_batches = dataset.val_batches(r.eval_batches, r.batch_size, cfg.model.seq_len) if r.eval_every else []
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    hidden = _hidden_params(optimizer)
+    tracked = _tracked(model)
+    end_step = r.steps if stop_after is None else min(r.steps, start_step + stop_after)
+    use_bar = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if use_bar:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=r.steps, initial=start_step, desc=f"{o.optimizer}", unit="step", dynamic_ncols=True)
+
+    def checkpoint(step: int) -> None:
+        metrics.sync()
+        if spectra.steps:
+            spectra.save(run_dir / "spectra.npz")
+        save_checkpoint(ckpt_path, {
+            "step": step, "tokens": tokens, "time": prior_time + (time.perf_counter() - t_start),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(), "data": dataset.state_dict(),
+            "config_hash_model": _model_hash(cfg),
+            "skipped_steps": getattr(optimizer, "skipped_steps", 0),
+        })
+
+    model.train()
+    t_start = time.perf_counter()
+    row: dict[str, Any] = {}
+    val_loss = None
+    try:
+        for step in range(start_step, end_step):
+            t0 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * mult(step)
+            x, y = dataset.batch_at(step, r.batch_size, cfg.model.seq_len)
+            _, loss = model(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            max_logits = [t.clone() for t in model.max_logits()]
+            grad_norm = _grad_norm(params)
+            if o.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+            spectra_step = bool(r.spectra_every) and ((step + 1) % r.spectra_every == 0 or step == 0
+                                                      or step + 1 == r.steps)
+            before = [p.detach().clone() for p in hidden]
+            tracked_before = {n: p.detach().clone() for n, p in tracked.items()} if spectra_step else {}
+            optimizer.step()
+            lr_hidden = next((g["lr"] for g in optimizer.param_groups if g.get("algorithm") == "muon"),
+                             optimizer.param_groups[0]["lr"])
+            with torch.no_grad():
+                sq = sum(float((p - b).pow(2).sum()) for p, b in zip(hidden, before))
+                numel = sum(p.numel() for p in hidden)
+                update_rms = math.sqrt(sq / max(1, numel)) / lr_hidden if lr_hidden > 0 else 0.0
+            tokens += x.numel()
+            dt = time.perf_counter() - t0
+            clip_stats = getattr(optimizer, "last_qk_clip", None) if o.optimizer == "muonclip" else None
+            flat = torch.cat(max_logits)
+            row = {
+                "step": step + 1,
+                "tokens": tokens,
+                "loss": float(loss),
+                "lr": optimizer.param_groups[0]["lr"],
+                "max_logit": float(flat.max()),
+                "max_logits": [[round(float(v), 5) for v in t] for t in max_logits],
+                "n_clipped": clip_stats.n_clipped if clip_stats else 0,
+                "min_gamma": clip_stats.min_gamma if clip_stats else 1.0,
+                "grad_norm": grad_norm,
+                "update_rms": update_rms,
+                "tokens_per_s": x.numel() / dt,
+                "time": prior_time + (time.perf_counter() - t_start),
+            }
+            if spectra_step:
+                summary = {}
+                for name, p in tracked.items():
+                    sw = singular_values(p)
+                    su = singular_values(p.detach() - tracked_before[name])
+                    spectra.add(step + 1, name, "weight", sw)
+                    spectra.add(step + 1, name, "update", su)
+                    summary[name] = {"w_entropy": spectral_entropy(sw), "w_erank": effective_rank(sw),
+                                     "u_entropy": spectral_entropy(su), "u_erank": effective_rank(su)}
+                row["spectra"] = summary
+            if val_batches and ((step + 1) % r.eval_every == 0 or step + 1 == r.steps):
+                val_loss = evaluate(model, val_batches)
+                row["val_loss"] = val_loss
+            metrics.write(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", max_logit=f"{row['max_logit']:.1f}",
+                                tok_s=f"{row['tokens_per_s']:.0f}")
+            if r.checkpoint_every and (step + 1) % r.checkpoint_every == 0 and step + 1 != end_step:
+                checkpoint(step + 1)
+        checkpoint(end_step)
+    finally:
+        if bar is not None:
+            bar.close()
+        metrics.close()
+    summary = {
+        "run_dir": str(run_dir), "steps": end_step, "complete": end_step == r.steps, "tokens": tokens,
+        "final_loss": row.get("loss"), "final_val_loss": val_loss, "final_max_logit": row.get("max_logit"),
+        "config_hash": config_hash(cfg),
+    }
+    if end_step == r.steps:
+        atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _model_hash(cfg: TrainConfig) -> str:
+    """Hash of everything a checkpoint's tensors depend on (not how long the run is)."""
+    d = to_dict(cfg)
+    d["run"] = {k: v for k, v in d["run"].items() if f"run.{k}" not in RESUMABLE_KEYS}
+    import hashlib
+
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resume_config(run_dir: str | Path, overrides: list[str]) -> TrainConfig:
+    """The saved config of ``run_dir`` with the allowed overrides applied."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise ConfigError(f"{run_dir} has no config.json; is it a muonclip run directory?")
+    cfg = load_config(path)
+    new = apply_overrides(cfg, overrides)
+    old_d, new_d = to_dict(cfg), to_dict(new)
+    changed = [f"{sec}.{k}" for sec in new_d for k in new_d[sec] if new_d[sec][k] != old_d[sec][k]]
+    bad = [c for c in changed if c not in RESUMABLE_KEYS]
+    if bad:
+        raise ConfigError(f"cannot change {bad} when resuming (only {list(RESUMABLE_KEYS)})")
+    return new
