@@ -711,7 +711,7 @@ register_preset(
     "tiny",
     TrainConfig(
         model=ModelCfg(d_model=32, n_layer=2, n_head=4, seq_len=32),
-        run=RunCfg(steps=30, batch_size=8, eval_every=10, eval_batches=2),
+        run=RunCfg(steps=30, batch_size=8, eval_every=10, eval_batches=2, spectra_every=10, checkpoint_every=10),
     ),
     "Smoke test: 2 layers x d_model 32 (4 heads of 8), seq_len 32, batch 8, 30 steps of "
     "MuonClip on the byte-level default corpus; trains in seconds on CPU.",

@@ -288,7 +288,7 @@ def train(
             row = {
                 "step": step + 1,
                 "tokens": tokens,
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 "lr": optimizer.param_groups[0]["lr"],
                 "max_logit": float(flat.max()),
                 "max_logits": [[round(float(v), 5) for v in t] for t in max_logits],
