@@ -7,9 +7,11 @@ Times, interleaved in one process (median of many repeats):
 for two logit regimes: "init" (q, k ~ N(0, 1): flat logits of order 1, the worst case for
 the lse candidate-row pruning, so the blocked full pass runs) and "large" (q, k ~ N(0, 9):
 logits of order tens, the regime in which QK-Clip acts). Checks tracked == materialised
-max, then prints one JSON line.
+max. Also times a whole training forward+backward of the default GPT (d=128, 4 layers,
+T=128, B=16) with tracking off and on, since that is the overhead a run actually pays.
+Prints one JSON line.
 
-    python benchmarks/attention_max_logit.py [--repeats 40]
+    python benchmarks/attention_max_logit.py [--repeats 40] [--threads N]
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from muonclip.models import GPT, GPTConfig
 from muonclip.models.attention import causal_attention, materialised_logits
 
 
@@ -72,6 +75,39 @@ def run(B: int, H: int, T: int, D: int, repeats: int, spread: float, seed: int =
     }
 
 
+def run_train_step(repeats: int, qk_factor: float, batch: int = 16) -> dict:
+    """Forward + backward of the default GPT, max-logit tracking off vs on."""
+    torch.manual_seed(0)
+    cfg = GPTConfig()
+    model = GPT(cfg).train()
+    with torch.no_grad():  # qk_factor > 1: trained-like large logits
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(qk_factor)
+    idx = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len), generator=torch.Generator().manual_seed(1))
+
+    def step(track: bool):
+        def fn():
+            model.track_max_logits = track
+            model.zero_grad(set_to_none=True)
+            _, loss = model(idx, idx.roll(-1, dims=1))
+            loss.backward()
+        return fn
+
+    ms = _time_interleaved({"untracked": step(False), "tracked": step(True)}, repeats)
+    model.track_max_logits = True
+    model(idx)
+    exact = [L.amax(dim=(0, 2, 3)) for L in model.attention_logits(idx)]
+    for t, r in zip(model.max_logits(), exact):
+        assert torch.allclose(t, r, rtol=1e-5, atol=1e-6), (t, r)
+    return {
+        "untracked_ms": round(ms["untracked"], 3),
+        "tracked_ms": round(ms["tracked"], 3),
+        "tracked_over_untracked": round(ms["tracked"] / ms["untracked"], 3),
+        "max_logit": round(float(torch.cat(exact).max()), 3),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
@@ -79,11 +115,16 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--head-dim", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shape = dict(B=args.batch, H=args.heads, T=args.seq, D=args.head_dim)
     out = {"shape": shape, "threads": torch.get_num_threads(), "torch": torch.__version__}
     for regime, spread in (("init", 1.0), ("large", 3.0)):
         out[regime] = run(**shape, repeats=args.repeats, spread=spread)
+    for regime, factor in (("init", 1.0), ("large", 12.0)):
+        out[f"train_step_{regime}"] = run_train_step(max(5, args.repeats // 4), factor)
     print(json.dumps(out))
 
 

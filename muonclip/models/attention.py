@@ -122,21 +122,27 @@ def causal_dot_max(q: Tensor, k: Tensor) -> Tensor:
         # so padding can never raise or lower the max.
         q = torch.cat((q, q[:, :, -1:].expand(B, H, Tp - T, D)), dim=2)
         k = torch.cat((k, k[:, :, :1].expand(B, H, Tp - T, D)), dim=2)
-    qf = q.reshape(B * H, Tp, D)
-    kf = k.reshape(B * H, Tp, D)
+    BH = B * H
+    qf = q.reshape(BH, Tp, D)
+    kt = k.reshape(BH, Tp, D).transpose(1, 2)  # [BH, D, Tp] view; blocks below are copied
     parts = []
     s = Tp // 2
     while s >= leaf:
         n = Tp // (2 * s)
-        qb = qf.view(B * H, n, 2, s, D)[:, :, 1]  # queries of the second half   [BH, n, s, D]
-        kb = kf.view(B * H, n, 2, s, D)[:, :, 0]  # keys of the first half       [BH, n, s, D]
-        parts.append(torch.matmul(qb, kb.transpose(-1, -2)).reshape(B * H, -1).amax(-1))
+        # queries of the second half of every 2s-block, keys of the first half: all allowed.
+        # Contiguous [BH*n, s, D] @ [BH*n, D, s] operands keep the batched GEMM on its fast path.
+        qb = qf.view(BH, n, 2, s, D)[:, :, 1].reshape(BH * n, s, D)
+        kb = kt.reshape(BH, D, n, 2, s)[:, :, :, 0].permute(0, 2, 1, 3).reshape(BH * n, D, s)
+        parts.append(torch.bmm(qb, kb).view(BH, -1).amax(-1))
         s //= 2
-    qb = qf.view(B * H, Tp // leaf, leaf, D)
-    kb = kf.view(B * H, Tp // leaf, leaf, D)
-    diag = torch.matmul(qb, kb.transpose(-1, -2))  # [BH, Tp/leaf, leaf, leaf]
-    diag.masked_fill_(_causal_mask(leaf, q.device), float("-inf"))
-    parts.append(diag.reshape(B * H, -1).amax(-1))
+    n = Tp // leaf
+    qb = qf.reshape(BH * n, leaf, D)
+    kb = kt.reshape(BH, D, n, leaf).permute(0, 2, 1, 3).reshape(BH * n, D, leaf)
+    diag = torch.bmm(qb, kb)  # [BH * n, leaf, leaf] diagonal blocks
+    # additive -inf mask: a vectorised broadcast add, cheaper than a broadcast masked_fill_
+    diag.add_(torch.zeros(leaf, leaf, dtype=diag.dtype, device=q.device).masked_fill_(
+        _causal_mask(leaf, q.device), float("-inf")))
+    parts.append(diag.view(BH, -1).amax(-1))
     return torch.stack(parts, dim=-1).amax(-1).view(B, H)
 
 
@@ -165,8 +171,10 @@ def causal_max_logits(
     B, H, T, D = q.shape
     group = H // k.shape[1]
     all_heads = torch.arange(H, device=q.device)
+    if q.dtype not in (torch.float32, torch.float64):  # low precision: take the max in fp32
+        q, k = q.float(), k.float()
     if lse is None:
-        return _heads_max(q, k, all_heads, group, scale), torch.ones(H, dtype=torch.bool, device=q.device)
+        return _heads_max(q, k, all_heads, group, scale).float(), torch.ones(H, dtype=torch.bool, device=q.device)
     lse = lse.float()
     top_lse, top_row = lse.max(dim=-1)  # [B, H]: the row most likely to hold the max
     upper = top_lse.amax(0)  # [H] upper bound of S_h
@@ -174,7 +182,7 @@ def causal_max_logits(
     lower = (lse - log_n).amax(dim=(0, 2))  # [H] lower bound: m_i >= lse_i - ln(i + 1)
     if not bool(torch.isfinite(upper).all() and torch.isfinite(lower).all()):
         # inf/nan logits: the full pass propagates them into the reported value
-        return _heads_max(q, k, all_heads, group, scale), torch.ones(H, dtype=torch.bool, device=q.device)
+        return _heads_max(q, k, all_heads, group, scale).float(), torch.ones(H, dtype=torch.bool, device=q.device)
     need = torch.ones(H, dtype=torch.bool, device=q.device)
     if tau is not None:
         need = upper + _margin(upper) > tau
@@ -204,7 +212,7 @@ def causal_max_logits(
         rows = lse.topk(width, dim=-1, sorted=False).indices  # [B, Hn, width]
         attained = torch.maximum(attained, _rows_max(q, k, rows, group) * scale)
     values = upper.clone()
-    values[heads] = attained
+    values[heads] = attained.to(values.dtype)
     return values, need
 
 

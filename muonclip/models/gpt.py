@@ -177,9 +177,10 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Decoder-only LM. ``model(idx, targets=None) -> (logits [B, T, V], loss | None)``.
 
-    Max-logit tracking: every forward with ``model.training`` or ``model.track_max_logits``
-    records each attention layer's exact per-head max pre-softmax logit (after RoPE, after
-    QK-norm, after the softcap when one is configured); read it with :meth:`max_logits`.
+    Max-logit tracking: every forward in training mode (or any forward when
+    ``model.track_max_logits = True``; ``False`` switches it off even in training) records
+    each attention layer's exact per-head max pre-softmax logit (after RoPE, after QK-norm,
+    after the softcap when one is configured); read it with :meth:`max_logits`.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -195,9 +196,10 @@ class GPT(nn.Module):
         # not persistent: derived from the config, kept out of state_dict
         self.register_buffer("rope_cos", cos, persistent=False)  # [seq_len, rope_dim / 2]
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.track_max_logits = False  # also track in eval mode
+        # None: track in training mode only; True: always (also eval); False: never
+        self.track_max_logits: bool | None = None
         self.accumulate_max_logits = False  # max over forwards until reset_max_logits()
-        self.max_logit_mode = "exact"
+        # None: "exact" mode; a float tau: "bound" mode (see set_max_logit_mode)
         self.max_logit_threshold: float | None = None
         self.apply(self._init_weights)
         # nanoGPT/GPT-2: residual-branch output projections scaled by 1/sqrt(2 * n_layer) so
@@ -226,8 +228,8 @@ class GPT(nn.Module):
 
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         self._check_idx(idx)
-        track = self.training or self.track_max_logits
-        tau = self.max_logit_threshold if self.max_logit_mode == "bound" else None
+        track = self.training if self.track_max_logits is None else bool(self.track_max_logits)
+        tau = self.max_logit_threshold
         x = self.embed(idx)  # [B, T, d]
         for block in self.blocks:
             x = block(x, self.rope_cos, self.rope_sin, track=track, tau=tau, accumulate=self.accumulate_max_logits)
@@ -250,8 +252,11 @@ class GPT(nn.Module):
             raise ValueError(f"max-logit mode must be one of {_MAX_LOGIT_MODES}, got {mode!r}")
         if mode == "bound" and (tau is None or not tau > 0):
             raise ValueError(f"mode='bound' needs a positive tau, got {tau!r}")
-        self.max_logit_mode = mode
         self.max_logit_threshold = float(tau) if mode == "bound" else None
+
+    @property
+    def max_logit_mode(self) -> str:
+        return "exact" if self.max_logit_threshold is None else "bound"
 
     def _attns(self) -> list[nn.Module]:
         return [b.attn for b in self.blocks]
@@ -261,8 +266,8 @@ class GPT(nn.Module):
         out = [a.max_logit for a in self._attns()]
         if any(m is None for m in out):
             raise RuntimeError(
-                "no max logits recorded yet: run a forward in training mode (model.train()) or with "
-                "model.track_max_logits = True first"
+                "no max logits recorded yet: run a forward in training mode (model.train(), with "
+                "track_max_logits not False) or with model.track_max_logits = True first"
             )
         return out
 

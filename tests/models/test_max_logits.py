@@ -74,7 +74,13 @@ def test_max_logits_before_any_tracked_forward_raises():
     model(batch(cfg))  # eval, not tracked
     with pytest.raises(RuntimeError, match="no max logits"):
         model.max_logits()
-    model.track_max_logits = True
+    model.train()
+    model.track_max_logits = False  # off even in training
+    model(batch(cfg))
+    with pytest.raises(RuntimeError, match="no max logits"):
+        model.max_logits()
+    model.eval()
+    model.track_max_logits = True  # on even in eval
     model(batch(cfg))
     assert len(model.max_logits()) == cfg.n_layer
 
@@ -290,3 +296,15 @@ def test_apply_qk_clip_with_tracked_max_gives_min_of_S_and_tau(name, gqa_mode):
     apply_qk_clip_(dict(model.named_parameters()), model.qk_clip_spec(), S, tau, gqa_mode=gqa_mode)
     model(idx)
     torch.testing.assert_close(model.max_logits()[0], S[0].clamp(max=tau), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_low_and_high_precision_models_report_fp32(dtype):
+    cfg = tiny()
+    model = model_with_logit_scale(cfg, 6.0).to(dtype).train()
+    idx = batch(cfg)
+    model(idx)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-6  # bf16 reference logits are rounded to bf16
+    for t, ref in zip(model.max_logits(), reference_max(model, idx)):
+        assert t.dtype == torch.float32
+        torch.testing.assert_close(t, ref.float(), rtol=tol, atol=tol)
