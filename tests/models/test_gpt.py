@@ -21,6 +21,7 @@ CONFIGS = {
     "mqa": dict(n_kv_head=1),
     "mla": dict(attention="mla"),
     "mla_qlora": dict(attention="mla", q_lora_rank=12, v_head_dim=6, qk_nope_head_dim=10),
+    "mla_wide_v": dict(attention="mla", qk_nope_head_dim=4, v_head_dim=12),  # v wider than q . k
     "qk_bias": dict(qk_bias=True),
     "qk_norm": dict(qk_norm=True),
     "softcap": dict(logit_softcap=3.0),
@@ -99,7 +100,7 @@ def test_too_long_sequence_raises():
         GPT(cfg)(batch(cfg, T=cfg.seq_len + 1))
 
 
-@pytest.mark.parametrize("name", ["mha", "gqa", "mla_qlora", "qk_bias", "qk_norm", "softcap", "tied"])
+@pytest.mark.parametrize("name", ["mha", "gqa", "mla_qlora", "mla_wide_v", "qk_bias", "qk_norm", "softcap", "tied"])
 def test_gradient_reaches_every_parameter(name):
     cfg = tiny(**CONFIGS[name])
     model = GPT(cfg)
@@ -112,7 +113,7 @@ def test_gradient_reaches_every_parameter(name):
         assert p.grad.abs().sum() > 0, n
 
 
-@pytest.mark.parametrize("name", ["mha", "gqa", "mla", "softcap"])
+@pytest.mark.parametrize("name", ["mha", "gqa", "mla", "mla_qlora", "mla_wide_v", "softcap"])
 def test_tracked_and_untracked_forward_agree(name):
     """Tracking (flash kernel with lse, or the explicit path) must not change the outputs."""
     cfg = tiny(**CONFIGS[name])

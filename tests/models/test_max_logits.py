@@ -18,6 +18,7 @@ CONFIGS = {
     "mla": dict(attention="mla"),
     "mla_qlora": dict(attention="mla", q_lora_rank=12),
     "mla_odd_dims": dict(attention="mla", qk_nope_head_dim=10, v_head_dim=14, qk_rope_head_dim=6),
+    "mla_wide_v": dict(attention="mla", qk_nope_head_dim=4, v_head_dim=12),
     "qk_bias": dict(qk_bias=True),
     "qk_norm": dict(qk_norm=True),
     "softcap": dict(logit_softcap=3.0),
