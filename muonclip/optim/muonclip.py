@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import distributed as D
 from . import functional as F
 from .qk_clip import GQA_MODES, QKClipLayerSpec, apply_qk_clip_
 
@@ -71,6 +72,21 @@ class MuonClip(Optimizer):
         global gradient norm does not shrink Muon's step; it only affects AdamW groups and
         the momentum mix (DeepSpeed #8439).
       * A parameter whose ``grad`` is None is skipped (no state is created for it).
+
+    Distributed (``torch.distributed`` initialised; see :mod:`muonclip.optim.distributed`):
+      * DDP: gradients arrive averaged; each rank orthogonalises its FLOP-balanced share of
+        the Muon matrices and one ``all_gather`` gives every rank every update, so replicas
+        stay bit-identical. Momentum is kept (replicated) on every rank.
+      * FSDP2 (``fully_shard``, ``Shard(0)`` DTensor parameters): the row blocks of each
+        matrix go to its owner (``all_to_all``), which runs Newton-Schulz on the full matrix
+        and sends the row blocks back; AdamW and the momentum work on the local shards, and
+        optimizer state is sharded like the parameters (DTensors), so
+        ``torch.distributed.checkpoint`` saves and loads it.
+      * Every step starts with one MIN all-reduce that agrees on which parameters have a
+        gradient on *every* rank (others are skipped on all ranks) and whether all gradients
+        are finite, so ranks never issue different collectives (KellerJordan/Muon #37).
+      * QK-Clip all-reduces the max logits with MAX before computing gamma (ms-swift #9901)
+        and scales the q/k rows each rank holds.
     """
 
     def __init__(
@@ -232,13 +248,18 @@ class MuonClip(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self._check_gradients():
-            return loss
-        for group in self.param_groups:
-            if group.get("algorithm", "muon") == "muon":
-                self._muon_group(group)
-            else:
-                self._adamw_group(group)
+        ctx = D.context([p for g in self.param_groups for p in g["params"]], self.process_group)
+        if ctx is not None:
+            if not self._step_distributed(ctx):
+                return loss
+        else:
+            if not self._check_gradients():
+                return loss
+            for group in self.param_groups:
+                if group.get("algorithm", "muon") == "muon":
+                    self._muon_group(group)
+                else:
+                    self._adamw_group(group)
         if self.qk_clip_tau is not None:
             if max_logits is None:
                 if self.max_logits_fn is None:
@@ -266,14 +287,22 @@ class MuonClip(Optimizer):
         torch._foreach_add_(bufs, grads)
         updates = torch._foreach_add(grads, bufs, alpha=mu) if group["nesterov"] else bufs
 
-        # Orthogonalise same-shape matrices in one batched call.
+        directions = self._orthogonalize(updates, [p.shape for p in params], group)
+
+        # W <- W (1 - lr wd) - lr s O ; the decay uses the base lr (Moonlight Sec. 2.2).
+        for p, d in zip(params, directions):
+            _apply_update_(p, d, lr, wd)
+
+    def _orthogonalize(self, updates: list[Tensor], shapes: list, group: dict) -> list[Tensor]:
+        """Scaled Muon directions (fp32, shaped like ``shapes``); same-shape matrices are
+        orthogonalised in one batched call."""
         by_shape: dict[tuple[int, int], list[int]] = {}
         mats = [F.as_matrix_batch(u) for u in updates]
         for i, mat in enumerate(mats):
             n, m = mat.shape[-2:]
             key = (min(n, m), max(n, m))
             by_shape.setdefault(key, []).append(i)
-        directions: list[Tensor | None] = [None] * len(params)
+        directions: list[Tensor | None] = [None] * len(updates)
         method, steps = group["orthogonalizer"], group["ns_steps"]
         for idx in by_shape.values():
             wide = [mats[i] if mats[i].shape[-2] <= mats[i].shape[-1] else mats[i].mT for i in idx]
@@ -287,24 +316,10 @@ class MuonClip(Optimizer):
                 if mats[i].shape[-2] > mats[i].shape[-1]:
                     o = o.mT
                 n, m = mats[i].shape[-2:]
-                directions[i] = o.reshape(params[i].shape).mul_(F.update_scale(n, m, group["update_scale"]))
-
-        # W <- W (1 - lr wd) - lr s O ; the decay uses the base lr (Moonlight Sec. 2.2).
-        for p, d in zip(params, directions):
-            if p.dtype == torch.float32:
-                if wd:
-                    p.mul_(1.0 - lr * wd)
-                p.add_(d, alpha=-lr)
-            else:
-                w = p.float()
-                if wd:
-                    w.mul_(1.0 - lr * wd)
-                w.add_(d, alpha=-lr)
-                p.copy_(w)
+                directions[i] = o.reshape(shapes[i]).mul_(F.update_scale(n, m, group["update_scale"]))
+        return directions  # type: ignore[return-value]
 
     def _adamw_group(self, group: dict) -> None:
-        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-        beta1, beta2 = group["betas"]
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -313,30 +328,132 @@ class MuonClip(Optimizer):
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
-            full = p.dtype in (torch.float32, torch.float64)
-            w = p if full else p.float()
-            grad = p.grad if full else p.grad.float()
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            state["step"] += 1
-            step = state["step"].item()
-            # The same operations, in the same order, as torch.optim.AdamW (single-tensor).
-            w.mul_(1 - lr * wd)
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            bias_correction1 = 1 - beta1**step
-            bias_correction2 = 1 - beta2**step
-            step_size = lr / bias_correction1
-            denom = (exp_avg_sq.sqrt() / math.sqrt(bias_correction2)).add_(eps)
-            w.addcdiv_(exp_avg, denom, value=-step_size)
-            if not full:
-                p.copy_(w)
+            _adamw_update_(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state, group)
+
+    # -- distributed ----------------------------------------------------------------------
+    def init_state(self) -> None:
+        """Create zero optimizer state for every parameter without stepping.
+
+        ``torch.distributed.checkpoint.state_dict`` otherwise initialises state with a fake
+        ``step()`` at lr 0, which would also run QK-Clip on stale max logits; call this on a
+        fresh optimizer before ``get_optimizer_state_dict`` / ``set_optimizer_state_dict``.
+        """
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                if group.get("algorithm", "muon") == "muon":
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+                elif not state:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+
+    def _step_distributed(self, ctx: "D.DistContext") -> bool:
+        """Muon/AdamW update on data-parallel ranks; False when a non-finite step is skipped."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        # One MIN all-reduce: which parameters have a gradient on every rank, and whether all
+        # gradients are finite. Every rank then takes the same branches and issues the same
+        # collectives, whatever its local `grad is None` pattern (KellerJordan/Muon #37).
+        flags = torch.ones(len(params) + 1)
+        bad = None
+        for i, p in enumerate(params):
+            if p.grad is None:
+                flags[i] = 0.0
+                continue
+            if p.grad.is_sparse:
+                raise ValueError("MuonClip does not support sparse gradients")
+            if bad is None and not bool(torch.isfinite(D.local(p.grad)).all()):
+                bad = i
+        flags[-1] = 0.0 if bad is not None else 1.0
+        D.all_reduce_(flags, "min", ctx)
+        if flags[-1] < 1.0:
+            if self.nonfinite == "skip":
+                self.skipped_steps += 1
+                return False
+            where = "on another rank"
+            if bad is not None:
+                for group in self.param_groups:
+                    for i, p in enumerate(group["params"]):
+                        if p is params[bad]:
+                            where = f"in {self._label(group, i)}"
+            raise NonFiniteGradientError(
+                f"non-finite gradient {where}; the step was refused on every rank and parameters "
+                "and optimizer state are unchanged (pass nonfinite='skip' to skip such steps instead)")
+        present = iter((flags[:-1] > 0.5).tolist())
+        keep = [[next(present) for _ in g["params"]] for g in self.param_groups]
+        self._muon_distributed(ctx, keep)
+        for group, k in zip(self.param_groups, keep):
+            if group.get("algorithm", "muon") != "muon":
+                for p, ok in zip(group["params"], k):
+                    if ok:
+                        state = self.state[p]
+                        if not state:
+                            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                        _adamw_update_(D.local(p), D.local(p.grad), D.local(state["exp_avg"]),
+                                       D.local(state["exp_avg_sq"]), state, group)
+        return True
+
+    def _muon_distributed(self, ctx: "D.DistContext", keep: list[list[bool]]) -> None:
+        # Momentum on what each rank holds (replica or shard): M <- mu M + G, U <- G + mu M.
+        items: list[tuple[dict, Tensor, Tensor]] = []
+        for group, k in zip(self.param_groups, keep):
+            if group.get("algorithm", "muon") != "muon":
+                continue
+            mu = group["momentum"]
+            for p, ok in zip(group["params"], k):
+                if not ok:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+                buf, g = D.local(state["momentum_buffer"]), D.local(p.grad).float()
+                buf.mul_(mu).add_(g)
+                items.append((group, p, g.add(buf, alpha=mu) if group["nesterov"] else buf))
+        if not items:
+            return
+        costs = [D.matrix_cost(p.shape, g["ns_steps"], self.ns_impl) for g, p, _ in items]
+        owners = D.partition_by_flops(costs, ctx.world_size)
+        sharded = [j for j, (_, p, _) in enumerate(items) if D.is_row_sharded(p)]
+        replicated = [j for j in range(len(items)) if not D.is_row_sharded(items[j][1])]
+        # Full update matrices on their owners: replicas already hold them, shards are gathered.
+        full = {j: items[j][2] for j in replicated if owners[j] == ctx.rank}
+        if sharded:
+            got = D.gather_to_owners([items[j][2] for j in sharded], [items[j][1].shape for j in sharded],
+                                     [owners[j] for j in sharded], ctx)
+            full.update({sharded[k]: u for k, u in got.items()})
+        directions: dict[int, Tensor] = {}
+        by_group: dict[int, list[int]] = {}
+        for j in sorted(full):
+            by_group.setdefault(id(items[j][0]), []).append(j)
+        for js in by_group.values():
+            outs = self._orthogonalize([full[j] for j in js], [items[j][1].shape for j in js], items[js[0]][0])
+            directions.update(zip(js, outs))
+        # Every rank gets the directions of what it holds, then applies them.
+        local_dir: dict[int, Tensor] = {}
+        if replicated:
+            flat = D.all_gather_owned({k: directions[j] for k, j in enumerate(replicated) if j in directions},
+                                      [owners[j] for j in replicated], [items[j][1].numel() for j in replicated], ctx)
+            local_dir.update(zip(replicated, flat))
+        if sharded:
+            blocks = D.scatter_from_owners({k: directions[j] for k, j in enumerate(sharded) if j in directions},
+                                           [items[j][1].shape for j in sharded], [owners[j] for j in sharded], ctx)
+            local_dir.update(zip(sharded, blocks))
+        for j, (group, p, _) in enumerate(items):
+            p_local = D.local(p)
+            _apply_update_(p_local, local_dir[j].view(p_local.shape), group["lr"], group["weight_decay"])
 
     def _qk_clip(self, max_logits: Sequence[Tensor]) -> QKClipStats:
         logits = [torch.as_tensor(s).detach().float() for s in max_logits]
         if len(logits) != len(self.qk_clip_spec):
             raise ValueError(f"got max logits for {len(logits)} layers, spec has {len(self.qk_clip_spec)}")
         logits = _all_reduce_max(logits, self.process_group)
-        gammas = apply_qk_clip_(self._params_by_name(), self.qk_clip_spec, logits,
+        params = self._params_by_name()
+        if _dist_initialized():
+            params = D.shard_row_views(params)  # DTensor shards: scale the rows this rank holds
+        gammas = apply_qk_clip_(params, self.qk_clip_spec, logits,
                                 self.qk_clip_tau, gqa_mode=self.gqa_mode)
         flat = torch.cat(gammas)
         return QKClipStats(
@@ -345,6 +462,49 @@ class MuonClip(Optimizer):
             min_gamma=float(flat.min()),
             max_logit=float(torch.cat(logits).max()),
         )
+
+
+def _apply_update_(p: Tensor, d: Tensor, lr: float, wd: float) -> None:
+    """W <- W (1 - lr wd) - lr d, in fp32 whatever W's dtype."""
+    if p.dtype == torch.float32:
+        if wd:
+            p.mul_(1.0 - lr * wd)
+        p.add_(d, alpha=-lr)
+    else:
+        w = p.float()
+        if wd:
+            w.mul_(1.0 - lr * wd)
+        w.add_(d, alpha=-lr)
+        p.copy_(w)
+
+
+def _adamw_update_(p: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, state: dict,
+                   group: dict) -> None:
+    """One AdamW step on (local) tensors; ``state["step"]`` is incremented."""
+    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+    beta1, beta2 = group["betas"]
+    full = p.dtype in (torch.float32, torch.float64)
+    w = p if full else p.float()
+    grad = grad if full else grad.float()
+    state["step"] += 1
+    step = state["step"].item()
+    # The same operations, in the same order, as torch.optim.AdamW (single-tensor).
+    w.mul_(1 - lr * wd)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    denom = (exp_avg_sq.sqrt() / math.sqrt(bias_correction2)).add_(eps)
+    w.addcdiv_(exp_avg, denom, value=-step_size)
+    if not full:
+        p.copy_(w)
+
+
+def _dist_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def _all_reduce_max(logits: list[Tensor], group) -> list[Tensor]:

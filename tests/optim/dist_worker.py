@@ -1,0 +1,230 @@
+"""Multi-process worker for tests/optim/test_distributed.py (not a test module itself).
+
+usage: python dist_worker.py OUTDIR WORLD_SIZE SCENARIO[,SCENARIO...]
+
+Spawns WORLD_SIZE processes (gloo, rendezvous through a file in OUTDIR, so no port has to be
+picked), runs the scenarios in order on every rank and writes ``OUTDIR/{scenario}_rank{r}.pt``.
+Collectives time out after PG_TIMEOUT seconds, so a hang becomes an error instead.
+
+The model/optimizer/data helpers are also imported by the test to run the single-process
+reference on the full batch.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from muonclip import MuonClip, build_param_groups
+from muonclip.models import GPT, GPTConfig
+from muonclip.optim import distributed as D
+
+# Tiny GPT with odd row counts (uneven Shard(0) blocks) and 3 heads of 8 rows in a 24-row
+# q_proj, so head 1 straddles the two ranks' row blocks under FSDP2.
+CFG = dict(vocab_size=61, d_model=24, n_layer=2, n_head=3, seq_len=16, d_ff=45)
+TAU = 0.04  # initial max logits are 0.03-0.05, so some heads are clipped at every step
+STEPS = 5
+BATCH = 4
+PG_TIMEOUT = 30
+
+
+def make_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**CFG))
+
+
+def make_optimizer(model: GPT) -> MuonClip:
+    groups = build_param_groups(model, lr=0.02, weight_decay=0.1, adamw_lr=3e-3)
+    return MuonClip(groups, lr=0.02, weight_decay=0.1, qk_clip_tau=TAU,
+                    qk_clip_spec=model.qk_clip_spec(), max_logits_fn=model.max_logits)
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    b = torch.randint(0, CFG["vocab_size"], (BATCH, CFG["seq_len"] + 1), generator=g)
+    return b[:, :-1], b[:, 1:]
+
+
+def run_steps(forward, opt: MuonClip, start: int, stop: int, rank: int = 0, world: int = 1,
+              local_max: list | None = None) -> list[int]:
+    """Steps [start, stop); rank r trains on the r-th block of BATCH // world rows of the full
+    batch. Returns the number of clipped heads per step; appends this rank's own (not yet
+    all-reduced) max logits to ``local_max``."""
+    clipped = []
+    per = BATCH // world
+    for step in range(start, stop):
+        x, y = batch(step)
+        x, y = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        opt.zero_grad(set_to_none=True)
+        _, loss = forward(x, y)
+        loss.backward()
+        if local_max is not None:
+            local_max.append(torch.cat(opt.max_logits_fn()))
+        opt.step()
+        clipped.append(opt.last_qk_clip.n_clipped)
+    return clipped
+
+
+def full_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: (p.full_tensor() if D.is_dtensor(p) else p).detach().clone() for n, p in model.named_parameters()}
+
+
+def reference() -> dict:
+    """Single process, full batch: what every data-parallel run must reproduce."""
+    model = make_model()
+    opt = make_optimizer(model)
+    clipped = run_steps(model, opt, 0, STEPS)
+    return {"params": full_params(model), "clipped": clipped}
+
+
+# -- scenarios ------------------------------------------------------------------------------
+def scenario_ddp(rank: int, world: int) -> dict:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = make_model()
+    ddp = DDP(model)
+    opt = make_optimizer(model)
+    local_max: list = []
+    clipped = run_steps(ddp, opt, 0, STEPS, rank, world, local_max)
+    return {"params": full_params(model), "clipped": clipped, "local_max": torch.stack(local_max)}
+
+
+def _fsdp(model: GPT) -> GPT:
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def scenario_fsdp(rank: int, world: int) -> dict:
+    model = _fsdp(make_model())
+    opt = make_optimizer(model)
+    clipped = run_steps(model, opt, 0, STEPS, rank, world)
+    buf = opt.state[model.blocks[0].mlp.gate_proj.weight]["momentum_buffer"]
+    return {"params": full_params(model), "clipped": clipped, "momentum_is_dtensor": D.is_dtensor(buf),
+            "momentum_placements": str(buf.placements) if D.is_dtensor(buf) else None,
+            "local_q_rows": model.blocks[0].attn.q_proj.weight.to_local().shape[0]}
+
+
+class _Partial(nn.Module):
+    """``b`` (Muon) and ``c`` (AdamW) take part in the loss on rank 0 only."""
+
+    def __init__(self, use_b: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(8, 8, bias=False)
+        self.b = nn.Linear(8, 8, bias=False)
+        self.c = nn.Parameter(torch.zeros(8))
+        self.use_b = use_b
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.use_b:
+            y = self.b(y) + self.c
+        return y.square().mean()
+
+
+def scenario_none_grad(rank: int, world: int) -> dict:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    out = {}
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(rank))
+    # 1. No DDP: grads of b and c exist on rank 0 only (a is averaged by hand) -> skipped on
+    #    all ranks; the only Muon matrix left is `a`, so rank 1 owns no matrix.
+    m = _Partial(use_b=rank == 0)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    opt = MuonClip([{"params": [m.a.weight, m.b.weight], "algorithm": "muon"},
+                    {"params": [m.c], "algorithm": "adamw"}], lr=0.02)
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        m(x).backward()
+        dist.all_reduce(m.a.weight.grad)
+        m.a.weight.grad /= world
+        opt.step()
+    out["manual"] = {n: p.detach().clone() for n, p in m.named_parameters()}
+    out["manual_before"] = before
+    # 2. DDP with find_unused_parameters=True and b unused on rank 1 (KellerJordan/Muon #37).
+    m2 = _Partial(use_b=rank == 0)
+    ddp = DDP(m2, find_unused_parameters=True)
+    opt2 = MuonClip([{"params": [m2.a.weight, m2.b.weight], "algorithm": "muon"},
+                     {"params": [m2.c], "algorithm": "adamw"}], lr=0.02)
+    for _ in range(2):
+        opt2.zero_grad(set_to_none=True)
+        ddp(x).backward()
+        opt2.step()
+    out["ddp"] = {n: p.detach().clone() for n, p in m2.named_parameters()}
+    return out
+
+
+def scenario_dcp(rank: int, world: int, outdir: Path) -> dict:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    ckpt = outdir / "dcp_ckpt"
+    model = _fsdp(make_model())
+    opt = make_optimizer(model)
+    run_steps(model, opt, 0, 3, rank, world)
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(ckpt))
+    dist.barrier()
+    run_steps(model, opt, 3, STEPS, rank, world)
+    continued = full_params(model)
+    # Resume into a differently initialised model and a fresh optimizer.
+    model2 = _fsdp(make_model(seed=123))
+    opt2 = make_optimizer(model2)
+    opt2.init_state()
+    msd2, osd2 = get_state_dict(model2, opt2)
+    state = {"model": msd2, "optim": osd2}
+    dcp.load(state, checkpoint_id=str(ckpt))
+    set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    run_steps(model2, opt2, 3, STEPS, rank, world)
+    resumed = full_params(model2)
+    m1 = opt.state[model.blocks[1].attn.q_proj.weight]["momentum_buffer"].full_tensor()
+    m2 = opt2.state[model2.blocks[1].attn.q_proj.weight]["momentum_buffer"].full_tensor()
+    return {"continued": continued, "resumed": resumed, "momentum": (m1, m2)}
+
+
+SCENARIOS = {"ddp": scenario_ddp, "fsdp": scenario_fsdp, "none_grad": scenario_none_grad, "dcp": scenario_dcp}
+
+
+def _worker(rank: int, world: int, outdir: str, scenarios: list[str]) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    out = Path(outdir)
+    dist.init_process_group("gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=PG_TIMEOUT))
+    try:
+        for name in scenarios:
+            fn = SCENARIOS[name]
+            res = fn(rank, world, out) if name == "dcp" else fn(rank, world)
+            torch.save(res, out / f"{name}_rank{rank}.pt")
+            dist.barrier()
+    except Exception:
+        traceback.print_exc()
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def main(argv: list[str]) -> int:
+    import torch.multiprocessing as mp
+
+    outdir, world, scenarios = argv[0], int(argv[1]), argv[2].split(",")
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.start_processes(_worker, args=(world, outdir, scenarios), nprocs=world, start_method="spawn")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

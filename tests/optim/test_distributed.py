@@ -1,0 +1,158 @@
+"""Distributed MuonClip: FLOP partition, shard maths, and 2-process gloo runs (DDP, FSDP2, DCP).
+
+The multi-process runs go through ``dist_worker.py`` in a subprocess with a timeout, so a
+hang fails the test instead of blocking the suite. Rendezvous is a file, gloo runs on
+localhost only.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from muonclip import MuonClip
+from muonclip.optim import distributed as D
+from muonclip.optim import functional as F
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+WORKER = HERE / "dist_worker.py"
+TIMEOUT = 240  # whole 2-process run (spawn, import torch twice, all scenarios) on a busy 2-core box
+
+_spec = importlib.util.spec_from_file_location("dist_worker", WORKER)
+W = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(W)
+
+
+# -- pure helpers ----------------------------------------------------------------------------
+def test_partition_is_balanced_deterministic_and_covers_every_item():
+    costs = [D.matrix_cost(s) for s in [(256, 256)] * 4 + [(256, 1024)] * 6 + [(1024, 256)] * 2 + [(64, 64)]]
+    owners = D.partition_by_flops(costs, 4)
+    assert owners == D.partition_by_flops(costs, 4)
+    loads = [sum(c for c, o in zip(costs, owners) if o == r) for r in range(4)]
+    # LPT greedy is within 4/3 of optimal; the optimum is at least the mean load
+    assert max(loads) <= 4 / 3 * max(sum(costs) / 4, max(costs))
+    assert sorted(set(owners)) == [0, 1, 2, 3]
+
+
+def test_partition_with_more_ranks_than_matrices_leaves_ranks_empty():
+    owners = D.partition_by_flops([5, 9], 4)
+    assert sorted(owners) == [0, 1] and D.partition_by_flops([], 3) == []
+    with pytest.raises(ValueError):
+        D.partition_by_flops([1], 0)
+
+
+def test_matrix_cost_follows_ns_flops():
+    assert D.matrix_cost((32, 96), impl="direct") == F.ns_flops(32, 96)
+    assert D.matrix_cost((96, 32), impl="gram") == F.ns_flops(32, 96, gram=True)
+    assert D.matrix_cost((4, 16, 48), impl="direct") == 4 * F.ns_flops(16, 48)
+    assert D.matrix_cost((8, 4, 3, 3), impl="direct") == F.ns_flops(8, 36)
+
+
+@pytest.mark.parametrize("n,world", [(7, 2), (8, 2), (3, 4), (0, 2), (10, 3)])
+def test_row_ranges_match_torch_chunk(n, world):
+    sizes = [b - a for a, b in D.row_ranges(n, world)]
+    chunks = [c.shape[0] for c in torch.arange(n).chunk(world)] if n else []
+    assert sizes[:len(chunks)] == chunks and sum(sizes) == n
+    assert all(s == 0 for s in sizes[len(chunks):])
+
+
+def test_shard_rows_maps_global_rows_to_local_rows():
+    full = torch.arange(24.0).reshape(12, 2)
+    rank1 = full[6:12].clone()  # rows 6..11 of a 12-row matrix on rank 1 of 2
+    view = D.ShardRows(rank1, full.shape, start=6)
+    assert view.shape == full.shape
+    view.data[4:8].mul_(10)  # head straddling the two blocks: only rows 6, 7 live here
+    view.data[0:4].mul_(10)  # nothing here
+    expect = full[6:12].clone()
+    expect[0:2] *= 10
+    assert torch.equal(rank1, expect)
+
+
+def test_single_process_path_is_untouched():
+    """No process group: `context` is None and the step is the plain single-process step."""
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+    assert D.context([torch.zeros(2, 2)]) is None
+
+
+# -- 2-process runs --------------------------------------------------------------------------
+def _run_worker(tmp_path: Path, scenarios: str) -> Path:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(WORKER), str(tmp_path), "2", scenarios], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    if proc.returncode:
+        pytest.fail(f"worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return tmp_path
+
+
+def _load(out: Path, name: str) -> tuple[dict, dict]:
+    return tuple(torch.load(out / f"{name}_rank{r}.pt", weights_only=False) for r in (0, 1))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return _run_worker(tmp_path_factory.mktemp("dist"), "ddp,fsdp,dcp")
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return W.reference()
+
+
+def _assert_params_close(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_reference_run_clips(ref):
+    assert all(c > 0 for c in ref["clipped"]), ref["clipped"]
+
+
+def test_ddp_matches_single_process_and_replicas_are_bit_identical(runs, ref):
+    r0, r1 = _load(runs, "ddp")
+    _assert_params_close(r0["params"], ref["params"])
+    for name in r0["params"]:
+        assert torch.equal(r0["params"][name], r1["params"][name]), name
+    # the same heads were clipped as on the full batch, on both ranks...
+    assert r0["clipped"] == r1["clipped"] == ref["clipped"]
+    # ...although the ranks saw different local max logits: the MAX all-reduce made them agree
+    assert not torch.equal(r0["local_max"], r1["local_max"])
+
+
+def test_fsdp2_matches_single_process_with_sharded_state(runs, ref):
+    r0, r1 = _load(runs, "fsdp")
+    _assert_params_close(r0["params"], ref["params"])
+    for name in r0["params"]:  # gathered full tensors agree bit for bit
+        assert torch.equal(r0["params"][name], r1["params"][name]), name
+    assert r0["clipped"] == r1["clipped"] == ref["clipped"]
+    assert r0["momentum_is_dtensor"] and r0["momentum_placements"] == "(Shard(dim=0),)"
+    assert r0["local_q_rows"] == r1["local_q_rows"] == 12  # 3 heads x 8 rows: head 1 straddles
+
+
+def test_fsdp2_dcp_checkpoint_resumes_bit_exactly(runs):
+    for r in _load(runs, "dcp"):
+        for name, p in r["continued"].items():
+            assert torch.equal(p, r["resumed"][name]), name
+        assert torch.equal(*r["momentum"])
+
+
+def test_grad_none_on_one_rank_does_not_hang(tmp_path):
+    out = _run_worker(tmp_path, "none_grad")  # a hang would hit the process-group timeout
+    r0, r1 = _load(out, "none_grad")
+    for key in ("manual", "ddp"):
+        for name in r0[key]:
+            assert torch.equal(r0[key][name], r1[key][name]), (key, name)
+    # without DDP, b and c have a gradient on rank 0 only: skipped on every rank
+    before = r0["manual_before"]
+    assert torch.equal(r0["manual"]["b.weight"], before["b.weight"])
+    assert torch.equal(r0["manual"]["c"], before["c"])
+    assert not torch.equal(r0["manual"]["a.weight"], before["a.weight"])
