@@ -48,9 +48,11 @@ __all__ = [
 ]
 
 # Slack on float comparisons between the flash kernel's lse and our own dot products: the
-# two compute the same logits with different summation orders. Being generous only makes
-# a few more rows candidates; it never makes the result inexact.
+# two compute the same logits with different summation orders (and, for bf16/fp16 inputs,
+# possibly in low precision). Being generous only makes a few more rows candidates; it
+# never makes the result inexact.
 _REL_MARGIN = 1e-3
+_REL_MARGIN_LOW_PRECISION = 3e-2
 
 # A head switches from candidate rows to the blocked full pass when some (batch, head)
 # pair still has more than this fraction of its T rows as candidates (the full pass costs
@@ -146,8 +148,8 @@ def causal_dot_max(q: Tensor, k: Tensor) -> Tensor:
     return torch.stack(parts, dim=-1).amax(-1).view(B, H)
 
 
-def _margin(x: Tensor) -> Tensor:
-    return _REL_MARGIN * (1.0 + x.abs())
+def _margin(x: Tensor, rel: float) -> Tensor:
+    return rel * (1.0 + x.abs())
 
 
 @torch.no_grad()
@@ -161,7 +163,8 @@ def causal_max_logits(
     flash kernel). Returns ``(values, exact)``: fp32 [H] and bool [H].
 
     Without ``tau`` every value is exact. With ``tau``, heads whose upper bound
-    ``max lse <= tau`` report that bound instead (``exact`` False): they cannot exceed tau.
+    ``max lse`` (plus a float margin) is <= tau report that bound instead (``exact``
+    False): it is >= the true max and <= tau, so they cannot need clipping.
     Without ``lse`` the blocked full pass is used for every head.
 
     Why it is exact: the rows visited are all rows whose ``lse`` is at least a lower bound
@@ -171,8 +174,10 @@ def causal_max_logits(
     B, H, T, D = q.shape
     group = H // k.shape[1]
     all_heads = torch.arange(H, device=q.device)
+    rel = _REL_MARGIN
     if q.dtype not in (torch.float32, torch.float64):  # low precision: take the max in fp32
         q, k = q.float(), k.float()
+        rel = _REL_MARGIN_LOW_PRECISION
     if lse is None:
         return _heads_max(q, k, all_heads, group, scale).float(), torch.ones(H, dtype=torch.bool, device=q.device)
     lse = lse.float()
@@ -185,7 +190,8 @@ def causal_max_logits(
         return _heads_max(q, k, all_heads, group, scale).float(), torch.ones(H, dtype=torch.bool, device=q.device)
     need = torch.ones(H, dtype=torch.bool, device=q.device)
     if tau is not None:
-        need = upper + _margin(upper) > tau
+        upper = upper + _margin(upper, rel)  # a safe bound despite kernel round-off
+        need = upper > tau
     heads = need.nonzero().flatten()
     if heads.numel() == 0:
         return upper, need
@@ -198,7 +204,7 @@ def causal_max_logits(
     #    and a far tighter lower bound than lse - ln(n).
     attained = _rows_max(q, k, top_row.unsqueeze(-1), group) * scale  # [Hn]
     bound = torch.maximum(lower, attained)
-    threshold = bound - _margin(bound)
+    threshold = bound - _margin(bound, rel)
     # 2. Candidate rows: lse_i >= threshold (anything else has m_i <= lse_i < S_h).
     count = (lse >= threshold[None, :, None]).sum(-1).amax(0)  # [Hn] most candidates of any pair
     heavy = count > _FALLBACK_FRACTION * T
