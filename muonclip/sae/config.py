@@ -61,7 +61,7 @@ class SAEConfig:
     expansion: int = 8
     kind: SAEKind = "l1"
     k: int = 8
-    l1_coeff: float = 4.0
+    l1_coeff: float = 1.0
     l1_warmup_steps: int = 200
     optimizer: SAEOptimizer = "adam"
     lr: float = 1e-3

@@ -25,7 +25,7 @@ from ..lab.config import ConfigError, apply_overrides
 from ..lab.io import atomic_write_json
 from ..lab.metrics import MetricsLog, read_metrics
 from ..lab.schedule import lr_multiplier
-from .activations import ActivationBuffer, build_buffer, load_buffer, resolve_layer
+from .activations import ActivationBuffer, build_buffer, load_buffer
 from .config import (RESUMABLE_KEYS, SAEConfig, load_sae_config, sae_config_hash, sae_state_hash, sae_to_dict,
                      save_sae_config)
 from .model import SparseAutoencoder
@@ -290,10 +290,6 @@ def run_sae(run_dir: str | Path, cfg: SAEConfig, sae_dir: str | Path, *, buffer_
     log = log or (lambda msg: print(msg, file=sys.stderr))
     sae_dir = Path(sae_dir)
     buffer_path = Path(buffer_path) if buffer_path is not None else sae_dir / "activations.pt"
-    from .activations import load_run
-
-    _, _, _, info = load_run(run_dir)  # clear errors before any work
-    resolve_layer(cfg.layer, info["n_layer"])
     buffer = build_buffer(run_dir, buffer_path, layer=cfg.layer, n_tokens=cfg.n_tokens,
                           n_eval_tokens=cfg.n_eval_tokens, seed=cfg.seed, batch_size=cfg.collect_batch_size,
                           normalize=cfg.normalize, log=log)
