@@ -1,0 +1,183 @@
+"""The `muonclip` command line: subcommands for the demo, the benchmark and the lab."""
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    script = REPO_ROOT / "benchmarks" / "optimizer_step.py"
+    if not script.exists():
+        print("benchmarks/ ships with the source checkout, not the installed package", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: until the story exists, the most complete thing is the optimizer benchmark."""
+    print("muonclip demo: optimizer step benchmark (MuonClip vs torch.optim.Muon vs AdamW)", flush=True)
+    args.rest = []
+    return _cmd_bench(args)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .lab import ConfigError, DataError, apply_overrides, get_preset
+    from .lab.checkpoint import CheckpointError
+    from .lab.train import resume_config, train
+
+    overrides = list(args.set or [])
+    try:
+        if args.resume:
+            if args.preset or args.optimizer or args.data or args.hf_dataset:
+                raise ConfigError("--resume takes its config from the run directory; use only --set run.steps=N etc.")
+            run_dir = Path(args.resume)
+            cfg = resume_config(run_dir, overrides)
+        else:
+            if not args.out:
+                raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
+            run_dir = Path(args.out)
+            if (run_dir / "checkpoint.pt").exists() and not args.force:
+                raise ConfigError(f"{run_dir} already holds a run; --resume it, pick another --out, or --force")
+            if args.optimizer:
+                overrides.append(f"optim.optimizer={args.optimizer}")
+            if args.data:
+                overrides.append(f"data.source={args.data}")
+            if args.hf_dataset:
+                overrides.append(f"data.hf_dataset={args.hf_dataset}")
+            cfg = apply_overrides(get_preset(args.preset or "tiny"), overrides)
+        summary = train(cfg, run_dir, resume=bool(args.resume),
+                        progress=None if not args.no_progress else False)
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"muonclip train: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_sae(args: argparse.Namespace) -> int:
+    from .lab import ConfigError, DataError, apply_overrides
+    from .lab.checkpoint import CheckpointError
+    from .sae import DEFAULT, QUICK
+
+    overrides = list(args.set or [])
+    try:
+        if args.resume:
+            if args.run or args.out or args.preset or args.quick or args.layer is not None or args.optimizer or args.kind:
+                raise ConfigError("--resume takes its config from the SAE directory; use only --set steps=N etc.")
+            from .sae.train import resume_sae_config, train_sae
+
+            cfg = resume_sae_config(args.resume, overrides)
+            result = train_sae(cfg, args.resume, resume=True, progress=None if not args.no_progress else False)
+            print(json.dumps(result))
+            return 0
+        if not args.run:
+            raise ConfigError("--run RUN_DIR (a `muonclip train` run directory) is required")
+        if not args.out:
+            raise ConfigError("--out SAE_DIR is required (or --resume SAE_DIR)")
+        out = Path(args.out)
+        done = (out / "checkpoint.pt").exists() or (out / "compare.json").exists()
+        if done and not args.force:
+            raise ConfigError(f"{out} already holds an SAE; --resume it, pick another --out, or --force")
+        if args.layer is not None:
+            overrides.append(f"layer={args.layer}")
+        if args.kind:
+            overrides.append(f"kind={args.kind}")
+        if args.optimizer:
+            if args.preset == "compare":
+                raise ConfigError("--preset compare trains both optimizers; drop --optimizer")
+            overrides.append(f"optimizer={args.optimizer}")
+        cfg = apply_overrides(QUICK if args.quick else DEFAULT, overrides)
+        progress = None if not args.no_progress else False
+        if args.preset == "compare":
+            from .sae.compare import compare_markdown, run_compare
+
+            result = run_compare(args.run, cfg, out, progress=progress)
+            print(compare_markdown(result))
+            print(f"wrote {out / 'compare.json'}, {out / 'compare.md'} and {out / 'l0.png'}")
+            return 0
+        from .sae.plots import save_l0_png
+        from .sae.train import run_sae
+
+        summary = run_sae(args.run, cfg, out, progress=progress)
+        save_l0_png([out], out / "l0.png")
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"muonclip sae: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from .lab import list_presets
+
+    for name, description in list_presets():
+        print(f"{name:12s} {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="muonclip",
+        description="MuonClip: Muon with exact QK-Clip, a CPU-scale training lab and a measured story.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="the main job (what `make demo` runs)")
+    demo.set_defaults(func=_cmd_demo)
+    tr = sub.add_parser(
+        "train", help="train a lab model (see `muonclip presets`)",
+        description="Train a small GPT on real text with AdamW, Muon or MuonClip. Writes config.json, "
+                    "run.json, metrics.jsonl, tb/ (TensorBoard), spectra.npz and checkpoint.pt to RUN_DIR.",
+    )
+    tr.add_argument("--preset", help="named config (default: tiny); list them with `muonclip presets`")
+    tr.add_argument("--optimizer", choices=["adamw", "muon", "muonclip"], help="override optim.optimizer")
+    tr.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
+                    help="override any config field, e.g. --set steps=40 --set optim.lr=0.01 (repeatable)")
+    tr.add_argument("--data", metavar="PATH", help="train on a UTF-8 file or folder instead of the embedded corpus")
+    tr.add_argument("--hf-dataset", metavar="NAME", help="a Hugging Face dataset (needs `datasets` and network)")
+    tr.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    tr.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    tr.set_defaults(func=_cmd_train)
+    sa = sub.add_parser(
+        "sae", help="train a sparse autoencoder on a lab run's residual stream",
+        description="Collect residual-stream activations of a trained lab run (after block --layer) and train "
+                    "a sparse autoencoder on them. Writes config.json, sae.json, activations.pt, metrics.jsonl, "
+                    "tb/, checkpoint.pt, summary.json and l0.png to SAE_DIR. --preset compare trains an Adam "
+                    "and a Muon SAE on the same activations and writes compare.json/compare.md/l0.png.",
+    )
+    sa.add_argument("--run", metavar="RUN_DIR", help="a `muonclip train` run directory")
+    sa.add_argument("--out", metavar="SAE_DIR", help="SAE directory to create")
+    sa.add_argument("--quick", action="store_true", help="small config: seconds on the tiny run")
+    sa.add_argument("--layer", type=int, help="read the residual stream after this block (default: middle)")
+    sa.add_argument("--optimizer", choices=["adam", "muon"], help="override optimizer")
+    sa.add_argument("--kind", choices=["l1", "topk"], help="ReLU + L1 penalty, or TopK")
+    sa.add_argument("--preset", choices=["compare"], help="compare: Adam and Muon SAEs on the same activations")
+    sa.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
+                    help="override any SAE config field, e.g. --set l1_coeff=2 steps=2000 (repeatable)")
+    sa.add_argument("--resume", metavar="SAE_DIR", help="continue this SAE from its last checkpoint")
+    sa.add_argument("--force", action="store_true", help="overwrite an existing SAE in --out")
+    sa.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    sa.set_defaults(func=_cmd_sae)
+    pr = sub.add_parser("presets", help="list the named training presets")
+    pr.set_defaults(func=_cmd_presets)
+    bench = sub.add_parser("bench", help="optimizer step benchmark; extra args go to the script")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
