@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -52,12 +53,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if args.hf_dataset:
                 overrides.append(f"data.hf_dataset={args.hf_dataset}")
             cfg = apply_overrides(get_preset(args.preset or "tiny"), overrides)
+        nproc = getattr(args, "nproc", 1)
+        if nproc != 1 and "LOCAL_RANK" not in os.environ:  # relaunch as N torchrun workers
+            from .lab.distributed import launch
+
+            if nproc < 1 or cfg.run.batch_size % nproc:
+                raise ConfigError(f"--nproc {nproc} must be >= 1 and divide run.batch_size={cfg.run.batch_size}")
+            return launch(nproc, args.argv)
         summary = train(cfg, run_dir, resume=bool(args.resume),
                         progress=None if not args.no_progress else False)
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"muonclip train: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary line, from rank 0
+        print(json.dumps(summary))
     return 0
 
 
@@ -114,6 +123,20 @@ def _cmd_sae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .lab import ConfigError, DataError
+    from .reproduce.report import main as reproduce_main
+
+    try:
+        path = reproduce_main(only=args.only, quick=args.quick, cache=args.cache, out=args.out,
+                              threads=args.threads, determinism=not args.no_determinism_check)
+    except (ConfigError, DataError, ValueError) as exc:
+        print(f"muonclip reproduce: error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     from .lab import list_presets
 
@@ -145,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     tr.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    tr.add_argument("--nproc", type=int, default=1, metavar="N",
+                    help="data-parallel processes on this machine, launched with torchrun (gloo on CPU, "
+                         "nccl on CUDA); each takes batch_size/N rows, rank 0 writes the run")
     tr.set_defaults(func=_cmd_train)
     sa = sub.add_parser(
         "sae", help="train a sparse autoencoder on a lab run's residual stream",
@@ -166,6 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--force", action="store_true", help="overwrite an existing SAE in --out")
     sa.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     sa.set_defaults(func=_cmd_sae)
+    rp = sub.add_parser(
+        "reproduce", help="run the reproduction presets and write docs/results.md",
+        description="Run the CPU-scale reproduction presets (dragon, guardrail, lifecycle, spectra, efficiency; "
+                    "see `muonclip presets`) through a run cache keyed by config hash, then write OUT/results.md "
+                    "with the exact commands, the measured numbers, the targets met or missed, and PNG figures in "
+                    "OUT/figures/. Cached runs are reused, interrupted ones resumed. The full set takes ~20-40 "
+                    "min on 2 CPU cores; --quick runs shortened versions in a few minutes.",
+    )
+    rp.add_argument("--only", action="append", metavar="NAME",
+                    choices=["dragon", "guardrail", "lifecycle", "spectra", "efficiency"],
+                    help="only this section (repeatable); default: all, plus the SAE comparison if available")
+    rp.add_argument("--quick", action="store_true", help="shortened runs (QUICK_OVERRIDES): a smoke test")
+    rp.add_argument("--cache", default="runs/reproduce", metavar="DIR",
+                    help="run cache directory (default: runs/reproduce)")
+    rp.add_argument("--out", default="docs", metavar="DIR",
+                    help="where results.md and figures/ go (default: docs)")
+    rp.add_argument("--threads", type=int, default=1, metavar="N",
+                    help="torch CPU threads (default 1: deterministic and fastest on a shared 2-core machine)")
+    rp.add_argument("--no-determinism-check", action="store_true",
+                    help="skip training the quick guardrail twice to check bit-for-bit determinism")
+    rp.set_defaults(func=_cmd_reproduce)
     pr = sub.add_parser("presets", help="list the named training presets")
     pr.set_defaults(func=_cmd_presets)
     bench = sub.add_parser("bench", help="optimizer step benchmark; extra args go to the script")
@@ -177,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # re-used by `train --nproc N`
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

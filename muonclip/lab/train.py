@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..optim import MuonClip, build_param_groups
+from . import distributed as lab_dist
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, apply_overrides, config_hash, load_config, save_config, to_dict
 from .data import TokenDataset, load_corpus
@@ -200,8 +201,10 @@ def train(
     run_dir = Path(run_dir)
     log = log or (lambda msg: print(msg, file=sys.stderr))
     torch.manual_seed(cfg.run.seed)
+    dctx = lab_dist.from_env()  # None unless launched by torchrun with WORLD_SIZE > 1
+    main = lab_dist.is_main(dctx)  # only rank 0 writes to run_dir
     model = build_model(cfg)
-    dataset = load_dataset(cfg, run_dir)
+    dataset = lab_dist.rank0_first(lambda: load_dataset(cfg, run_dir), dctx)  # one BPE training
     optimizer = build_optimizer(model, cfg)
     start_step, tokens, prior_time = 0, 0, 0.0
     ckpt_path = run_dir / "checkpoint.pt"
@@ -220,10 +223,11 @@ def train(
         log(f"resuming {run_dir} at step {start_step}/{cfg.run.steps}")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.json")
-    atomic_write_json(run_dir / "run.json", run_info(cfg))
+    if main:
+        save_config(cfg, run_dir / "config.json")
+        atomic_write_json(run_dir / "run.json", run_info(cfg))
 
-    metrics = MetricsLog(run_dir, resume_step=start_step if resume else None)
+    metrics = MetricsLog(run_dir, resume_step=start_step if resume else None) if main else lab_dist.NullLog()
     spectra = _Spectra.load(run_dir / "spectra.npz", start_step) if resume else _Spectra()
     r, o, s = cfg.run, cfg.optim, cfg.schedule
     mult = lr_multiplier(s.kind, r.steps, s.warmup_steps, s.decay_fraction, s.min_lr_ratio)
@@ -234,7 +238,7 @@ def train(
     hidden = _hidden_params(optimizer)
     tracked = _tracked(model)
     end_step = r.steps if stop_after is None else min(r.steps, start_step + stop_after)
-    use_bar = sys.stderr.isatty() if progress is None else progress
+    use_bar = (sys.stderr.isatty() if progress is None else progress) and main
     bar = None
     if use_bar:
         from tqdm.auto import tqdm
@@ -242,6 +246,8 @@ def train(
         bar = tqdm(total=r.steps, initial=start_step, desc=f"{o.optimizer}", unit="step", dynamic_ncols=True)
 
     def checkpoint(step: int) -> None:
+        if not main:
+            return
         metrics.sync()
         if spectra.steps:
             spectra.save(run_dir / "spectra.npz")
@@ -254,6 +260,8 @@ def train(
         })
 
     model.train()
+    net = lab_dist.wrap_model(model, dctx)  # DDP when distributed, else the model itself
+    world = dctx.world_size if dctx else 1
     t_start = time.perf_counter()
     row: dict[str, Any] = {}
     val_loss = None
@@ -262,11 +270,11 @@ def train(
             t0 = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * mult(step)
-            x, y = dataset.batch_at(step, r.batch_size, cfg.model.seq_len)
-            _, loss = model(x, y)
+            x, y = lab_dist.shard_batch(*dataset.batch_at(step, r.batch_size, cfg.model.seq_len), dctx)
+            _, loss = net(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            max_logits = [t.clone() for t in model.max_logits()]
+            max_logits = lab_dist.max_across([t.clone() for t in model.max_logits()], dctx)
             grad_norm = _grad_norm(params)
             if o.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
@@ -281,14 +289,14 @@ def train(
                 sq = sum(float((p - b).pow(2).sum()) for p, b in zip(hidden, before))
                 numel = sum(p.numel() for p in hidden)
                 update_rms = math.sqrt(sq / max(1, numel)) / lr_hidden if lr_hidden > 0 else 0.0
-            tokens += x.numel()
+            tokens += x.numel() * world
             dt = time.perf_counter() - t0
             clip_stats = getattr(optimizer, "last_qk_clip", None) if o.optimizer == "muonclip" else None
             flat = torch.cat(max_logits)
             row = {
                 "step": step + 1,
                 "tokens": tokens,
-                "loss": float(loss.detach()),
+                "loss": lab_dist.mean_across(float(loss.detach()), dctx),
                 "lr": optimizer.param_groups[0]["lr"],
                 "max_logit": float(flat.max()),
                 "max_logits": [[round(float(v), 5) for v in t] for t in max_logits],
@@ -296,7 +304,7 @@ def train(
                 "min_gamma": clip_stats.min_gamma if clip_stats else 1.0,
                 "grad_norm": grad_norm,
                 "update_rms": update_rms,
-                "tokens_per_s": x.numel() / dt,
+                "tokens_per_s": x.numel() * world / dt,
                 "time": prior_time + (time.perf_counter() - t_start),
             }
             if spectra_step:
@@ -324,12 +332,13 @@ def train(
         if bar is not None:
             bar.close()
         metrics.close()
+        lab_dist.shutdown(dctx)
     summary = {
         "run_dir": str(run_dir), "steps": end_step, "complete": end_step == r.steps, "tokens": tokens,
         "final_loss": row.get("loss"), "final_val_loss": val_loss, "final_max_logit": row.get("max_logit"),
         "config_hash": config_hash(cfg),
     }
-    if end_step == r.steps:
+    if end_step == r.steps and main:
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
 

@@ -1,0 +1,177 @@
+"""Data-parallel training for the lab: torchrun launch, rank context, data shards, rank-0 I/O.
+
+``muonclip train --nproc N`` re-runs the same command under ``torch.distributed.run``
+(torchrun, ``--standalone``: one node, free rendezvous port). Each worker then finds
+``WORLD_SIZE``/``RANK`` in its environment and :func:`from_env` joins the process group
+(gloo for CPU tensors; on a CUDA machine also nccl for CUDA tensors). In the training loop:
+
+* the model is wrapped in DistributedDataParallel (:func:`wrap_model`);
+* rank r trains on the r-th block of ``batch_size / N`` rows of the step's global batch
+  (:func:`shard_batch`), so N ranks together see exactly the single-process batch;
+* metrics report the global loss (mean over ranks) and global max logits (max over ranks);
+* only rank 0 writes config, metrics, checkpoints and the summary.
+
+With ``WORLD_SIZE`` unset or 1 every helper is the identity: single-process runs are
+unchanged bit for bit.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
+
+import torch
+from torch import Tensor
+
+T = TypeVar("T")
+
+__all__ = ["LabDist", "NullLog", "from_env", "rank0_first", "launch", "max_across", "mean_across", "shard_batch",
+           "shutdown", "strip_nproc", "torchrun_command", "wrap_model", "is_main"]
+
+
+@dataclass(frozen=True)
+class LabDist:
+    rank: int
+    world_size: int
+    local_rank: int
+    owns_group: bool  # True when from_env created the process group (and must destroy it)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def is_main(ctx: LabDist | None) -> bool:
+    return ctx is None or ctx.main
+
+
+def backend() -> str:
+    """gloo for CPU tensors; with CUDA available also nccl for CUDA tensors."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+
+
+def from_env() -> LabDist | None:
+    """Join the process group described by torchrun's environment; None for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group(backend=backend())
+    return LabDist(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                   local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owns)
+
+
+def shutdown(ctx: LabDist | None) -> None:
+    if ctx is not None and ctx.owns_group:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def wrap_model(model: torch.nn.Module, ctx: LabDist | None) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` (gradients averaged over ranks), else ``model``."""
+    if ctx is None:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    on_cuda = next(model.parameters()).is_cuda
+    return DDP(model, device_ids=[ctx.local_rank] if on_cuda else None)
+
+
+def shard_batch(x: Tensor, y: Tensor, ctx: LabDist | None) -> tuple[Tensor, Tensor]:
+    """This rank's block of rows of the global batch (identity for one process)."""
+    if ctx is None:
+        return x, y
+    b = x.shape[0]
+    if b % ctx.world_size:
+        raise ValueError(f"run.batch_size={b} must be divisible by the number of processes ({ctx.world_size})")
+    per = b // ctx.world_size
+    rows = slice(ctx.rank * per, (ctx.rank + 1) * per)
+    return x[rows], y[rows]
+
+
+def mean_across(value: float, ctx: LabDist | None) -> float:
+    """Mean of a per-rank scalar over ranks (e.g. the loss of equal-sized shards = global loss)."""
+    if ctx is None:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / ctx.world_size
+
+
+def max_across(tensors: list[Tensor], ctx: LabDist | None) -> list[Tensor]:
+    """Elementwise max over ranks of a list of tensors (e.g. per-head max logits)."""
+    if ctx is None or not tensors:
+        return tensors
+    import torch.distributed as dist
+
+    sizes = [t.numel() for t in tensors]
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.MAX)
+    return [f.reshape(t.shape) for f, t in zip(flat.split(sizes), tensors)]
+
+
+def rank0_first(fn: Callable[[], T], ctx: LabDist | None) -> T:
+    """``fn()`` on rank 0, then on the other ranks (so files rank 0 caches, e.g. a trained
+    tokenizer, are read rather than rebuilt)."""
+    if ctx is None:
+        return fn()
+    import torch.distributed as dist
+
+    if ctx.main:
+        out = fn()
+        dist.barrier()
+        return out
+    dist.barrier()
+    return fn()
+
+
+class NullLog:
+    """Stands in for MetricsLog on ranks other than 0."""
+
+    def write(self, row) -> None:  # noqa: D401 - same interface as MetricsLog
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# -- launcher --------------------------------------------------------------------------------
+def strip_nproc(argv: Sequence[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N -m muonclip ARGV``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "muonclip", *strip_nproc(argv)]
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``muonclip ARGV`` on ``nproc`` local processes through torchrun; its exit code."""
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    env = dict(os.environ)
+    # torchrun would default to 1 thread per worker anyway; say so explicitly and quietly.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.call(torchrun_command(nproc, argv), env=env)
