@@ -15,7 +15,8 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -53,6 +54,18 @@ SAE_METRIC_FIELDS = (
 SUMMARY_FIELDS = ("steps", "complete", "optimizer", "kind", "d_sae", "layer", "l0_start", "l0_final",
                   "fve_final", "dead_frac_final", "eval_l0", "eval_fve", "eval_mse", "eval_dead_frac",
                   "loss_recovered", "ce_clean", "ce_sae", "ce_mean_ablation", "time")
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (``None``: unchanged), then restore."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def build_sae(cfg: SAEConfig, d_in: int) -> SparseAutoencoder:
@@ -118,14 +131,9 @@ def train_sae(cfg: SAEConfig, sae_dir: str | Path, buffer: ActivationBuffer | No
     small, and on shared cores two threads measured ~15x slower per step than one). The
     previous setting is restored afterwards; ``None`` leaves it alone.
     """
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _train_sae(cfg, sae_dir, buffer, resume=resume, progress=progress, log=log,
                           stop_after=stop_after, tensorboard=tensorboard)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _train_sae(cfg: SAEConfig, sae_dir: str | Path, buffer: ActivationBuffer | None, *, resume: bool,
@@ -282,11 +290,20 @@ def resolve_sae_config(cfg: SAEConfig, buffer: ActivationBuffer) -> SAEConfig:
 
 def run_sae(run_dir: str | Path, cfg: SAEConfig, sae_dir: str | Path, *, buffer_path: str | Path | None = None,
             progress: bool | None = None, log: Callable[[str], None] | None = None,
-            stop_after: int | None = None, tensorboard: bool = True) -> dict[str, Any]:
+            stop_after: int | None = None, tensorboard: bool = True, threads: int | None = 1) -> dict[str, Any]:
     """Collect (or reuse) activations of ``run_dir`` and train a fresh SAE in ``sae_dir``.
 
     ``buffer_path`` (default ``sae_dir/activations.pt``) lets several SAEs share one buffer.
+    ``threads``: torch threads for collection and training (see :func:`train_sae`).
     """
+    with torch_threads(threads):
+        return _run_sae(run_dir, cfg, sae_dir, buffer_path=buffer_path, progress=progress, log=log,
+                        stop_after=stop_after, tensorboard=tensorboard)
+
+
+def _run_sae(run_dir: str | Path, cfg: SAEConfig, sae_dir: str | Path, *, buffer_path: str | Path | None,
+             progress: bool | None, log: Callable[[str], None] | None, stop_after: int | None,
+             tensorboard: bool) -> dict[str, Any]:
     log = log or (lambda msg: print(msg, file=sys.stderr))
     sae_dir = Path(sae_dir)
     buffer_path = Path(buffer_path) if buffer_path is not None else sae_dir / "activations.pt"
