@@ -692,8 +692,26 @@ def register_preset(name: str, cfg: TrainConfig, description: str, *, overwrite:
     return cfg
 
 
+# Modules that register more presets; imported on the first lookup (not at import time,
+# which would be circular: they import this module).
+_PRESET_MODULES = ("muonclip.reproduce.presets",)
+_preset_modules_loaded = False
+
+
+def _load_preset_modules() -> None:
+    global _preset_modules_loaded
+    if _preset_modules_loaded:
+        return
+    _preset_modules_loaded = True
+    import importlib
+
+    for module in _PRESET_MODULES:
+        importlib.import_module(module)
+
+
 def get_preset(name: str) -> TrainConfig:
     """The preset called ``name``; :class:`ConfigError` lists the available ones."""
+    _load_preset_modules()
     try:
         return PRESETS[name]
     except (KeyError, TypeError):
@@ -704,6 +722,7 @@ def get_preset(name: str) -> TrainConfig:
 
 def list_presets() -> list[tuple[str, str]]:
     """``(name, description)`` of every preset, sorted by name."""
+    _load_preset_modules()
     return [(n, PRESET_DESCRIPTIONS.get(n, "")) for n in sorted(PRESETS)]
 
 
