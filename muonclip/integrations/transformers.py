@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 try:
-    import transformers as _transformers
     import transformers.modeling_utils as _hf_modeling_utils
     from transformers import TrainerCallback
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
@@ -32,6 +31,7 @@ __all__ = [
     "enable_qk_clip",
     "make_muonclip_optimizer",
     "MuonClipCallback",
+    "per_head_max_logits",
     "SUPPORTED_ATTN_IMPLEMENTATIONS",
     "TESTED_MODEL_TYPES",
 ]

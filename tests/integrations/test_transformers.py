@@ -20,7 +20,7 @@ from transformers import (  # noqa: E402
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
 import muonclip  # noqa: E402
-from muonclip import MuonClip, apply_qk_clip_  # noqa: E402
+from muonclip import MuonClip  # noqa: E402
 from muonclip.integrations.transformers import (  # noqa: E402
     MuonClipCallback, enable_qk_clip, make_muonclip_optimizer, per_head_max_logits,
 )
@@ -433,6 +433,21 @@ def test_per_head_max_logits_chunking_matches_dense():
         ~torch.ones(9, 9, dtype=torch.bool).tril(), float("-inf")).amax(dim=(0, 2, 3))
     for max_elements in (1, 50, 10_000):
         torch.testing.assert_close(per_head_max_logits(q, k, 0.3, causal=True, max_elements=max_elements), dense)
+
+
+def test_wrapper_reads_positional_scaling_and_float_masks():
+    import transformers.models.llama.modeling_llama as ml
+
+    model = make_model("llama", "eager")
+    attn = model.model.layers[0].self_attn
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(2, 4, 7, 16, generator=g), torch.randn(2, 2, 7, 16, generator=g)
+    mask = torch.zeros(2, 1, 7, 7).masked_fill(~torch.ones(7, 7, dtype=torch.bool).tril(), torch.finfo(torch.float32).min)
+    with enable_qk_clip(model) as handle:
+        ml.eager_attention_forward(attn, q, k, k, mask, 0.5)  # scaling passed positionally
+        got = handle._trackers[0].value
+    want = per_head_max_logits(q, k, 0.5, causal=True)
+    torch.testing.assert_close(got, want)
 
 
 def test_unsupported_models_are_refused():
