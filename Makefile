@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev,viz]'
+	$(PIP) install --quiet -e '.[dev,viz,hf]'
 	touch $(STAMP)
 
 demo: $(STAMP)

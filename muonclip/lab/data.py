@@ -247,7 +247,7 @@ def load_hf_dataset(
 ) -> str:
     """Concatenate the ``text_field`` column of a Hugging Face dataset split.
 
-    Needs the optional ``datasets`` package (``pip install 'muonclip[hf]'``) and, unless
+    Needs the optional ``datasets`` package (``pip install 'muonclip[data]'``) and, unless
     the dataset is cached, network access. Stops after ``max_chars`` characters (None:
     no limit). Extra keyword arguments go to ``datasets.load_dataset``.
     """
@@ -256,7 +256,7 @@ def load_hf_dataset(
     except ImportError as exc:
         raise ImportError(
             "loading a Hugging Face dataset needs the optional 'datasets' package: "
-            "pip install 'muonclip[hf]'"
+            "pip install 'muonclip[data]'"
         ) from exc
     try:
         ds = datasets.load_dataset(name, config, split=split, **kwargs)
