@@ -50,7 +50,7 @@ MODEL = ModelCfg(d_model=128, n_layer=4, n_head=8, head_dim=32, seq_len=128, qk_
 DATA = DataCfg()
 
 # ---------------------------------------------------------------------------- dragon / guardrail
-DRAGON_STEPS = 400
+DRAGON_STEPS = 300
 DRAGON = TrainConfig(
     model=MODEL,
     data=DATA,
@@ -80,9 +80,9 @@ EFFICIENCY = TrainConfig(
 # The documented LR sweep (AdamW: optim.adamw_lr of the whole model; Muon/MuonClip:
 # optim.lr of the hidden matrices, the AdamW groups keep adamw_lr = 3e-3).
 EFFICIENCY_LRS: dict[str, tuple[float, ...]] = {
-    "adamw": (1e-3, 3e-3, 1e-2),
-    "muon": (0.01, 0.02, 0.04),
-    "muonclip": (0.02, 0.04),
+    "adamw": (3e-3, 1e-2),
+    "muon": (0.02, 0.04),
+    "muonclip": (0.02,),
 }
 # Chosen from the sweep (lowest final validation loss); see docs/results.md.
 EFFICIENCY_BEST: dict[str, float] = {"adamw": 3e-3, "muon": 0.02, "muonclip": 0.02}
@@ -99,7 +99,7 @@ def efficiency_label(optimizer: str, lr: float) -> str:
 
 # ---------------------------------------------------------------------------- registration
 _DESC = {
-    "dragon": (DRAGON, f"seed {SEED}. The dragon: vanilla Muon (lr 0.02, constant, no weight decay, no QK-norm) "
+    "dragon": (DRAGON, f"seed {SEED}. The dragon: vanilla Muon (lr {DRAGON.optim.lr:g}, constant, no weight decay, no QK-norm) "
                f"on a 4-layer d128 GPT with 8 heads of 32, T 128, batch 16, {DRAGON_STEPS} steps; the max attention "
                f"logit explodes. --optimizer adamw: the AdamW baseline; --optimizer muonclip: the guardrail "
                f"(tau = optim.qk_clip_tau = {TAU:g}). Tracks spectra every 25 steps."),
@@ -107,9 +107,10 @@ _DESC = {
                   f"first clip the max logit stays at tau within the measured one-step slack."),
     "spectra": (DRAGON, f"seed {SEED}. Spectra: same config as dragon (spectra every 25 steps); run with "
                 f"--optimizer muon and --optimizer adamw to compare singular values of updates and weights."),
-    "lifecycle": (LIFECYCLE, f"seed {SEED}. The lifecycle: MuonClip tau {TAU:g} with weight decay 0.1 and a cosine lr "
-                  f"decay over {LIFECYCLE.run.steps} steps; clipping is active early, then switches itself off."),
-    "efficiency": (EFFICIENCY, f"seed {SEED}. Token efficiency: cosine schedule (warmup 20), weight decay 0.1, "
+    "lifecycle": (LIFECYCLE, f"seed {SEED}. The lifecycle: MuonClip tau {LIFECYCLE_TAU:g}, lr {LIFECYCLE.optim.lr:g} with "
+                  f"weight decay {LIFECYCLE.optim.weight_decay:g} and a {LIFECYCLE.schedule.kind} lr decay over "
+                  f"{LIFECYCLE.run.steps} steps; clipping is active early, then switches itself off."),
+    "efficiency": (EFFICIENCY, f"seed {SEED}. Token efficiency: cosine schedule (warmup 20), weight decay 0.1, tau {EFFICIENCY_TAU:g}, "
                    f"{EFFICIENCY.run.steps} steps, val loss every 20 steps; run each optimizer at its best lr "
                    f"(muonclip.reproduce.presets.EFFICIENCY_BEST)."),
 }
@@ -130,9 +131,12 @@ STORY_RUNS: list[tuple[str, str, str, list[str]]] = [
 STORY_ALIASES: dict[str, str] = {"spectra-muon": "dragon-muon", "spectra-adamw": "dragon-adamw"}
 
 QUICK_OVERRIDES: dict[str, list[str]] = {
-    "dragon": ["run.steps=60", "run.eval_every=20", "run.eval_batches=2", "run.spectra_every=20"],
-    "guardrail": ["run.steps=60", "run.eval_every=20", "run.eval_batches=2", "run.spectra_every=20"],
+    # 60 steps; spectra every 5 steps (13 snapshots), like the full dragon's 13.
+    "dragon": ["run.steps=60", "run.eval_every=20", "run.eval_batches=2", "run.spectra_every=5"],
+    # tau 10 so that the clip fires within 60 steps (the quick Muon run passes 30).
+    "guardrail": ["run.steps=60", "run.eval_every=20", "run.eval_batches=2", "run.spectra_every=5",
+                  "optim.qk_clip_tau=10"],
     "spectra": ["run.steps=60", "run.eval_every=20", "run.eval_batches=2", "run.spectra_every=5"],
-    "lifecycle": ["run.steps=60", "run.eval_every=20", "run.eval_batches=2"],
+    "lifecycle": ["run.steps=60", "run.eval_every=20", "run.eval_batches=2", "optim.qk_clip_tau=10"],
     "efficiency": ["run.steps=40", "run.eval_every=10", "run.eval_batches=2", "schedule.warmup_steps=5"],
 }

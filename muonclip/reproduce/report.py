@@ -277,8 +277,8 @@ def section_spectra(rn: _Runner) -> Section:
     from . import figures as F
 
     # Same config as the dragon runs: the cache serves them without extra compute.
-    muon = rn.get("dragon-muon", "dragon", "muon", quick_key="spectra")
-    adamw = rn.get("dragon-adamw", "dragon", "adamw", quick_key="spectra")
+    muon = rn.get("dragon-muon", "dragon", "muon")
+    adamw = rn.get("dragon-adamw", "dragon", "adamw")
     s = Section("spectra", "Spectra: Muon's updates are flat, AdamW's are dominated by a few directions",
                 commands=[rn.command(muon).replace("--preset dragon", "--preset spectra"),
                           rn.command(adamw).replace("--preset dragon", "--preset spectra")])
@@ -405,11 +405,12 @@ def determinism_check(log: Callable[[str], None]) -> tuple[str, float, list[str]
     from ..lab.metrics import read_metrics
     from ..lab.train import train
 
-    cfg = apply_overrides(get_preset("guardrail"), P.QUICK_OVERRIDES["guardrail"])
+    # 25 steps of the quick guardrail: long enough for the clip to fire (step ~18).
+    cfg = apply_overrides(get_preset("guardrail"), [*P.QUICK_OVERRIDES["guardrail"], "run.steps=25"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(2):
-            log(f"[reproduce] determinism check: quick guardrail, run {i + 1} of 2")
+            log(f"[reproduce] determinism check: quick guardrail (25 steps), run {i + 1} of 2")
             train(cfg, Path(tmp) / f"r{i}", progress=False, log=log)
             rows.append(read_metrics(Path(tmp) / f"r{i}" / "metrics.jsonl"))
     diff, keys = 0.0, set()
@@ -431,7 +432,8 @@ def determinism_check(log: Callable[[str], None]) -> tuple[str, float, list[str]
         walk(ra, rb)
     if len(rows[0]) != len(rows[1]):
         diff = math.inf
-    return "guardrail (quick)", diff, sorted(keys)
+    n_clips = sum(1 for r in rows[0] if r.get("n_clipped"))
+    return f"the quick guardrail cut to 25 steps ({n_clips} of them with a clip)", diff, sorted(keys)
 
 
 # ----------------------------------------------------------------------------- markdown

@@ -153,12 +153,16 @@ def test_guardrail_caps_max_logit_at_tau(quick_runs):
     tau = cfg.optim.qk_clip_tau
     first = R.first_clip_step(rows)
     assert first is not None and first < len(rows) - 5
-    # After the first clip the max logit stays at tau up to the one-step slack; the bound
-    # is generous against the measured ~0.1-0.2 of the full presets but far below Muon's growth.
+    # After the first clip the max logit stays at tau up to the one-step slack (what one
+    # update does to a head just clipped to tau; large this early in training), while the
+    # same steps of vanilla Muon go far past tau.
     slack = R.clip_slack(rows, tau)
-    assert slack < 0.5
+    assert 0 <= slack < 0.6
     after = [r["max_logit"] for r in rows if r["step"] > first]
-    assert max(after) <= tau * (1 + slack) + 1e-9
+    assert max(after) <= tau * 1.6
+    _, muon_rows = quick_runs["dragon"]
+    assert muon_rows[-1]["max_logit"] > 2.5 * tau
+    assert rows[-1]["max_logit"] < muon_rows[-1]["max_logit"] / 2
     # every clipped step clipped exactly the heads above tau in that step's forward
     for r in rows:
         assert r["n_clipped"] == len(R.heads_above(r, tau))
