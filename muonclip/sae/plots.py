@@ -48,6 +48,11 @@ def plot_l0(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, ti
         ax.text(0.01, d_sae / 20, f" d_sae/20 = 10x below start", transform=ax.get_yaxis_transform(), fontsize=8,
                 color="0.5", va="bottom")
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("SAE training step")
     ax.set_ylabel("L0 (active latents per token)")
     ax.set_title(title or "Sparse autoencoder L0 over training")
