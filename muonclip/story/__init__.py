@@ -1,0 +1,1 @@
+"""The MuonClip story: measured runs -> figures, GIFs, notebook and an HTML report."""

@@ -1,0 +1,247 @@
+"""``muonclip story``: train (or reuse) the story's runs, draw every figure, write the report.
+
+    result = run_story("runs/story", cache_dir="runs/cache", quick=True)
+    print(result.report)
+
+Runs are cached by config hash (:func:`muonclip.reproduce.ensure_run`), so a second call
+with the same plan only re-draws. Progress goes to stderr: an overall bar plus one line per
+run or figure.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["StoryResult", "run_story", "STORY_FILES"]
+
+# Every file a complete story writes (l0.png only when the SAE package is present).
+STORY_FILES = (
+    "adamw_singular_distortion.gif", "adam_vs_muon.gif", "spectral_entropy.png", "singular_values_goal.gif",
+    "dragon.png", "dragon.gif", "rogue_heads.png", "guardrail.gif", "qk_clip_lifecycle.gif",
+    "qk_clip_tradeoff.gif", "qk_clip_tradeoff.png", "max_logits.png", "loss_vs_tokens.png",
+    "report.html", "numbers.json", "figures.json",
+)
+
+
+@dataclass
+class StoryResult:
+    out_dir: Path
+    report: Path
+    numbers: dict[str, Any]
+    files: list[Path]
+    errors: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _sae_stage(runs: dict, cache_dir: Path, quick: bool, log: Callable[[str], None]):
+    """Adam vs Muon SAEs on the guardrail run's activations (cached); None when unavailable."""
+    try:
+        from ..lab.config import apply_overrides
+        from ..sae import QUICK
+        from ..sae.compare import run_compare
+        from ..sae.config import sae_config_hash
+    except ImportError:
+        return None, None
+    source = runs.get("guardrail") or runs.get("dragon")
+    cfg = QUICK
+    if quick:
+        cfg = apply_overrides(QUICK, ["steps=150", "n_tokens=16384", "n_eval_tokens=2048"])
+    out = cache_dir / f"sae-{source.run_id}-{sae_config_hash(cfg)}"
+    if not (out / "compare.json").exists():
+        log(f"training Adam and Muon SAEs on {source.run_id}")
+        run_compare(source.run_dir, cfg, out, progress=False, log=lambda m: None, tensorboard=False)
+    else:
+        log(f"reusing cached SAEs {out.name}")
+    dirs = {opt: out / opt for opt in ("adam", "muon") if (out / opt / "metrics.jsonl").exists()}
+    prov = f"SAE {out.name} on run {source.run_id} | git {source.git_sha[:12]}"
+    return dirs, prov
+
+
+def run_story(out_dir: str | Path = "runs/story", *, cache_dir: str | Path = "runs/cache", quick: bool = False,
+              progress: bool | None = None, log: Callable[[str], None] | None = None,
+              sae: bool = True) -> StoryResult:
+    """Everything the story needs, from runs to ``out_dir/report.html``."""
+    from tqdm.auto import tqdm
+
+    from ..reproduce.runner import ensure_run
+    from . import tradeoff as T
+    from .figures import FIGURES
+    from .report import write_report
+    from .rundata import load_run
+    from .runs import story_plan
+
+    out_dir, cache_dir = Path(out_dir), Path(cache_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    show = sys.stderr.isatty() if progress is None else progress
+    plan = story_plan(quick)
+    n_stages = len(plan) + 1 + int(sae) + len(FIGURES) + 1
+    bar = tqdm(total=n_stages, desc="story", unit="stage", disable=not show, dynamic_ncols=True, leave=True)
+
+    def say(msg: str) -> None:
+        if log is not None:
+            log(msg)
+        elif show:
+            tqdm.write(f"[story] {msg}", file=sys.stderr)
+        else:
+            print(f"[story] {msg}", file=sys.stderr, flush=True)
+
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    runs: dict[str, Any] = {}
+    plan_info = []
+    for i, item in enumerate(plan, 1):
+        bar.set_description(f"story: run {item.label}")
+        say(f"run {i}/{len(plan)}: {item.label} ({', '.join(item.roles)}; config {item.config_hash})")
+        t0 = time.perf_counter()
+        run_dir = ensure_run(item.cfg, cache_dir, item.label, progress=show, log=say)
+        timings[f"run:{item.label}"] = time.perf_counter() - t0
+        data = load_run(run_dir, item.label)
+        for role in item.roles:
+            runs[role] = data
+        plan_info.append({"label": item.label, "roles": list(item.roles), "run_id": data.run_id,
+                          "config_hash": data.config_hash, "git_sha": data.git_sha, "description": item.description,
+                          "seconds": round(timings[f"run:{item.label}"], 1)})
+        bar.update(1)
+
+    bar.set_description("story: trade-off experiment")
+    tcfg = T.QUICK if quick else T.FULL
+    say(f"trade-off experiment (tool selection, tau {tcfg.tau:g} vs no clip, {tcfg.steps} steps x 2)")
+    t0 = time.perf_counter()
+    git_sha = next(iter(runs.values())).git_sha if runs else None
+    tbar = tqdm(total=2 * tcfg.steps, desc="trade-off", unit="step", disable=not show, leave=False,
+                dynamic_ncols=True)
+    tradeoff_result, tradeoff_dir = T.ensure_tradeoff(tcfg, cache_dir, git_sha=git_sha, progress=tbar.update)
+    tbar.close()
+    timings["tradeoff"] = time.perf_counter() - t0
+    plan_info.append({"label": "tradeoff", "roles": ["tradeoff"], "run_id": tradeoff_dir.name,
+                      "config_hash": tcfg.hash(), "git_sha": tradeoff_result.get("git_sha"),
+                      "description": "synthetic tool-selection task, MuonClip (low tau) vs Muon",
+                      "seconds": round(timings["tradeoff"], 1)})
+    bar.update(1)
+
+    opts: dict[str, Any] = {"quick": quick, "tradeoff": tradeoff_result}
+    errors: dict[str, str] = {}
+    if sae:
+        bar.set_description("story: SAE")
+        t0 = time.perf_counter()
+        try:
+            dirs, prov = _sae_stage(runs, cache_dir, quick, say)
+            opts["sae_dirs"], opts["sae_provenance"] = dirs, prov
+        except Exception as exc:  # the SAE is an extra chapter: report, keep going
+            errors["sae"] = f"{type(exc).__name__}: {exc}"
+            say(f"SAE stage failed: {errors['sae']}")
+        timings["sae"] = time.perf_counter() - t0
+        bar.update(1)
+
+    numbers: dict[str, Any] = {}
+    manifest: dict[str, Any] = {}
+    key = _story_key(plan_info, quick, opts)
+    previous = _previous(out_dir, key)
+    for spec in FIGURES:
+        bar.set_description(f"story: figure {spec.key}")
+        missing = [r for r in spec.roles if r not in runs]
+        if missing:
+            errors[spec.key] = f"missing runs for roles {missing}"
+            bar.update(1)
+            continue
+        if spec.key in previous["numbers"] and all((out_dir / f).exists() for f in spec.files
+                                                   if f in previous["manifest"]):
+            say(f"figure {spec.key}: up to date")
+            numbers[spec.key] = previous["numbers"][spec.key]
+            manifest.update({f: previous["manifest"][f] for f in spec.files if f in previous["manifest"]})
+            bar.update(1)
+            continue
+        say(f"figure {spec.key}: {', '.join(spec.files)}")
+        t0 = time.perf_counter()
+        try:
+            value = spec.fn(runs, out_dir, opts)
+        except Exception as exc:
+            if spec.optional:
+                say(f"optional figure {spec.key} skipped: {exc}")
+            else:
+                errors[spec.key] = f"{type(exc).__name__}: {exc}"
+                say(f"figure {spec.key} FAILED: {errors[spec.key]}\n{traceback.format_exc()}")
+            value = None
+        timings[f"figure:{spec.key}"] = time.perf_counter() - t0
+        if value is not None:
+            numbers[spec.key] = value
+            for name in spec.files:
+                if (out_dir / name).exists():
+                    manifest[name] = {"figure": spec.key,
+                                      "runs": [p for p in plan_info if set(p["roles"]) & set(spec.roles)]
+                                      or plan_info}
+        bar.update(1)
+
+    bar.set_description("story: report")
+    numbers["plan"] = plan_info
+    numbers["mode"] = "quick" if quick else "full"
+    numbers["story_key"] = key
+    _write_json(out_dir / "numbers.json", numbers)
+    _write_json(out_dir / "figures.json", manifest)
+    report = write_report(out_dir, numbers, errors)
+    bar.update(1)
+    bar.close()
+    timings["total"] = time.perf_counter() - t_all
+    files = sorted(p for p in out_dir.iterdir() if p.is_file())
+    say(f"done in {timings['total']:.0f} s: {len(files)} files in {out_dir}")
+    return StoryResult(out_dir, report, numbers, files, errors, timings)
+
+
+def _code_digest() -> str:
+    """Digest of the drawing code (viz/ and story/): figures drawn by other code are redrawn."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for folder in ("viz", "story"):
+        for path in sorted((root / folder).glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _story_key(plan_info: list[dict], quick: bool, opts: dict) -> str:
+    """Identity of everything the figures are drawn from: run ids, mode, SAE dirs, drawing code."""
+    parts = {"runs": sorted(p["run_id"] for p in plan_info), "quick": quick, "code": _code_digest(),
+             "sae": sorted(str(Path(d).name) for d in (opts.get("sae_dirs") or {}).values()),
+             "sae_parent": sorted({str(Path(d).parent.name) for d in (opts.get("sae_dirs") or {}).values()})}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _previous(out_dir: Path, key: str) -> dict:
+    """Numbers and manifest of an earlier story in ``out_dir`` drawn from exactly the same inputs."""
+    try:
+        numbers = json.loads((out_dir / "numbers.json").read_text(encoding="utf-8"))
+        manifest = json.loads((out_dir / "figures.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"numbers": {}, "manifest": {}}
+    if numbers.get("story_key") != key:
+        return {"numbers": {}, "manifest": {}}
+    return {"numbers": numbers, "manifest": manifest}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from ..lab.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

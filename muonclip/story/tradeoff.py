@@ -1,0 +1,239 @@
+"""A real trade-off experiment: does a low QK-Clip tau hurt a task that needs sharp attention?
+
+The task is synthetic tool selection. A prompt is ``seq_len`` tokens: distractor words and
+exactly one keyword, then a query marker ``?``. Keyword ``i`` means tool ``i``; at the marker
+the model must output the tool token. Nothing but the keyword tells the answer, so the model
+has to find it among the distractors by attention.
+
+Two arms train the same tiny GPT from the same init on the same batches: MuonClip with a low
+tau and vanilla Muon (no clip). At snapshot steps we measure, on fixed probe prompts, the
+softmax attention from the marker position (``model.attention_logits`` softmaxed) to the
+keyword and to each distractor, held-out accuracy, and the max logit. The conclusion is
+whatever these numbers show; :func:`summarize` states it.
+
+Deterministic: seeded init, seeded batches, single-threaded math is not required (results
+are cached by config hash in the story's cache directory).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TradeoffConfig", "QUICK", "FULL", "make_prompts", "run_arm", "run_tradeoff", "ensure_tradeoff",
+           "summarize"]
+
+
+@dataclass(frozen=True)
+class TradeoffConfig:
+    n_tools: int = 8
+    n_distractors: int = 48
+    seq_len: int = 16           # prompt words before the "?" marker
+    d_model: int = 32
+    n_layer: int = 2
+    n_head: int = 4
+    batch_size: int = 64
+    steps: int = 400
+    lr: float = 0.02
+    adamw_lr: float = 3e-3
+    weight_decay: float = 0.0
+    tau: float = 2.0            # the "low" tau of the clipped arm
+    snapshot_every: int = 20
+    n_probe: int = 64
+    n_eval: int = 512
+    seed: int = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return 1 + 2 * self.n_tools + self.n_distractors
+
+    def hash(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+FULL = TradeoffConfig()
+QUICK = dataclasses.replace(FULL, steps=160, snapshot_every=10, n_eval=256)
+
+# Token ids: 0 = "?" marker, then tools, keywords, distractors.
+QUERY = 0
+
+
+def tool_id(cfg: TradeoffConfig, i: int) -> int:
+    return 1 + i
+
+
+def keyword_id(cfg: TradeoffConfig, i: int) -> int:
+    return 1 + cfg.n_tools + i
+
+
+def token_names(cfg: TradeoffConfig) -> list[str]:
+    names = ["?"] + [f"T{i}" for i in range(cfg.n_tools)] + [f"K{i}" for i in range(cfg.n_tools)]
+    return names + [f"d{i}" for i in range(cfg.n_distractors)]
+
+
+def make_prompts(cfg: TradeoffConfig, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(idx [n, seq_len+1], target tool token [n], keyword position [n])``."""
+    first_d = 1 + 2 * cfg.n_tools
+    words = torch.randint(first_d, first_d + cfg.n_distractors, (n, cfg.seq_len), generator=generator)
+    tools = torch.randint(0, cfg.n_tools, (n,), generator=generator)
+    pos = torch.randint(0, cfg.seq_len, (n,), generator=generator)
+    words[torch.arange(n), pos] = 1 + cfg.n_tools + tools
+    idx = torch.cat([words, torch.full((n, 1), QUERY, dtype=torch.long)], dim=1)
+    return idx, 1 + tools, pos
+
+
+def _build(cfg: TradeoffConfig, clip: bool):
+    from ..models import GPT, GPTConfig
+    from ..optim import MuonClip, build_param_groups
+
+    torch.manual_seed(cfg.seed)
+    model = GPT(GPTConfig(vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, seq_len=cfg.seq_len + 1))
+    groups = build_param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, adamw_lr=cfg.adamw_lr)
+    opt = MuonClip(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                   qk_clip_tau=cfg.tau if clip else None,
+                   qk_clip_spec=model.qk_clip_spec() if clip else None,
+                   max_logits_fn=model.max_logits if clip else None)
+    return model, opt
+
+
+@torch.no_grad()
+def _measure(model, cfg: TradeoffConfig, probe, evalset) -> dict:
+    was = model.training
+    model.eval()
+    try:
+        idx, target, pos = evalset
+        logits, _ = model(idx)
+        pred = logits[:, -1, 1:1 + cfg.n_tools].argmax(-1) + 1
+        accuracy = float((pred == target).float().mean())
+        pidx, _, ppos = probe
+        att_logits = model.attention_logits(pidx)  # per layer [B, H, T, T]
+        rows = [torch.softmax(a[:, :, -1, :], dim=-1) for a in att_logits]  # [B, H, T] from the marker
+        att = torch.stack(rows, dim=1)  # [B, L, H, T]
+        B, L, H, T = att.shape
+        kw = att[torch.arange(B), :, :, ppos]  # [B, L, H]
+        mask = torch.ones(B, T, dtype=torch.bool)
+        mask[torch.arange(B), ppos] = False
+        mask[:, -1] = False  # the marker itself is neither keyword nor distractor
+        dist = (att * mask[:, None, None, :]).sum(-1) / mask.sum(-1)[:, None, None]  # mean per distractor
+        kw_mean, dist_mean = kw.mean(0), dist.mean(0)  # [L, H]
+        margin = kw_mean - dist_mean
+        best = int(torch.argmax(margin.flatten()))
+        layer, head = divmod(best, H)
+        max_logit = max(float(a[torch.isfinite(a)].max()) for a in att_logits)
+        return {
+            "accuracy": accuracy,
+            "keyword_attention": float(kw_mean[layer, head]),
+            "distractor_attention": float(dist_mean[layer, head]),
+            "margin": float(margin[layer, head]),
+            "best_head": [layer, head],
+            "keyword_attention_by_head": kw_mean.tolist(),
+            "probe_attention": att[0, layer, head].tolist(),
+            "max_logit": max_logit,
+        }
+    finally:
+        model.train(was)
+
+
+def run_arm(cfg: TradeoffConfig, clip: bool, *, progress: Callable[[int], None] | None = None) -> dict:
+    """Train one arm and return its snapshots (list of dicts, one per snapshot step)."""
+    model, opt = _build(cfg, clip)
+    g_eval = torch.Generator().manual_seed(cfg.seed + 1)
+    evalset = make_prompts(cfg, cfg.n_eval, g_eval)
+    probe = make_prompts(cfg, cfg.n_probe, torch.Generator().manual_seed(cfg.seed + 2))
+    g_train = torch.Generator().manual_seed(cfg.seed + 3)
+    snaps = [{"step": 0, "loss": None, "n_clipped": 0, **_measure(model, cfg, probe, evalset)}]
+    clipped_steps = 0
+    model.train()
+    for step in range(1, cfg.steps + 1):
+        idx, target, _ = make_prompts(cfg, cfg.batch_size, g_train)
+        logits, _ = model(idx)
+        loss = F.cross_entropy(logits[:, -1, :], target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        stats = getattr(opt, "last_qk_clip", None) if clip else None
+        n_clipped = stats.n_clipped if stats else 0
+        clipped_steps += bool(n_clipped)
+        if step % cfg.snapshot_every == 0 or step == cfg.steps:
+            snaps.append({"step": step, "loss": float(loss.detach()), "n_clipped": n_clipped,
+                          **_measure(model, cfg, probe, evalset)})
+        if progress:
+            progress(1)
+    return {"snapshots": snaps, "clipped_steps": clipped_steps}
+
+
+def run_tradeoff(cfg: TradeoffConfig, *, progress: Callable[[int], None] | None = None) -> dict:
+    """Both arms; a JSON-able result with the probe prompt 0 for pictures."""
+    t0 = time.perf_counter()
+    arms = []
+    for clip, optimizer, label in ((True, "muonclip", f"MuonClip (tau = {cfg.tau:g})"),
+                                   (False, "muon", "Muon (no clip)")):
+        arm = run_arm(cfg, clip, progress=progress)
+        arms.append({"label": label, "optimizer": optimizer, "clip": clip, **arm})
+    probe_idx, _, probe_pos = make_prompts(cfg, cfg.n_probe, torch.Generator().manual_seed(cfg.seed + 2))
+    names = token_names(cfg)
+    return {
+        "config": dataclasses.asdict(cfg),
+        "config_hash": cfg.hash(),
+        "arms": arms,
+        "probe_text": [names[int(t)] for t in probe_idx[0]],
+        "probe_keyword_pos": int(probe_pos[0]),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def ensure_tradeoff(cfg: TradeoffConfig, cache_dir: str | Path, *, git_sha: str | None = None,
+                    progress: Callable[[int], None] | None = None) -> tuple[dict, Path]:
+    """The cached result for ``cfg`` (``cache_dir/tradeoff-HASH/result.json``), computing it if absent."""
+    run_dir = Path(cache_dir) / f"tradeoff-{cfg.hash()}"
+    path = run_dir / "result.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8")), run_dir
+    result = run_tradeoff(cfg, progress=progress)
+    result["run_id"] = run_dir.name
+    result["git_sha"] = git_sha
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from ..lab.io import atomic_write_json
+
+    atomic_write_json(path, result)
+    return result, run_dir
+
+
+def summarize(result: dict) -> dict:
+    """Final numbers of each arm and a one-sentence conclusion drawn from them."""
+    out = {}
+    for arm in result["arms"]:
+        last = arm["snapshots"][-1]
+        reach = next((s["step"] for s in arm["snapshots"] if s["accuracy"] >= 0.9), None)
+        out[arm["optimizer"]] = {
+            "label": arm["label"], "accuracy": last["accuracy"], "keyword_attention": last["keyword_attention"],
+            "distractor_attention": last["distractor_attention"], "margin": last["margin"],
+            "max_logit": last["max_logit"], "steps_to_90": reach, "loss": last["loss"], "clipped_steps": arm.get("clipped_steps", 0),
+            "peak_max_logit": max(s["max_logit"] for s in arm["snapshots"]),
+        }
+    c, m = out.get("muonclip"), out.get("muon")
+    if c and m:
+        d_acc = c["accuracy"] - m["accuracy"]
+        if abs(d_acc) < 0.02:
+            acc = f"accuracy was the same ({c['accuracy']:.1%} with the clip, {m['accuracy']:.1%} without)"
+        else:
+            acc = (f"accuracy was {'lower' if d_acc < 0 else 'higher'} with the clip "
+                   f"({c['accuracy']:.1%} vs {m['accuracy']:.1%})")
+        d_margin = c["margin"] - m["margin"]
+        if abs(d_margin) < 0.05:
+            att = f"attention on the keyword was about as sharp (margin {c['margin']:.2f} vs {m['margin']:.2f})"
+        else:
+            att = (f"attention on the keyword was {'flatter' if d_margin < 0 else 'sharper'} with the clip "
+                   f"(keyword weight {c['keyword_attention']:.2f} vs {m['keyword_attention']:.2f}; "
+                   f"margin over a distractor {c['margin']:.2f} vs {m['margin']:.2f})")
+        out["conclusion"] = f"At tau = {result['config']['tau']:g}, {acc}; {att}."
+    return out
