@@ -22,10 +22,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: until the story exists, the most complete thing is the optimizer benchmark."""
-    print("muonclip demo: optimizer step benchmark (MuonClip vs torch.optim.Muon vs AdamW)", flush=True)
-    args.rest = []
-    return _cmd_bench(args)
+    """The main job: the full story (runs cached in runs/cache, report in runs/story)."""
+    print("muonclip demo: the MuonClip story, drawn from measured runs (cached runs are reused)", flush=True)
+    args.quick, args.cache, args.out, args.no_sae, args.threads = False, "runs/cache", "runs/story", False, None
+    return _cmd_story(args)
+
+
+def _cmd_story(args: argparse.Namespace) -> int:
+    import time
+
+    from .story.pipeline import run_story
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    result = run_story(args.out, cache_dir=args.cache, quick=args.quick, sae=not args.no_sae)
+    print(f"story: {len(result.files)} files in {result.out_dir} ({time.perf_counter() - t0:.0f} s)")
+    for name, err in result.errors.items():
+        print(f"story: problem with {name}: {err}", file=sys.stderr)
+    print(f"report: {result.report.resolve()}", flush=True)
+    return 0 if result.ok else 1
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -153,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="the main job (what `make demo` runs)")
     demo.set_defaults(func=_cmd_demo)
+    st = sub.add_parser(
+        "story", help="train/reuse the story's runs and draw every figure, GIF and report.html",
+        description="Run the reproduction presets (reusing cached runs whose config hash matches), draw the "
+                    "story's figures and GIFs from the measured runs, and write OUT/report.html.",
+    )
+    st.add_argument("--quick", action="store_true", help="shortened runs (a few minutes on 2 cores)")
+    st.add_argument("--cache", default="runs/cache", metavar="DIR", help="run cache (default: runs/cache)")
+    st.add_argument("--out", default="runs/story", metavar="DIR", help="output folder (default: runs/story)")
+    st.add_argument("--no-sae", action="store_true", help="skip the sparse-autoencoder L0 chapter")
+    st.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    st.set_defaults(func=_cmd_story)
     tr = sub.add_parser(
         "train", help="train a lab model (see `muonclip presets`)",
         description="Train a small GPT on real text with AdamW, Muon or MuonClip. Writes config.json, "
