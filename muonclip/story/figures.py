@@ -49,8 +49,8 @@ def fig_adamw_surface(runs: Runs, out: Path, opts: dict) -> dict:
                                       provenance=ad.provenance, frames=_frames(opts, 30))
     save_animation(anim, out / "adamw_singular_distortion.gif", fps=6)
     first, last = values[0], values[-1]
-    return {"param": param, "cond_first": float(first[0] / max(first[-1], 1e-12)),
-            "cond_last": float(last[0] / max(last[-1], 1e-12)),
+    return {"param": param, "top_over_median_first": float(first[0] / max(np.median(first), 1e-12)),
+            "top_over_median_last": float(last[0] / max(np.median(last), 1e-12)),
             "entropy_last": float(analysis.normalized_entropy(last)[0]),
             "snapshots": int(len(ad.spectra_steps)), "step_last": int(ad.spectra_steps[-1])}
 
@@ -249,20 +249,31 @@ def fig_l0(runs: Runs, out: Path, opts: dict) -> dict | None:
 
 
 class FigureSpec:
-    def __init__(self, key: str, files: tuple[str, ...], roles: tuple[str, ...], fn: Callable, optional: bool = False):
+    """``roles``: runs the figure cannot do without; ``sources``: every role it may draw from
+    (its provenance; ``efficiency_*`` matches any efficiency run)."""
+
+    def __init__(self, key: str, files: tuple[str, ...], roles: tuple[str, ...], fn: Callable,
+                 optional: bool = False, sources: tuple[str, ...] | None = None):
         self.key, self.files, self.roles, self.fn, self.optional = key, files, roles, fn, optional
+        self.sources = sources if sources is not None else roles
+
+    def uses(self, role: str) -> bool:
+        return any(role == s or (s.endswith("*") and role.startswith(s[:-1])) for s in self.sources)
 
 
 FIGURES: list[FigureSpec] = [
     FigureSpec("adamw_surface", ("adamw_singular_distortion.gif",), ("adamw",), fig_adamw_surface),
     FigureSpec("adam_vs_muon", ("adam_vs_muon.gif", "spectral_entropy.png"), ("adamw", "muon"), fig_adam_vs_muon),
     FigureSpec("update_goal", ("singular_values_goal.gif",), ("adamw", "muon"), fig_update_goal),
-    FigureSpec("dragon", ("dragon.png", "dragon.gif"), ("dragon",), fig_dragon),
+    FigureSpec("dragon", ("dragon.png", "dragon.gif"), ("dragon",), fig_dragon, sources=("dragon", "dragon_adamw")),
     FigureSpec("rogue_heads", ("rogue_heads.png",), ("guardrail",), fig_rogue_heads),
     FigureSpec("guardrail", ("guardrail.gif",), ("guardrail", "dragon"), fig_guardrail),
     FigureSpec("lifecycle", ("qk_clip_lifecycle.gif",), ("lifecycle",), fig_lifecycle),
-    FigureSpec("tradeoff", ("qk_clip_tradeoff.gif", "qk_clip_tradeoff.png"), (), fig_tradeoff),
-    FigureSpec("max_logits", ("max_logits.png",), ("dragon",), fig_max_logits),
-    FigureSpec("loss_vs_tokens", ("loss_vs_tokens.png",), (), fig_loss_vs_tokens),
-    FigureSpec("l0", ("l0.png",), (), fig_l0, optional=True),
+    FigureSpec("tradeoff", ("qk_clip_tradeoff.gif", "qk_clip_tradeoff.png"), (), fig_tradeoff,
+               sources=("tradeoff",)),
+    FigureSpec("max_logits", ("max_logits.png",), ("dragon",), fig_max_logits,
+               sources=("dragon_adamw", "dragon", "guardrail")),
+    FigureSpec("loss_vs_tokens", ("loss_vs_tokens.png",), (), fig_loss_vs_tokens,
+               sources=("efficiency_*",)),
+    FigureSpec("l0", ("l0.png",), (), fig_l0, optional=True, sources=("sae",)),
 ]

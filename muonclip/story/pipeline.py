@@ -51,7 +51,7 @@ def _sae_stage(runs: dict, cache_dir: Path, quick: bool, log: Callable[[str], No
         from ..sae.compare import run_compare
         from ..sae.config import sae_config_hash
     except ImportError:
-        return None, None
+        return None, None, None
     source = runs.get("guardrail") or runs.get("dragon")
     cfg = QUICK
     if quick:
@@ -64,13 +64,18 @@ def _sae_stage(runs: dict, cache_dir: Path, quick: bool, log: Callable[[str], No
         log(f"reusing cached SAEs {out.name}")
     dirs = {opt: out / opt for opt in ("adam", "muon") if (out / opt / "metrics.jsonl").exists()}
     prov = f"SAE {out.name} on run {source.run_id} | git {source.git_sha[:12]}"
-    return dirs, prov
+    info = {"label": "sae", "roles": ["sae"], "run_id": out.name, "config_hash": sae_config_hash(cfg),
+            "git_sha": source.git_sha, "description": f"Adam vs Muon SAEs on {source.run_id}"}
+    return dirs, prov, info
 
 
 def run_story(out_dir: str | Path = "runs/story", *, cache_dir: str | Path = "runs/cache", quick: bool = False,
               progress: bool | None = None, log: Callable[[str], None] | None = None,
-              sae: bool = True) -> StoryResult:
-    """Everything the story needs, from runs to ``out_dir/report.html``."""
+              sae: bool = True, plan: list | None = None) -> StoryResult:
+    """Everything the story needs, from runs to ``out_dir/report.html``.
+
+    ``plan`` (a list of :class:`~muonclip.story.runs.StoryRun`) replaces :func:`story_plan`.
+    """
     from tqdm.auto import tqdm
 
     from ..reproduce.runner import ensure_run
@@ -84,7 +89,7 @@ def run_story(out_dir: str | Path = "runs/story", *, cache_dir: str | Path = "ru
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     show = sys.stderr.isatty() if progress is None else progress
-    plan = story_plan(quick)
+    plan = story_plan(quick) if plan is None else plan
     n_stages = len(plan) + 1 + int(sae) + len(FIGURES) + 1
     bar = tqdm(total=n_stages, desc="story", unit="stage", disable=not show, dynamic_ncols=True, leave=True)
 
@@ -136,8 +141,8 @@ def run_story(out_dir: str | Path = "runs/story", *, cache_dir: str | Path = "ru
         bar.set_description("story: SAE")
         t0 = time.perf_counter()
         try:
-            dirs, prov = _sae_stage(runs, cache_dir, quick, say)
-            opts["sae_dirs"], opts["sae_provenance"] = dirs, prov
+            dirs, prov, info = _sae_stage(runs, cache_dir, quick, say)
+            opts["sae_dirs"], opts["sae_provenance"], opts["sae_source"] = dirs, prov, info
         except Exception as exc:  # the SAE is an extra chapter: report, keep going
             errors["sae"] = f"{type(exc).__name__}: {exc}"
             say(f"SAE stage failed: {errors['sae']}")
@@ -178,9 +183,12 @@ def run_story(out_dir: str | Path = "runs/story", *, cache_dir: str | Path = "ru
             numbers[spec.key] = value
             for name in spec.files:
                 if (out_dir / name).exists():
-                    manifest[name] = {"figure": spec.key,
-                                      "runs": [p for p in plan_info if set(p["roles"]) & set(spec.roles)]
-                                      or plan_info}
+                    used = [p for p in plan_info if any(spec.uses(r) for r in p["roles"])]
+                    if spec.key == "loss_vs_tokens" and not used:  # no efficiency runs: drawn from these
+                        used = [p for p in plan_info if set(p["roles"]) & {"dragon", "dragon_adamw", "guardrail"}]
+                    if spec.key == "l0" and opts.get("sae_source"):
+                        used = [opts["sae_source"]]
+                    manifest[name] = {"figure": spec.key, "runs": used}
         bar.update(1)
 
     bar.set_description("story: report")

@@ -105,8 +105,9 @@ def build_sections(out_dir: Path, numbers: dict, errors: dict, manifest: dict) -
          "used equally and 0 when one direction dominates.")
     if s:
         pg.p(f"Under AdamW, the tracked matrix whose spectrum ended least flat was <code>{_e(s['param'])}</code>: its "
-             f"ratio of largest to smallest singular value went from {_n(s['cond_first'])} at the first snapshot to "
-             f"{_n(s['cond_last'])} at step {s['step_last']}, with normalised entropy {_n(s['entropy_last'], '{:.3f}')}.")
+             f"largest singular value was {_n(s['top_over_median_first'])}&times; the median one at the first snapshot "
+             f"and {_n(s['top_over_median_last'])}&times; at step {s['step_last']}, with normalised entropy "
+             f"{_n(s['entropy_last'], '{:.3f}')}.")
     pg.figure("adamw_singular_distortion.gif", "AdamW: the singular values of one weight over training (3-D surface; "
               "index of the singular value, step, value).")
     s = numbers.get("adam_vs_muon")

@@ -65,9 +65,9 @@ def animate_spectrum_surface(steps: np.ndarray, values: np.ndarray, *, title: st
         ax.set_xlabel("index i (sorted)")
         ax.set_ylabel("step")
         ax.set_zlabel(zlabel)
-        ax.view_init(elev=28, azim=-60 + 50 * f / max(1, len(idx) - 1))
-        ratio = values[n - 1, 0] / max(values[n - 1, -1], 1e-12)
-        ax.set_title(f"{title}\nstep {steps[n - 1]}: σ_max/σ_min = {ratio:.1f}", fontsize=10)
+        ax.view_init(elev=28, azim=-65 + 35 * f / max(1, len(idx) - 1))
+        ratio = values[n - 1, 0] / max(float(np.median(values[n - 1])), 1e-12)
+        ax.set_title(f"{title}\nstep {steps[n - 1]}: σ_max = {ratio:.1f} x median σ", fontsize=10)
         return ()
 
     update(0)

@@ -132,8 +132,8 @@ def draw_dragon(ax, steps: np.ndarray, values: np.ndarray, tau: float, *, upto: 
     ax.axhspan(tau, top, color=COLORS["danger"], zorder=0)
     ax.axhline(tau, color=COLORS["tau"], ls="--", lw=1)
     ax.text(steps[0], tau * 0.5, "safe zone", fontsize=9, color="#2a7a2a", va="center")
-    ax.text(steps[0], min(top * 0.92, tau + (top - tau) * 0.8), "danger zone", fontsize=9, color="#b02020",
-            va="center")
+    ax.text(steps[-1], min(top * 0.95, tau + (top - tau) * 0.9), "danger zone ", fontsize=9, color="#b02020",
+            va="center", ha="right")
     ax.text(steps[-1], tau, f" tau = {tau:g}", fontsize=8, va="bottom", ha="right", color=COLORS["tau"])
     if reference is not None:
         rs, rv, rl = reference

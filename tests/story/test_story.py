@@ -1,0 +1,83 @@
+"""`muonclip story --quick` from fresh runs: every file, real animations, provenance, numbers."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import pytest
+
+from muonclip.story.pipeline import STORY_FILES, run_story
+from muonclip.story.runs import REQUIRED_ROLES, story_plan
+from muonclip.story import tradeoff as T
+
+
+def test_plan_covers_every_role():
+    for quick in (True, False):
+        plan = story_plan(quick)
+        roles = {r for run in plan for r in run.roles}
+        assert set(REQUIRED_ROLES) <= roles
+        assert len({run.label for run in plan}) == len(plan)
+
+
+def test_every_file_is_produced(quick_story):
+    result, out, _ = quick_story
+    assert result.ok, result.errors
+    missing = [f for f in STORY_FILES if not (out / f).exists()]
+    assert not missing
+
+
+def test_gifs_are_animations_and_pngs_carry_provenance(quick_story):
+    from PIL import Image
+
+    _, out, _ = quick_story
+    gifs = sorted(out.glob("*.gif"))
+    assert len(gifs) >= 7
+    for gif in gifs:
+        with Image.open(gif) as im:
+            assert im.n_frames > 10, gif.name
+            assert b"config" in im.info.get("comment", b""), gif.name
+    for png in sorted(out.glob("*.png")):
+        with Image.open(png) as im:
+            assert im.size[0] >= 400 and im.size[1] >= 250, png.name
+            assert "config" in im.text.get("Source", ""), png.name
+            assert len(im.convert("RGB").getcolors(1 << 20) or []) > 50, f"{png.name} looks blank"
+
+
+def test_numbers_come_from_the_runs(quick_story):
+    from muonclip.story.rundata import load_run
+
+    result, out, cache = quick_story
+    numbers = json.loads((out / "numbers.json").read_text())
+    plan = {p["label"]: p for p in numbers["plan"]}
+    dragon = next(p for p in numbers["plan"] if "dragon" in p["roles"])
+    run = load_run(cache / dragon["run_id"])
+    assert numbers["dragon"]["final"] == pytest.approx(run.rows[-1]["max_logit"])
+    assert numbers["dragon"]["peak"] == pytest.approx(max(r["max_logit"] for r in run.rows))
+    life = next(p for p in numbers["plan"] if "lifecycle" in p["roles"])
+    lrun = load_run(cache / life["run_id"])
+    clipped = [r["step"] for r in lrun.rows if r["n_clipped"]]
+    assert numbers["lifecycle"]["first_clip"] == (clipped[0] if clipped else None)
+    assert numbers["lifecycle"]["last_clip"] == (clipped[-1] if clipped else None)
+    assert "conclusion" in numbers["tradeoff"]
+    assert "tradeoff" in plan
+    html = (out / "report.html").read_text()
+    assert f"{numbers['dragon']['peak']:.1f}" in html
+
+
+def test_second_story_reuses_runs_and_figures(quick_story):
+    result, out, cache = quick_story
+    t0 = time.perf_counter()
+    again = run_story(out, cache_dir=cache, quick=True, progress=False)
+    assert again.ok
+    assert time.perf_counter() - t0 < 30
+    assert all(p["seconds"] < 5 for p in again.numbers["plan"])
+
+
+def test_tradeoff_is_deterministic():
+    cfg = dataclasses.replace(T.QUICK, steps=6, snapshot_every=3, n_eval=32, n_probe=8, d_model=16)
+    a, b = T.run_arm(cfg, clip=True), T.run_arm(cfg, clip=True)
+    assert a == b
+    assert len(a["snapshots"]) == 3
+    s = a["snapshots"][-1]
+    assert 0 <= s["keyword_attention"] <= 1 and 0 <= s["accuracy"] <= 1
