@@ -213,9 +213,10 @@ def animate_tradeoff(result: Mapping, *, provenance=None, frames: int = 24) -> F
             ax.set_xticks(range(row.size))
             ax.set_xticklabels(probe_tokens, rotation=90, fontsize=6)
             ax.set_ylim(0, 1)
+            layer, head = cur.get("best_head", ("?", "?"))
             ax.set_title(f"{arm['label']}\nstep {cur['step']}: acc {cur['accuracy']:.0%}, "
                          f"max logit {cur['max_logit']:.1f}", fontsize=9)
-            ax.set_ylabel("attention from answer position", fontsize=8)
+            ax.set_ylabel(f"attention from '?' (layer {layer}, head {head})", fontsize=8)
             ax2 = axes[1, j]
             ax2.cla()
             st = [s["step"] for s in snaps]
