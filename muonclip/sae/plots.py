@@ -30,6 +30,7 @@ def plot_l0(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, ti
 
     fig = Figure(figsize=(7.0, 4.2), dpi=120, layout="constrained")
     ax = fig.add_subplot()
+    finals: list[float] = []
     for label, (steps, l0) in series.items():
         steps, l0 = list(steps), list(l0)
         pts = [(s, v) for s, v in zip(steps, l0) if v > 0]
@@ -38,7 +39,10 @@ def plot_l0(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, ti
         xs, ys = zip(*pts)
         key = label.lower()
         ax.plot(xs, ys, label=_LABELS.get(key, label), color=_COLORS.get(key), linewidth=1.6)
-        ax.annotate(f"{ys[-1]:.1f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 0),
+        # stagger the end labels of lines that finish close together (log scale: ratio)
+        dy = 7 * sum(1 for f in finals if abs(ys[-1] / f - 1) < 0.15)
+        finals.append(ys[-1])
+        ax.annotate(f"{ys[-1]:.1f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, dy),
                     fontsize=8, color=_COLORS.get(key), va="center")
     if d_sae:
         ax.axhline(d_sae / 2, color="0.5", linestyle=":", linewidth=1)
