@@ -517,4 +517,6 @@ def _all_reduce_max(logits: list[Tensor], group) -> list[Tensor]:
     sizes = [t.numel() for t in logits]
     flat = torch.cat(logits)
     dist.all_reduce(flat, op=dist.ReduceOp.MAX, group=group)
+    nbytes = D.ring_all_reduce_bytes(4 * flat.numel(), dist.get_world_size(group))
+    D.COMM.add("all_reduce", nbytes, nbytes)
     return list(flat.split(sizes))

@@ -156,3 +156,51 @@ def test_grad_none_on_one_rank_does_not_hang(tmp_path):
     assert torch.equal(r0["manual"]["b.weight"], before["b.weight"])
     assert torch.equal(r0["manual"]["c"], before["c"])
     assert not torch.equal(r0["manual"]["a.weight"], before["a.weight"])
+
+
+# -- the lab's launcher ----------------------------------------------------------------------
+def test_lab_helpers_are_identity_for_one_process():
+    from muonclip.lab import distributed as L
+
+    x, y = torch.arange(8).reshape(4, 2), torch.arange(8).reshape(4, 2) + 1
+    assert L.shard_batch(x, y, None) == (x, y)
+    assert L.mean_across(1.5, None) == 1.5
+    t = [torch.ones(3)]
+    assert L.max_across(t, None) is t and L.is_main(None)
+    ctx = L.LabDist(rank=1, world_size=2, local_rank=1, owns_group=False)
+    xs, ys = L.shard_batch(x, y, ctx)
+    assert torch.equal(xs, x[2:]) and torch.equal(ys, y[2:]) and not L.is_main(ctx)
+    with pytest.raises(ValueError, match="divisible"):
+        L.shard_batch(x[:3], y[:3], ctx)
+
+
+def test_torchrun_command_relaunches_the_same_train_command():
+    from muonclip.lab import distributed as L
+
+    argv = ["train", "--preset", "tiny", "--nproc", "2", "--out", "r", "--nproc=2"]
+    cmd = L.torchrun_command(2, argv)
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert cmd[5:] == ["-m", "muonclip", "train", "--preset", "tiny", "--out", "r"]
+
+
+@pytest.mark.slow
+def test_cli_nproc_2_matches_one_process(tmp_path):
+    """`muonclip train --nproc 2` (torchrun, gloo, DDP) logs the single-process losses; only
+    rank 0 writes the run directory."""
+    import json
+
+    common = ["-m", "muonclip", "train", "--preset", "tiny", "--optimizer", "muonclip", "--no-progress",
+              "--set", "run.steps=3", "--set", "run.eval_every=0", "--set", "run.spectra_every=0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    rows = {}
+    for n in (1, 2):
+        out = tmp_path / f"n{n}"
+        proc = subprocess.run([sys.executable, *common, "--out", str(out), "--nproc", str(n)], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("{")]) == 1  # one summary
+        rows[n] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows[2]] == [1, 2, 3]  # written once, by rank 0
+    for a, b in zip(rows[1], rows[2]):
+        assert a["tokens"] == b["tokens"]
+        assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["max_logit"] - b["max_logit"]) < 1e-5
