@@ -161,6 +161,22 @@ def scenario_none_grad(rank: int, world: int) -> dict:
         ddp(x).backward()
         opt2.step()
     out["ddp"] = {n: p.detach().clone() for n, p in m2.named_parameters()}
+    # 3. A NaN gradient on rank 1 only: skipped (or refused) on every rank alike.
+    from muonclip import NonFiniteGradientError
+
+    m3 = _Partial(use_b=False)
+    before3 = m3.a.weight.detach().clone()
+    results = []
+    for policy in ("skip", "raise"):
+        opt3 = MuonClip([m3.a.weight], lr=0.02, nonfinite=policy)
+        m3.a.weight.grad = torch.full((8, 8), float("nan") if rank == 1 else 1.0)
+        try:
+            opt3.step()
+            results.append(("stepped", opt3.skipped_steps))
+        except NonFiniteGradientError as exc:
+            results.append(("raised", str(exc)))
+    out["nonfinite"] = results
+    out["nonfinite_unchanged"] = torch.equal(m3.a.weight.detach(), before3)
     return out
 
 

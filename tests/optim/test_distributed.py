@@ -156,6 +156,11 @@ def test_grad_none_on_one_rank_does_not_hang(tmp_path):
     assert torch.equal(r0["manual"]["b.weight"], before["b.weight"])
     assert torch.equal(r0["manual"]["c"], before["c"])
     assert not torch.equal(r0["manual"]["a.weight"], before["a.weight"])
+    # a NaN gradient on rank 1 only: skipped on both ranks, then refused on both ranks
+    for r, where in ((r0, "on another rank"), (r1, "in parameter #0")):
+        (skip, skipped), (raised, msg) = r["nonfinite"]
+        assert (skip, skipped, raised) == ("stepped", 1, "raised") and where in msg
+        assert r["nonfinite_unchanged"]
 
 
 # -- the lab's launcher ----------------------------------------------------------------------
