@@ -114,8 +114,10 @@ class SAEConfig:
 DEFAULT = SAEConfig()
 
 # ``--quick``: sized so an SAE on the lab's ``tiny`` run trains in well under a minute on
-# two shared CPU cores while L0 still falls by more than 10x from its start.
-QUICK = SAEConfig(steps=600, batch_size=512, n_tokens=65536, n_eval_tokens=4096,
+# two shared CPU cores while L0 still falls by more than 10x from its start. lr 3e-3 (not
+# 1e-3): in 600 steps on the 4-layer d_model-128 run it ends sparser *and* more faithful for
+# both optimizers (Adam L0 45 -> 24, FVE 0.898 -> 0.913; Muon 58 -> 21, 0.893 -> 0.919).
+QUICK = SAEConfig(steps=600, batch_size=512, n_tokens=65536, n_eval_tokens=4096, lr=3e-3,
                   l1_warmup_steps=100, dead_window=200)
 
 # Keys a resumed SAE may change: how long it trains and how often it checkpoints.
