@@ -137,6 +137,11 @@ QUICK_OVERRIDES: dict[str, list[str]] = {
     "guardrail": ["run.steps=60", "run.eval_every=20", "run.eval_batches=2", "run.spectra_every=5",
                   "optim.qk_clip_tau=10"],
     "spectra": ["run.steps=60", "run.eval_every=20", "run.eval_batches=2", "run.spectra_every=5"],
-    "lifecycle": ["run.steps=60", "run.eval_every=20", "run.eval_batches=2", "optim.qk_clip_tau=10"],
+    # A smaller model (d 64, 2 layers of 4 heads of 32, T 64, batch 8) for 200 steps: cheap enough to
+    # show the whole lifecycle (measured: clip on at step 79, off after 119, final 0.87 tau).
+    "lifecycle": ["model.d_model=64", "model.n_layer=2", "model.n_head=4", "model.head_dim=32",
+                  "model.seq_len=64", "run.batch_size=8", "run.steps=200", "run.eval_every=50",
+                  "run.eval_batches=2", "optim.lr=0.04", "optim.weight_decay=0.2", "optim.qk_clip_tau=27",
+                  "schedule.kind=cosine", "schedule.warmup_steps=10", "schedule.min_lr_ratio=0"],
     "efficiency": ["run.steps=40", "run.eval_every=10", "run.eval_batches=2", "schedule.warmup_steps=5"],
 }
