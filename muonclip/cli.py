@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--threads", type=int, default=1, metavar="N",
                     help="torch CPU threads (default 1: deterministic and fastest on a shared 2-core machine)")
     rp.add_argument("--no-determinism-check", action="store_true",
-                    help="skip training the quick guardrail twice to check bit-for-bit determinism")
+                    help="skip training a short MuonClip run twice to check bit-for-bit determinism")
     rp.set_defaults(func=_cmd_reproduce)
     pr = sub.add_parser("presets", help="list the named training presets")
     pr.set_defaults(func=_cmd_presets)
