@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..lab.io import atomic_write_json, atomic_write_text
 from .config import SAEConfig
 
-__all__ = ["run_compare", "load_compare", "compare_markdown", "comparison_markdown", "COMPARE_ROWS"]
+__all__ = ["run_compare", "write_compare", "load_compare", "compare_markdown", "comparison_markdown", "COMPARE_ROWS"]
 
 # (summary key, row label, format) of the markdown table, in order.
 COMPARE_ROWS = (
@@ -44,7 +44,6 @@ def run_compare(run_dir: str | Path, cfg: SAEConfig, out_dir: str | Path, *,
                 log: Callable[[str], None] | None = None, tensorboard: bool = True) -> dict[str, Any]:
     """Train one SAE per optimizer on one shared activation buffer; write compare.json,
     compare.md and l0.png to ``out_dir``; return the result dict."""
-    from .plots import save_l0_png
     from .train import run_sae
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -56,6 +55,17 @@ def run_compare(run_dir: str | Path, cfg: SAEConfig, out_dir: str | Path, *,
         log(f"training the {opt} SAE")
         saes[opt] = run_sae(run_dir, cfg.replace(optimizer=opt), out_dir / opt, buffer_path=buffer_path,
                             progress=progress, log=log, tensorboard=tensorboard)
+    return write_compare(run_dir, cfg, out_dir, saes)
+
+
+def write_compare(run_dir: str | Path, cfg: SAEConfig, out_dir: str | Path,
+                  saes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Write compare.json, compare.md and l0.png for finished SAEs ``out_dir/<optimizer>``
+    (``saes``: their summaries) trained from ``cfg`` on ``run_dir``; return the result."""
+    from .plots import save_l0_png
+
+    out_dir = Path(out_dir)
+    saes = dict(saes)
     first = next(iter(saes.values()))
     setup = {
         "layer": first["layer"], "d_sae": first["d_sae"], "kind": cfg.kind, "steps": cfg.steps,

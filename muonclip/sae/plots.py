@@ -40,7 +40,8 @@ def plot_l0(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, ti
         key = label.lower()
         ax.plot(xs, ys, label=_LABELS.get(key, label), color=_COLORS.get(key), linewidth=1.6)
         # stagger the end labels of lines that finish close together (log scale: ratio)
-        dy = 7 * sum(1 for f in finals if abs(ys[-1] / f - 1) < 0.15)
+        close = [f for f in finals if abs(ys[-1] / f - 1) < 0.4]
+        dy = sum(7 if ys[-1] >= f else -7 for f in close)
         finals.append(ys[-1])
         ax.annotate(f"{ys[-1]:.1f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, dy),
                     fontsize=8, color=_COLORS.get(key), va="center")
