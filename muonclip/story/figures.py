@@ -220,6 +220,7 @@ def fig_loss_vs_tokens(runs: Runs, out: Path, opts: dict) -> dict:
                          "final_val": float(vl[-1]) if vl.size else None}
     fig = P.plot_loss_vs_tokens(series, val, title="Loss vs tokens (K2 Fig. 3 style)", provenance=prov)
     save_figure(fig, out / "loss_vs_tokens.png", description="loss against tokens seen")
+    numbers["_source"] = "efficiency" if any(k.startswith("efficiency_") for k in runs) else "dragon"
     return numbers
 
 

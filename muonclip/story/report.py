@@ -232,8 +232,11 @@ def build_sections(out_dir: Path, numbers: dict, errors: dict, manifest: dict) -
     pg.figure("max_logits.png", "Max logit over training for every optimizer (log scale).")
     s = numbers.get("loss_vs_tokens")
     if s:
-        pg.p("Final validation loss: " + "; ".join(f"{_e(k)} {_f(v['final_val'], '{:.3f}')} after {v['tokens']:,} tokens"
-                                                   for k, v in s.items()) + ".")
+        src = ("the efficiency runs (each optimizer at its chosen learning rate)" if s.get("_source") == "efficiency"
+               else "the dragon runs (same model, data and settings for the three optimizers)")
+        pg.p(f"Loss against tokens, from {src}. Final validation loss: "
+             + "; ".join(f"{_e(k)} {_f(v['final_val'], '{:.3f}')} after {v['tokens']:,} tokens"
+                         for k, v in s.items() if not k.startswith("_")) + ".")
     pg.figure("loss_vs_tokens.png", "Training loss (smoothed) and validation loss against tokens.")
     if (out_dir / "l0.png").exists():
         s = numbers.get("l0") or {}

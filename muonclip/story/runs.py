@@ -107,7 +107,8 @@ def _preset_plan(module, quick: bool) -> list[StoryRun]:
         if optimizer:
             ov = [f"optim.optimizer={optimizer}", *ov]
         if quick:
-            ov = ov + list(quick_overrides.get(preset, []))
+            # A run's own quick list (e.g. "guardrail": the dragon's plus a lower tau) wins over its preset's.
+            ov = ov + list(quick_overrides.get(label, quick_overrides.get(preset, [])))
         cfg = apply_overrides(get_preset(preset), ov)
         desc = f"preset {preset}, {optimizer}"
         plan.append(StoryRun(label, cfg, _roles_for(label, preset, optimizer or cfg.optim.optimizer), desc, tuple(ov)))
@@ -138,6 +139,10 @@ def story_plan(quick: bool = False, *, use_presets: bool = True) -> list[StoryRu
     """
     module = _presets_module() if use_presets else None
     plan = _preset_plan(module, quick) if module is not None else _builtin_plan(quick)
+    if quick:
+        # The quick story draws loss-vs-tokens from the dragon runs (same settings, three optimizers)
+        # instead of training the separate efficiency runs: it keeps --quick within minutes.
+        plan = [run for run in plan if not all(r.startswith("efficiency_") for r in run.roles)]
     have = {r for run in plan for r in run.roles}
     missing = [r for r in REQUIRED_ROLES if r not in have]
     if missing:

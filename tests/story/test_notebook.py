@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# The first test to use the shared quick story pays for training it.
+pytestmark = pytest.mark.timeout(1200)
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "muonclip_story.ipynb"
 
 

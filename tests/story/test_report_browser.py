@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# The first test to use the shared quick story pays for training it.
+pytestmark = pytest.mark.timeout(1200)
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--remote-debugging-pipe"]

@@ -11,6 +11,9 @@ from muonclip.story.pipeline import STORY_FILES, run_story
 from muonclip.story.runs import REQUIRED_ROLES, story_plan
 from muonclip.story import tradeoff as T
 
+# The first test to use the shared quick story pays for training it.
+pytestmark = pytest.mark.timeout(1200)
+
 
 def test_plan_covers_every_role():
     for quick in (True, False):
@@ -70,7 +73,7 @@ def test_second_story_reuses_runs_and_figures(quick_story):
     t0 = time.perf_counter()
     again = run_story(out, cache_dir=cache, quick=True, progress=False)
     assert again.ok
-    assert time.perf_counter() - t0 < 30
+    assert time.perf_counter() - t0 < 60
     assert all(p["seconds"] < 5 for p in again.numbers["plan"])
 
 
