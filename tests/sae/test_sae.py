@@ -129,10 +129,15 @@ def test_muon_param_groups_by_name():
     assert isinstance(build_sae_optimizer(sae, SAEConfig()), torch.optim.Adam)
 
 
-def test_topk_has_k_active():
+def test_topk_has_k_active(run_dir, tmp_path):
     sae = build_sae(SAEConfig(d_sae=64, kind="topk", k=5), 16)
     z = sae.encode(torch.randn(100, 16))
     assert int((z > 0).sum(1).max()) <= 5 and float((z > 0).sum(1).float().mean()) > 4
+    cfg = apply_overrides(QUICK, ["kind=topk", "k=6", "steps=20", "n_tokens=4096", "n_eval_tokens=512",
+                                  "batch_size=256"])
+    summary = run_sae(run_dir, cfg, tmp_path / "topk", progress=False, log=lambda m: None, tensorboard=False)
+    rows = read_metrics(tmp_path / "topk" / "metrics.jsonl")
+    assert all(r["l0"] <= 6 and r["l1_coeff"] == 0.0 for r in rows) and summary["eval_l0"] <= 6
 
 
 def test_compare_table_and_plot(run_dir, tmp_path):
@@ -163,6 +168,15 @@ def test_cli_errors_exit_2(run_dir, tmp_path, capsys):
     assert "unknown config key 'l1_cof'" in err and "l1_coeff" in err
     assert main(["sae", "--run", str(run_dir), "--quick"]) == 2
     assert "--out SAE_DIR is required" in capsys.readouterr().err
+    assert main(["sae", "--run", str(run_dir), "--preset", "compare", "--optimizer", "muon",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "drop --optimizer" in capsys.readouterr().err
+    assert main(["sae", "--run", str(run_dir), "--quick", "--set", "kind=relu", "--out", str(tmp_path / "o")]) == 2
+    assert "kind: 'relu' is not one of 'l1', 'topk'" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "checkpoint.pt").write_bytes(b"x")
+    assert main(["sae", "--run", str(run_dir), "--quick", "--out", str(tmp_path / "taken")]) == 2
+    assert "already holds an SAE" in capsys.readouterr().err
     assert main(["sae", "--resume", str(tmp_path / "missing")]) == 2
     assert "no SAE config" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="cannot change"):
