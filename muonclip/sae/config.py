@@ -51,7 +51,8 @@ class SAEConfig:
     ``normalize`` scales activations so that E||x||^2 = d_model (one scalar, from the
     training buffer). Decoder columns are kept at unit norm: the gradient component along
     each column is removed (``project_grad``) and columns are renormalised after each step.
-    A latent is dead when it has not fired for ``dead_window`` steps.
+    A latent is dead when it has not fired for ``dead_window`` steps. A checkpoint is saved
+    every ``checkpoint_every`` steps (0: only at the end) and at the end.
     """
 
     _section = "sae"
@@ -78,7 +79,7 @@ class SAEConfig:
     normalize: bool = True
     project_grad: bool = True
     dead_window: int = 500
-    checkpoint_every: int = 0
+    checkpoint_every: int = 500
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -120,7 +121,7 @@ DEFAULT = SAEConfig()
 # rather than 1e-3, 600 steps on the 4-layer d_model-128 run end sparser *and* more faithful
 # for both optimizers (Adam L0 45 -> 24, FVE 0.898 -> 0.913; Muon 58 -> 21, 0.893 -> 0.919).
 QUICK = SAEConfig(steps=600, batch_size=512, n_tokens=65536, n_eval_tokens=4096,
-                  l1_warmup_steps=100, dead_window=200)
+                  l1_warmup_steps=100, dead_window=200, checkpoint_every=200)
 
 # Keys a resumed SAE may change: how long it trains and how often it checkpoints.
 RESUMABLE_KEYS = ("steps", "checkpoint_every")
