@@ -162,7 +162,8 @@ def section_dragon(rn: _Runner) -> Section:
             (f"{name}: per-layer peak max logit (layer 0..)",
              ", ".join(_fmt(max(v), 1) for v in R.layer_max_series(run.rows)[1])),
             (f"{name}: final val loss", _fmt(R.final_val_loss(run.rows), 4)),
-            (f"{name}: loss spikes (> 0.25 nats above the last-20-step min)", _fmt(R.loss_spikes(run.rows))),
+            (f"{name}: loss spikes (> 0.5 nats above the median of the previous 20 steps) / largest rise",
+             f"{R.loss_spikes(run.rows)} / {_fmt(R.max_loss_jump(run.rows), 3)}"),
         ]
     s.table.append(("tau (this scale)", _fmt(tau, 0)))
     s.checks += [
@@ -204,11 +205,13 @@ def section_guardrail(rn: _Runner) -> Section:
         ("peak max logit after the first clip",
          _fmt(max((float(r["max_logit"]) for r in clip.rows if first and r["step"] > first), default=None), 1)),
         ("heads ever clipped", f"{len(ever)} / {R.n_heads(clip.rows)} ({100 * frac:.1f}%)"),
-        ("which heads (layer, head)", ", ".join(f"({a},{b})" for a, b in sorted(ever)) or "none"),
+        ("which heads (layer, head)", ", ".join(f"({a},{b})" for a, b in sorted(ever)) or "none"
+         if len(ever) <= R.n_heads(clip.rows) // 2 else f"all but {R.n_heads(clip.rows) - len(ever)}"),
         ("final val loss: MuonClip / Muon / AdamW",
          f"{_fmt(vc, 4)} / {_fmt(vm, 4)} / {_fmt(R.final_val_loss(adamw.rows), 4)}"),
         ("MuonClip vs Muon final val loss", f"{100 * rel:+.2f}%" if rel is not None else "n/a"),
-        ("loss spikes: MuonClip / Muon", f"{R.loss_spikes(clip.rows)} / {R.loss_spikes(muon.rows)}"),
+        ("loss spikes (> 0.5 nats above the previous-20-step median): MuonClip / Muon",
+         f"{R.loss_spikes(clip.rows)} / {R.loss_spikes(muon.rows)}"),
     ]
     # For contrast: the same model and tau with weight decay 0.1 and a cosine schedule (the
     # efficiency preset's MuonClip run) -- the "few rogue heads" picture.

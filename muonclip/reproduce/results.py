@@ -32,6 +32,7 @@ __all__ = [
     "best_val_loss",
     "tokens_to_reach",
     "loss_spikes",
+    "max_loss_jump",
     "layer_max_series",
     "spectra_series",
     "mean_spectra_series",
@@ -176,19 +177,33 @@ def tokens_to_reach(xs: Sequence[float], ys: Sequence[float], target: float) -> 
     return None
 
 
-def loss_spikes(rows: Sequence[Row], *, window: int = 20, threshold: float = 0.25) -> int:
-    """Steps whose training loss exceeds the minimum of the previous ``window`` steps by more
-    than ``threshold`` nats (non-finite losses count as spikes)."""
+def _jumps(rows: Sequence[Row], window: int) -> list[float]:
+    """Per step: training loss minus the median of the previous ``window`` finite losses
+    (inf for a non-finite loss, 0 for the first step)."""
     losses = [_num(r["loss"]) for r in rows]
-    count = 0
+    out = []
     for i, v in enumerate(losses):
+        prev = sorted(u for u in losses[max(0, i - window):i] if math.isfinite(u))
         if not math.isfinite(v):
-            count += 1
-            continue
-        prev = [u for u in losses[max(0, i - window):i] if math.isfinite(u)]
-        if prev and v - min(prev) > threshold:
-            count += 1
-    return count
+            out.append(math.inf)
+        elif not prev:
+            out.append(0.0)
+        else:
+            n = len(prev)
+            med = prev[n // 2] if n % 2 else 0.5 * (prev[n // 2 - 1] + prev[n // 2])
+            out.append(v - med)
+    return out
+
+
+def loss_spikes(rows: Sequence[Row], *, window: int = 20, threshold: float = 0.5) -> int:
+    """Steps whose training loss exceeds the median of the previous ``window`` steps by more
+    than ``threshold`` nats (non-finite losses count as spikes)."""
+    return sum(1 for j in _jumps(rows, window) if j > threshold)
+
+
+def max_loss_jump(rows: Sequence[Row], *, window: int = 20) -> float:
+    """Largest rise of the training loss above the median of the previous ``window`` steps."""
+    return max(_jumps(rows, window), default=0.0)
 
 
 def layer_max_series(rows: Sequence[Row]) -> tuple[list[int], list[list[float]]]:

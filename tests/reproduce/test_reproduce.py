@@ -84,8 +84,10 @@ def test_val_and_loss_helpers():
     assert R.val_curve(rows) == ([200, 400], [2.5, 2.2])
     assert R.val_curve(rows, "step") == ([2, 4], [2.5, 2.2])
     assert R.final_val_loss(rows) == 2.2 and R.best_val_loss(rows) == 2.2
-    assert R.loss_spikes(rows, threshold=0.5) == 2  # step 3 (2.6 > 2.0 + 0.5) and the NaN
     assert not R.is_finite_run(rows)
+    spiky = [_row(i + 1, [[1.0]], loss=v) for i, v in enumerate([2.0, 2.0, 2.0, 2.8, 2.0, "nan"])]
+    assert R.loss_spikes(spiky, threshold=0.5) == 2  # step 4 (2.8 > median 2.0 + 0.5) and the NaN
+    assert R.max_loss_jump(spiky[:5]) == pytest.approx(0.8)
 
 
 def test_layer_and_spectra_series():
