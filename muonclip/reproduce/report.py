@@ -548,7 +548,9 @@ def build_report(sections: list[Section], *, quick: bool, cache: Path, threads: 
                       "expect the numbers to move but the targets' verdicts to hold."]
     lines.append("")
     if with_sae:
-        lines += ["## SAE comparison (issue #8)", "", _sae_section(), ""]
+        lines += ["## SAE comparison (issue #8)", "",
+                  "_Produced by `muonclip.sae.comparison_markdown()` (the SAE package's own recorded run; "
+                  "not re-run by this report)._", "", _sae_section(), ""]
     return "\n".join(lines)
 
 
