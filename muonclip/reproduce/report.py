@@ -213,6 +213,13 @@ def section_guardrail(rn: _Runner) -> Section:
         ("loss spikes (> 0.5 nats above the previous-20-step median): MuonClip / Muon",
          f"{R.loss_spikes(clip.rows)} / {R.loss_spikes(muon.rows)}"),
     ]
+    # Why the clipped set is not sparse here: how many heads of *vanilla Muon* pass tau, and
+    # pass peak/3 (the largest tau for which Muon's peak is still >= 3 tau).
+    muon_peaks = _per_head(muon).max(axis=0)
+    top = float(muon_peaks.max())
+    s.table.append(("vanilla Muon: heads whose peak max logit exceeds tau / exceeds peak/3 "
+                    f"(= {top / 3:.0f}, the largest tau with Muon peak >= 3 tau)",
+                    f"{int((muon_peaks > tau).sum())} / {int((muon_peaks > top / 3).sum())} of {muon_peaks.size}"))
     # For contrast: the same model and tau with weight decay 0.1 and a cosine schedule (the
     # efficiency preset's MuonClip run) -- the "few rogue heads" picture.
     lr_eff = P.EFFICIENCY_BEST["muonclip"]
