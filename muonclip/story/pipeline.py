@@ -63,7 +63,7 @@ def _sae_stage(runs: dict, cache_dir: Path, quick: bool, log: Callable[[str], No
     else:
         log(f"reusing cached SAEs {out.name}")
     dirs = {opt: out / opt for opt in ("adam", "muon") if (out / opt / "metrics.jsonl").exists()}
-    prov = f"SAE {out.name} on run {source.run_id} | git {source.git_sha[:12]}"
+    prov = f"SAE {out.name} on run {source.run_id} | config {sae_config_hash(cfg)} | git {source.git_sha[:12]}"
     info = {"label": "sae", "roles": ["sae"], "run_id": out.name, "config_hash": sae_config_hash(cfg),
             "git_sha": source.git_sha, "description": f"Adam vs Muon SAEs on {source.run_id}"}
     return dirs, prov, info
