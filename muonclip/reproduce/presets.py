@@ -38,6 +38,7 @@ __all__ = [
     "EFFICIENCY_LRS",
     "EFFICIENCY_BEST",
     "LIFECYCLE_FULL_MODEL_OVERRIDES",
+    "EFFICIENCY_CLIP_LR",
     "lr_override",
     "efficiency_label",
 ]
@@ -91,10 +92,12 @@ EFFICIENCY = TrainConfig(
 EFFICIENCY_LRS: dict[str, tuple[float, ...]] = {
     "adamw": (3e-4, 1e-3, 3e-3, 1e-2),
     "muon": (0.01, 0.02, 0.04),
-    "muonclip": (0.02,),  # MuonClip at Muon's best lr (its clip barely fires here: see the report)
+    "muonclip": (0.01, 0.02),
 }
 # Chosen from the sweep (lowest final validation loss); see docs/results.md.
-EFFICIENCY_BEST: dict[str, float] = {"adamw": 1e-3, "muon": 0.02, "muonclip": 0.02}
+EFFICIENCY_BEST: dict[str, float] = {"adamw": 1e-3, "muon": 0.01, "muonclip": 0.01}
+# The MuonClip lr of the sweep at which the clip fires (a few heads): the guardrail's contrast run.
+EFFICIENCY_CLIP_LR = 0.02
 
 
 def lr_override(optimizer: str, lr: float) -> list[str]:

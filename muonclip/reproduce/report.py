@@ -222,7 +222,7 @@ def section_guardrail(rn: _Runner) -> Section:
                     f"{int((muon_peaks > tau).sum())} / {int((muon_peaks > top / 3).sum())} of {muon_peaks.size}"))
     # For contrast: the same model and tau with weight decay 0.1 and a cosine schedule (the
     # efficiency preset's MuonClip run) -- the "few rogue heads" picture.
-    lr_eff = P.EFFICIENCY_BEST["muonclip"]
+    lr_eff = P.EFFICIENCY_CLIP_LR
     eff = rn.get(P.efficiency_label("muonclip", lr_eff), "efficiency", "muonclip", P.lr_override("muonclip", lr_eff))
     eff_ever = R.heads_ever_clipped(eff.rows, eff.tau)
     s.table.append(("for contrast, heads ever clipped with weight decay 0.1 + cosine lr (efficiency preset, "
@@ -259,6 +259,8 @@ def section_lifecycle(rn: _Runner) -> Section:
     s = Section("lifecycle", "The lifecycle: clipping switches itself off", commands=[rn.command(run)])
     c = run.cfg
     s.table += [
+        ("model", f"{c.model.n_layer} layers x {c.model.n_head} heads of {c.model.head_size}, d_model "
+                  f"{c.model.d_model}, T {c.model.seq_len}, batch {c.run.batch_size}, {c.run.steps} steps"),
         ("schedule", f"{c.schedule.kind}, warmup {c.schedule.warmup_steps}, min lr ratio {c.schedule.min_lr_ratio:g}; "
                      f"weight decay {c.optim.weight_decay:g}; lr {c.optim.lr:g}"),
         ("tau", _fmt(tau, 0)),
@@ -387,6 +389,10 @@ def section_efficiency(rn: _Runner) -> Section:
                                   f"{_fmt(ratio, 3)}x" if ratio is not None else "not reached",
                                   None if ratio is None else ratio <= 0.6))
     s.table.insert(0, ("AdamW final val loss (the target)", _fmt(target, 4)))
+    mc = best["muonclip"]
+    s.table.append(("muonclip: steps with a clip / heads ever clipped in that run (tau "
+                    f"{mc.tau:g}; with no clip it is the Muon run step for step)",
+                    f"{len(R.clip_steps(mc.rows))} / {len(R.heads_ever_clipped(mc.rows, mc.tau))}"))
     for opt, run in best.items():
         s.table.append((f"{opt}: final val loss", _fmt(R.final_val_loss(run.rows), 4)))
     sweep_md = ["| optimizer | lr | final val loss |", "|---|---|---|"]
