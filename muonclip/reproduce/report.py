@@ -485,24 +485,30 @@ def determinism_check(log: Callable[[str], None]) -> tuple[str, float, list[str]
 # ----------------------------------------------------------------------------- markdown
 
 
-def _sae_section() -> str:
-    """The SAE comparison (issue #8) if that package provides a markdown table."""
-    try:
-        from .. import sae  # noqa: F401
-    except Exception:
-        return "_The SAE comparison (`muonclip.sae`) is not available in this checkout; skipped._"
-    fn = getattr(sae, "comparison_markdown", None) or getattr(sae, "markdown_table", None)
-    if fn is None:
-        return ("_`muonclip.sae` exists but documents no function that produces a markdown comparison "
-                "table; skipped._")
-    try:
-        return str(fn())
-    except Exception as exc:  # pragma: no cover - depends on the other package
-        return f"_The SAE comparison failed to build: {type(exc).__name__}: {exc}._"
+def _sae_section(rn: "_Runner") -> str:
+    """Adam vs Muon SAEs (issue #8) trained on the guardrail run's residual stream, cached in
+    the reproduce cache by run and SAE config; every number comes from their metrics."""
+    from ..sae import DEFAULT, QUICK
+    from ..sae.compare import compare_markdown, load_compare, run_compare
+    from ..sae.config import sae_config_hash
+
+    run = rn.get("guardrail", "dragon", "muonclip", quick_key="guardrail")
+    cfg = QUICK if rn.quick else DEFAULT
+    out = rn.cache / f"sae-{run.run_dir.name}-{sae_config_hash(cfg)}"
+    if (out / "compare.json").exists():
+        rn.log(f"[reproduce] reusing cached SAE comparison {out.name}")
+        result = load_compare(out)
+    else:
+        rn.log(f"[reproduce] training Adam and Muon SAEs on {run.label}")
+        result = run_compare(run.run_dir, cfg, out, progress=False, log=rn.log, tensorboard=False)
+    flags = " --quick" if rn.quick else ""
+    return "\n".join([
+        "```bash", f"python -m muonclip sae --run runs/{run.label} --preset compare{flags} --out runs/sae-compare",
+        "```", "", compare_markdown(result)])
 
 
 def build_report(sections: list[Section], *, quick: bool, cache: Path, threads: int, fig_rel: str,
-                 determinism: tuple[str, float, list[str]] | None, elapsed: float, with_sae: bool) -> str:
+                 determinism: tuple[str, float, list[str]] | None, elapsed: float, sae_md: str | None) -> str:
     import torch
 
     lines = ["# MuonClip at CPU scale: measured results", ""]
@@ -561,10 +567,8 @@ def build_report(sections: list[Section], *, quick: bool, cache: Path, threads: 
                       f"**{_fmt(diff)}**. Tolerance for a fresh run on this machine: exact (0); elsewhere, "
                       "expect the numbers to move but the targets' verdicts to hold."]
     lines.append("")
-    if with_sae:
-        lines += ["## SAE comparison (issue #8)", "",
-                  "_Produced by `muonclip.sae.comparison_markdown()` (the SAE package's own recorded run; "
-                  "not re-run by this report)._", "", _sae_section(), ""]
+    if sae_md:
+        lines += ["## SAE comparison: Adam vs Muon (issue #8)", "", sae_md, ""]
     return "\n".join(lines)
 
 
@@ -585,6 +589,7 @@ def main(*, only: list[str] | None = None, quick: bool = False, cache: str | Pat
     t0 = time.perf_counter()
     rn = _Runner(Path(cache), quick, log)
     sections = [SECTIONS[n](rn) for n in names]
+    sae_md = _sae_section(rn) if only is None else None
     det = determinism_check(log) if determinism else None
     out = Path(out)
     fig_dir = out / "figures"
@@ -595,7 +600,7 @@ def main(*, only: list[str] | None = None, quick: bool = False, cache: str | Pat
             plt.close(fig)
     text = build_report(sections, quick=quick, cache=Path(cache), threads=torch.get_num_threads(),
                         fig_rel="figures", determinism=det, elapsed=time.perf_counter() - t0,
-                        with_sae=only is None)
+                        sae_md=sae_md)
     path = out / "results.md"
     path.write_text(text + "\n", encoding="utf-8")
     log(f"[reproduce] wrote {path}")

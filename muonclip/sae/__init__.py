@@ -14,12 +14,12 @@ from .train import SAE_METRIC_FIELDS, evaluate_sae, load_sae, run_sae, train_sae
 __all__ = [
     "DEFAULT", "QUICK", "SAEConfig", "load_sae_config", "save_sae_config", "SparseAutoencoder",
     "SAE_METRIC_FIELDS", "evaluate_sae", "load_sae", "run_sae", "train_sae",
-    "run_compare", "compare_markdown", "comparison_markdown", "plot_l0", "save_l0_png",
+    "run_compare", "compare_markdown", "plot_l0", "save_l0_png",
 ]
 
 
 def __getattr__(name: str):  # plots/compare import matplotlib lazily
-    if name in ("run_compare", "compare_markdown", "comparison_markdown"):
+    if name in ("run_compare", "compare_markdown"):
         from . import compare
         return getattr(compare, name)
     if name in ("plot_l0", "save_l0_png"):

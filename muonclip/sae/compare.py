@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..lab.io import atomic_write_json, atomic_write_text
 from .config import SAEConfig
 
-__all__ = ["run_compare", "write_compare", "load_compare", "compare_markdown", "comparison_markdown", "COMPARE_ROWS"]
+__all__ = ["run_compare", "write_compare", "load_compare", "compare_markdown", "COMPARE_ROWS"]
 
 # (summary key, row label, format) of the markdown table, in order.
 COMPARE_ROWS = (
@@ -125,16 +125,3 @@ def compare_markdown(result: Mapping[str, Any]) -> str:
     for key, label, fmt in COMPARE_ROWS:
         lines.append(f"| {label} | " + " | ".join(_fmt(saes[c].get(key), fmt) for c in cols) + " |")
     return "\n".join(lines) + "\n"
-
-
-def comparison_markdown(source: Mapping[str, Any] | str | Path | None = None) -> str:
-    """The comparison table for a report: of ``source`` (a result dict, a compare.json or its
-    folder), or, by default, of the measured comparison recorded in
-    :mod:`muonclip.sae.measured` (a real run; its provenance line is included)."""
-    if source is None:
-        from .measured import MEASURED, PROVENANCE
-
-        return compare_markdown(MEASURED) + "\n" + PROVENANCE + "\n"
-    if isinstance(source, Mapping):
-        return compare_markdown(source)
-    return compare_markdown(load_compare(source))

@@ -186,11 +186,3 @@ def test_cli_errors_exit_2(run_dir, tmp_path, capsys):
         (tmp_path / "r" / "config.json").write_text(json.dumps({"d_sae": 8, "layer": 0}))
         resume_sae_config(tmp_path / "r", ["lr=0.5"])
     assert not (tmp_path / "o").exists()
-
-
-def test_measured_comparison_markdown():
-    from muonclip import sae
-
-    md = sae.comparison_markdown()  # what the results report calls (no arguments)
-    assert "| | Adam | Muon |" in md and "Measured" in md
-    assert sae.comparison_markdown(sae.measured.MEASURED) in md
