@@ -69,6 +69,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
                                  weight_decay=o.weight_decay)
     groups = build_param_groups(model, lr=o.lr, weight_decay=o.weight_decay, adamw_lr=o.adamw_lr)
     clip = o.optimizer == "muonclip"
+    if clip and cfg.model.qk_norm:
+        raise ConfigError("QK-norm and QK-Clip are alternatives: with model.qk_norm=true use "
+                          "--optimizer muon (or adamw), or turn qk_norm off to compare against MuonClip")
     return MuonClip(
         groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
         orthogonalizer=o.ns_method, update_scale=o.update_scale, betas=tuple(o.betas), eps=o.eps,

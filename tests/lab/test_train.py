@@ -76,6 +76,22 @@ def test_muon_update_spectrum_is_flat_and_adamw_is_not(tmp_path, corpus_file):
     assert erank["muon"] > 0.9 > erank["adamw"] + 0.1, erank
 
 
+@pytest.mark.parametrize("variant,optimizer", [
+    ("model.qk_norm=true", "muon"), ("model.logit_softcap=30", "muon"), ("model.logit_softcap=30", "muonclip"),
+])
+def test_qk_norm_and_softcap_variants_train(tmp_path, corpus_file, variant, optimizer):
+    train(tiny(corpus_file, variant, f"optim.optimizer={optimizer}", "optim.qk_clip_tau=0.5", "run.steps=20"),
+          tmp_path / "run", progress=False)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3
+
+
+def test_qk_norm_with_muonclip_is_a_config_error(tmp_path, corpus_file, capsys):
+    code = cli_main(["train", "--data", str(corpus_file), "--optimizer", "muonclip", "--set", "model.qk_norm=true",
+                     "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 2 and "alternatives" in capsys.readouterr().err
+
+
 def _strip_timing(rows):
     return [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in rows]
 
