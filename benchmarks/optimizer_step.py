@@ -60,8 +60,12 @@ def main() -> None:
     ap.add_argument("--skip-torch-muon", action="store_true")
     ap.add_argument("--no-avx2-regime", action="store_true",
                     help="skip the second measurement in a child process capped to AVX2 (no native bf16)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: torch's default); 1 avoids OpenMP thrashing on a shared machine")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = measure(args)
     if not args.child and not args.no_avx2_regime:
         result["avx2_only"] = _avx2_child(args)
@@ -74,7 +78,7 @@ def _avx2_child(args) -> dict:
     import sys
 
     cmd = [sys.executable, __file__, "--child", "--repeats", str(args.repeats),
-           "--torch-muon-repeats", str(args.torch_muon_repeats)]
+           "--torch-muon-repeats", str(args.torch_muon_repeats), "--threads", str(args.threads)]
     if args.skip_torch_muon:
         cmd.append("--skip-torch-muon")
     out = subprocess.run(cmd, env={**os.environ, **AVX2_ENV}, capture_output=True, text=True, check=True)
