@@ -33,12 +33,9 @@ def _cmd_story(args: argparse.Namespace) -> int:
 
     from .story.pipeline import run_story
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result = run_story(args.out, cache_dir=args.cache, quick=args.quick, sae=not args.no_sae)
+    result = run_story(args.out, cache_dir=args.cache, quick=args.quick, sae=not args.no_sae,
+                       threads=args.threads or 1)
     print(f"story: {len(result.files)} files in {result.out_dir} ({time.perf_counter() - t0:.0f} s)")
     for name, err in result.errors.items():
         print(f"story: problem with {name}: {err}", file=sys.stderr)
@@ -180,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--cache", default="runs/cache", metavar="DIR", help="run cache (default: runs/cache)")
     st.add_argument("--out", default="runs/story", metavar="DIR", help="output folder (default: runs/story)")
     st.add_argument("--no-sae", action="store_true", help="skip the sparse-autoencoder L0 chapter")
-    st.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    st.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default 1: steadiest on a shared machine)")
     st.set_defaults(func=_cmd_story)
     tr = sub.add_parser(
         "train", help="train a lab model (see `muonclip presets`)",

@@ -71,11 +71,27 @@ def _sae_stage(runs: dict, cache_dir: Path, quick: bool, log: Callable[[str], No
 
 def run_story(out_dir: str | Path = "runs/story", *, cache_dir: str | Path = "runs/cache", quick: bool = False,
               progress: bool | None = None, log: Callable[[str], None] | None = None,
-              sae: bool = True, plan: list | None = None) -> StoryResult:
+              sae: bool = True, plan: list | None = None, threads: int | None = 1) -> StoryResult:
     """Everything the story needs, from runs to ``out_dir/report.html``.
 
     ``plan`` (a list of :class:`~muonclip.story.runs.StoryRun`) replaces :func:`story_plan`.
+    ``threads``: torch CPU threads while the story runs (default 1: on a shared 2-core
+    machine, two threads of these small models stall whenever another process takes a core;
+    None keeps torch's setting). Restored afterwards.
     """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run_story(out_dir, cache_dir=cache_dir, quick=quick, progress=progress, log=log, sae=sae,
+                          plan=plan)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryResult:
     from tqdm.auto import tqdm
 
     from ..reproduce.runner import ensure_run
