@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
 
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
 
 __all__ = [
     "ConfigError",
@@ -552,16 +552,7 @@ def save_config(cfg: TrainConfig, path: PathLike) -> Path:
 def load_config(path: PathLike) -> TrainConfig:
     """Read a config written by :func:`save_config` (or any partial JSON of the same shape)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
+    data = read_json(path, ConfigError, "config")
     try:
         return from_dict(data)
     except ConfigError as exc:

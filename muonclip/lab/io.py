@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -78,3 +78,19 @@ def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 2, sort_
     """Serialise ``obj`` as JSON (trailing newline) and write it atomically."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False)
     return atomic_write_text(path, text + "\n")
+
+
+def read_json(path: PathLike, error: type[Exception], what: str) -> Any:
+    """Parse a UTF-8 JSON file, raising ``error`` with a message naming ``what`` and the path
+    when it is missing, unreadable or not JSON."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} file {path}: {exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} file {path} is not valid JSON: {exc}") from exc

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, Union
 
 import torch
 
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, read_json
 
 __all__ = [
     "ByteTokenizer",
@@ -195,21 +195,12 @@ Tokenizer = Union[ByteTokenizer, BPETokenizer]
 def load_tokenizer(path: PathLike) -> Tokenizer:
     """Load a tokenizer written by ``.save(path)`` (byte or BPE, told apart by content)."""
     path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TokenizerError(f"tokenizer file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenizerError(f"cannot read tokenizer file {path}: {exc}") from exc
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise TokenizerError(f"tokenizer file {path} is not valid JSON: {exc}") from exc
+    obj = read_json(path, TokenizerError, "tokenizer")
     if isinstance(obj, dict) and obj.get("format") == _BYTE_FORMAT:
         return ByteTokenizer()
     if isinstance(obj, dict) and "model" in obj:
         try:
-            return BPETokenizer.from_json(raw)
+            return BPETokenizer.from_json(path.read_text(encoding="utf-8"))
         except TokenizerError as exc:
             raise TokenizerError(f"{path}: {exc}") from exc
     raise TokenizerError(f"{path} is neither a byte tokenizer nor a tokenizers BPE JSON file")
