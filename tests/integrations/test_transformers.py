@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import math
 import os
 import sys
@@ -156,7 +157,8 @@ class Reference:
         logits would be comparable.)"""
         with self.capture():
             for module, args, kwargs in self.inputs[-len(self.attn):]:
-                module(*args, **{**kwargs, "past_key_values": None})
+                args, kwargs = without_kv_cache(module, args, kwargs)
+                module(*args, **kwargs)
         return self.max_logits(attention_mask)
 
     def allowed(self, attention_mask: torch.Tensor | None, b: int, t: int) -> torch.Tensor:
@@ -191,6 +193,35 @@ class Reference:
             logits = logits.masked_fill(~ok, float("-inf"))
             out.append(logits.amax(dim=(0, 2, 3)))
         return out
+
+
+#: Names an attention forward has taken its KV cache under: ``past_key_value`` (transformers
+#: 4.x before 4.56), ``past_key_values`` (4.56 - 5.x) and ``cache`` (5.24+, which still accepts
+#: ``past_key_values`` with a deprecation warning and then prefers ``cache``).
+KV_CACHE_KWARGS = ("past_key_value", "past_key_values", "cache", "layer_past")
+
+
+def without_kv_cache(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Recorded attention call arguments with the KV cache removed, for a stand-alone replay.
+
+    A training forward may still build a cache (``use_cache`` defaults to True), and a recorded
+    cache already holds this call's keys: replaying with it would attend to twice the keys. The
+    cache parameter is found by the forward's own signature, not by transformers' version."""
+    sig = inspect.signature(module.forward)
+    bound = sig.bind(*args, **kwargs)
+    named = {n for n, p in sig.parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    extra_name = next((n for n, p in sig.parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+    extra = dict(bound.arguments.pop(extra_name, {})) if extra_name else {}
+    for name in KV_CACHE_KWARGS:
+        if name in named:
+            bound.arguments[name] = None
+        extra.pop(name, None)  # never hand a cache on under another (deprecated) name
+    extra["use_cache"] = False
+    if "use_cache" in named:
+        bound.arguments["use_cache"] = False
+        del extra["use_cache"]
+    assert not any(isinstance(v, transformers.Cache) for v in (*bound.arguments.values(), *extra.values()))
+    return bound.args, {**bound.kwargs, **extra}
 
 
 def assert_close_logits(tracked, ref, rtol=1e-5, atol=1e-6):
