@@ -1,6 +1,7 @@
 """GPT model: config validation, shapes and loss, parameter names, tying, init, causality, RoPE, GQA."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -63,7 +64,7 @@ def test_config_derived_sizes():
     assert (m.nope_dim, m.qk_dim, m.v_dim, m.rope_dim) == (24, 32, 20, 8)
     assert math.isclose(m.attn_scale, 1 / math.sqrt(32))
     assert GPTConfig(attention="gqa", n_kv_head=2).kv_heads == 2
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'd_model'"):
         c.d_model = 3
 
 
