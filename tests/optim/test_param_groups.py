@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from muonclip import MuonClip, build_param_groups, describe_param_groups
+from muonclip.optim import functional as F
 from muonclip.optim.param_groups import Rule, assign_params
 
 
@@ -57,8 +58,37 @@ def test_adamw_overrides_and_groups_feed_the_optimizer(toy_lm, toy_batch):
     by_algo = {g["algorithm"]: g for g in groups}
     assert by_algo["adamw"]["lr"] == 3e-3 and by_algo["adamw"]["weight_decay"] == 0.0
     opt = MuonClip(groups, lr=0.02)
+    assert [(g["algorithm"], g["lr"], g["weight_decay"]) for g in opt.param_groups] == [
+        (g["algorithm"], g["lr"], g["weight_decay"]) for g in groups]
     model(toy_batch()).sum().backward()
+    names = {id(p): n for n, p in model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     opt.step()
+    after = dict(model.named_parameters())
+
+    # AdamW group: exactly torch.optim.AdamW's first step with the overridden lr / decay
+    adamw_names = [names[id(p)] for p in by_algo["adamw"]["params"]]
+    ref = {n: before[n].clone().requires_grad_(True) for n in adamw_names}
+    for n in adamw_names:
+        ref[n].grad = grads[n]
+    torch.optim.AdamW(list(ref.values()), lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0).step()
+    for n in adamw_names:
+        torch.testing.assert_close(after[n].detach(), ref[n].detach(), rtol=0, atol=1e-7, msg=n)
+        assert not torch.equal(after[n], before[n]), n
+
+    # Muon group: W (1 - lr wd) - lr * 0.2 sqrt(max(n, m)) * NS5(g), with lr 0.02 and wd 0.1
+    # (the step may evaluate NS5 on the Gram matrix or batch same-shape matrices: ~3e-6 apart;
+    # a missing weight decay would be off by up to lr * wd * |W| ~ 5e-4)
+    muon_names = [names[id(p)] for p in by_algo["muon"]["params"]]
+    assert sorted(muon_names) == ["down.weight", "up.weight"]
+    for n in muon_names:
+        g = grads[n]
+        wide = g if g.shape[0] <= g.shape[1] else g.mT
+        o = F.orthogonalize(wide, "ns5", 5)
+        o = o if g.shape[0] <= g.shape[1] else o.mT
+        want = before[n] * (1 - 0.02 * 0.1) - 0.02 * F.update_scale(*g.shape) * o
+        torch.testing.assert_close(after[n].detach(), want, rtol=0, atol=2e-5, msg=n)
 
 
 def test_assignment_can_be_printed(toy_lm):
