@@ -4,8 +4,13 @@ The max logit of head h (Kimi K2, Sec. 2.1) is
 
     S_h = max over batch b, query i, key j <= i of  scale * q_i . k_j
 
-taken on the logit softmax sees: after RoPE, after QK-norm, and (when a logit softcap is
-configured) after the softcap. It is tracked cheaply, and exactly, like this:
+taken after RoPE and after QK-norm. With a logit softcap ``c`` (softmax sees
+``c * tanh(s / c)``), S_h is the *raw, pre-cap* logit s: that is the scale QK-Clip acts on
+(gamma_h = tau / S_h rescales q_h . k_h, i.e. s, linearly; reporting the capped value made a
+clip with tau < c miss tau, e.g. c = 50, tau = 30 landed at 31-35). Clipping the raw logit
+to tau also caps what softmax sees, at ``c * tanh(tau / c) < tau``; and since the cap is
+monotone, the capped max is ``c * tanh(S_h / c)``. It is tracked cheaply, and exactly, like
+this:
 
 * CPU flash attention (``aten._scaled_dot_product_flash_attention_for_cpu``) returns the
   per-row log-sum-exp ``lse_i`` for free. For row i with n_i = i + 1 visible keys and
@@ -98,6 +103,7 @@ def materialised_logits(q: Tensor, k: Tensor, scale: float, softcap: float | Non
     """Full pre-softmax logits [B, H, T, T] = scale * q @ k^T (softcapped), masked entries -inf.
 
     The obviously-correct reference path: used for ``attention_logits`` and for softcap.
+    With ``softcap=None`` these are the raw logits (the scale max logits are reported on).
     """
     k = _repeat_kv(k, q.shape[1])
     s = torch.matmul(q, k.transpose(-1, -2)) * scale
@@ -264,15 +270,19 @@ def causal_attention(
     * Without softcap: CPU flash attention. When tracking, the kernel variant that also
       returns the log-sum-exp is called and ``causal_max_logits`` finishes the job.
     * With softcap the softmax sees ``c * tanh(s / c)``, which SDPA cannot apply, so an
-      explicit materialised path is used and the reported max is the *capped* logit.
+      explicit materialised path is used. The reported max is the *raw, pre-cap* logit s
+      (the scale QK-Clip's gamma acts on; see the module docstring); the capped max is
+      ``c * tanh(max / c)``.
     """
     H = q.shape[1]
     if softcap is not None:
-        s = materialised_logits(q, k, scale, softcap)  # [B, H, T, T]
+        raw = torch.matmul(q, _repeat_kv(k, H).transpose(-1, -2)) * scale  # [B, H, T, T]
+        mask = _causal_mask(q.shape[-2], q.device)
+        s = (softcap * torch.tanh(raw / softcap)).masked_fill(mask, float("-inf"))
         out = torch.matmul(torch.softmax(s.float(), dim=-1).to(v.dtype), _repeat_kv(v, H))
         if not track:
             return AttentionOutput(out)
-        m = s.detach().float().amax(dim=(0, 2, 3))
+        m = raw.detach().float().masked_fill(mask, float("-inf")).amax(dim=(0, 2, 3))
         return AttentionOutput(out, m, torch.ones(H, dtype=torch.bool, device=q.device))
 
     Dqk, Dv = q.shape[-1], v.shape[-1]
@@ -364,10 +374,12 @@ class CausalSelfAttention(_TrackedAttention):
         y = self._attend(q, k, v, track, tau, accumulate)  # [B, H, T, hd]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
-    def logits(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """Pre-softmax logits [B, H, T, T], masked entries -inf (materialised reference)."""
+    def logits(self, x: Tensor, cos: Tensor, sin: Tensor, capped: bool = True) -> Tensor:
+        """Pre-softmax logits [B, H, T, T], masked entries -inf (materialised reference).
+
+        ``capped=False`` skips the softcap: the raw logits, on the scale of the max logits."""
         q, k = self._qk(x, cos, sin)
-        return materialised_logits(q, k, self.scale, self.softcap)
+        return materialised_logits(q, k, self.scale, self.softcap if capped else None)
 
     def qk_clip_spec(self, prefix: str) -> QKClipLayerSpec:
         if self.qk_norm:
@@ -441,10 +453,12 @@ class MultiHeadLatentAttention(_TrackedAttention):
         y = self._attend(q, k, v, track, tau, accumulate)  # [B, H, T, v]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.v_dim))
 
-    def logits(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """Pre-softmax logits [B, H, T, T], masked entries -inf (materialised reference)."""
+    def logits(self, x: Tensor, cos: Tensor, sin: Tensor, capped: bool = True) -> Tensor:
+        """Pre-softmax logits [B, H, T, T], masked entries -inf (materialised reference).
+
+        ``capped=False`` skips the softcap: the raw logits, on the scale of the max logits."""
         q, k, _ = self._qkv(x, cos, sin)
-        return materialised_logits(q, k, self.scale, self.softcap)
+        return materialised_logits(q, k, self.scale, self.softcap if capped else None)
 
     def qk_clip_spec(self, prefix: str) -> QKClipLayerSpec:
         qk, kv = self.nope + self.rope, self.nope + self.v_dim

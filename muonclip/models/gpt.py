@@ -179,8 +179,17 @@ class GPT(nn.Module):
 
     Max-logit tracking: every forward in training mode (or any forward when
     ``model.track_max_logits = True``; ``False`` switches it off even in training) records
-    each attention layer's exact per-head max pre-softmax logit (after RoPE, after QK-norm,
-    after the softcap when one is configured); read it with :meth:`max_logits`.
+    each attention layer's exact per-head max pre-softmax logit (after RoPE, after QK-norm);
+    read it with :meth:`max_logits`.
+
+    Softcap and QK-Clip: with ``logit_softcap=c`` softmax sees ``c * tanh(s / c)``, but the
+    reported max logit is the *raw, pre-cap* logit ``s``. QK-Clip's ``gamma = tau / S``
+    rescales the raw logit linearly, so only on that scale does a clip land exactly on
+    ``min(S, tau)`` (on the capped scale a clip with tau < c missed tau: c = 50, tau = 30 gave
+    31-35). Clipping the raw logit to tau also bounds what softmax sees, by
+    ``c * tanh(tau / c) < tau`` -- Kimi K2's clip bounds the raw logit too. The combination
+    is therefore allowed rather than refused; the capped max is ``c * tanh(S / c)`` (the cap
+    is monotone), and ``attention_logits(idx, capped=False)`` gives the raw logits.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -281,17 +290,19 @@ class GPT(nn.Module):
             a.reset_max_logit()
 
     @torch.no_grad()
-    def attention_logits(self, idx: Tensor) -> list[Tensor]:
+    def attention_logits(self, idx: Tensor, capped: bool = True) -> list[Tensor]:
         """Per layer, the full pre-softmax logits ``[B, n_head, T, T]`` (masked entries -inf).
 
         Materialised ``scale * q @ k^T`` -- an independent reference for the tracked maxima,
-        and for pictures. Does not change the tracked max logits.
+        and for pictures. Does not change the tracked max logits. With a softcap these are
+        the capped logits softmax sees; ``capped=False`` gives the raw logits, the scale
+        :meth:`max_logits` reports on (identical without a softcap).
         """
         self._check_idx(idx)
         out = []
         x = self.embed(idx)
         for block in self.blocks:
-            out.append(block.attn.logits(block.attn_norm(x), self.rope_cos, self.rope_sin))
+            out.append(block.attn.logits(block.attn_norm(x), self.rope_cos, self.rope_sin, capped=capped))
             x = block(x, self.rope_cos, self.rope_sin, track=False)
         return out
 

@@ -49,7 +49,8 @@ def model_with_logit_scale(cfg: GPTConfig, factor: float) -> GPT:
 
 
 def reference_max(model: GPT, idx: torch.Tensor) -> list[torch.Tensor]:
-    return [L.amax(dim=(0, 2, 3)) for L in model.attention_logits(idx)]
+    """Max of the materialised logits on the scale the model reports (pre-softcap)."""
+    return [L.amax(dim=(0, 2, 3)) for L in model.attention_logits(idx, capped=False)]
 
 
 # --------------------------------------------------------------------------- model level
@@ -125,12 +126,42 @@ def test_attention_logits_mask_and_shape():
         assert torch.isfinite(L[..., ~upper]).all()
 
 
-def test_softcap_reports_the_capped_logit():
-    cfg = tiny(logit_softcap=2.0)
+def test_softcap_reports_the_raw_pre_cap_logit():
+    """With ``logit_softcap=c`` the tracked value is the raw logit s (the scale QK-Clip's
+    gamma acts on); what softmax sees is c * tanh(s / c), monotone in s, so its max is
+    c * tanh(S / c)."""
+    c = 2.0
+    cfg = tiny(logit_softcap=c)
     model = model_with_logit_scale(cfg, 30.0).train()
-    model(batch(cfg))
-    for m in model.max_logits():
-        assert (m <= 2.0).all() and (m > 1.5).all()  # spiky raw logits, capped near c
+    idx = batch(cfg)
+    model(idx)
+    raw = [L.amax(dim=(0, 2, 3)) for L in model.attention_logits(idx, capped=False)]
+    capped = [L.amax(dim=(0, 2, 3)) for L in model.attention_logits(idx)]
+    for m, r, cm in zip(model.max_logits(), raw, capped):
+        assert (m > 3 * c).all()  # spiky raw logits, far beyond the cap
+        torch.testing.assert_close(m, r, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(c * torch.tanh(m / c), cm, rtol=1e-5, atol=1e-6)
+        assert (cm <= c).all()
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa", "mla"])
+def test_softcap_with_qk_clip_lands_on_min_of_S_and_tau(name):
+    """Issue #12 (softcap with QK-Clip): with c = 50 and tau = 30 the clip used to land at
+    31-35 because the model reported the capped logit c * tanh(s / c) while gamma = tau / S
+    scales the raw logit s. On the reported (raw) scale the clip now gives exactly
+    min(S, tau), and the capped logit softmax sees is then <= c * tanh(tau / c) < tau."""
+    c, tau = 50.0, 30.0
+    cfg = tiny(n_layer=1, logit_softcap=c, **CONFIGS[name])
+    model = model_with_logit_scale(cfg, 30.0).train()
+    idx = batch(cfg)
+    model(idx)
+    S = [s.clone() for s in model.max_logits()]
+    assert int((S[0] > tau).sum()) >= 1  # some heads need clipping
+    apply_qk_clip_(dict(model.named_parameters()), model.qk_clip_spec(), S, tau)
+    model(idx)
+    torch.testing.assert_close(model.max_logits()[0], S[0].clamp(max=tau), rtol=1e-5, atol=1e-5)
+    seen = model.attention_logits(idx)[0].amax(dim=(0, 2, 3))
+    assert (seen <= c * math.tanh(tau / c) + 1e-4).all()
 
 
 def test_bound_mode_exact_above_tau_and_safe_below():
