@@ -207,7 +207,9 @@ class GPT(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         # None: track in training mode only; True: always (also eval); False: never
         self.track_max_logits: bool | None = None
-        self.accumulate_max_logits = False  # max over forwards until reset_max_logits()
+        # max over the tracked forwards of one window: a read (max_logits) closes the window
+        self.accumulate_max_logits = False
+        self._max_logits_read = False  # the current window was read: the next forward opens a new one
         # None: "exact" mode; a float tau: "bound" mode (see set_max_logit_mode)
         self.max_logit_threshold: float | None = None
         self.apply(self._init_weights)
@@ -239,9 +241,13 @@ class GPT(nn.Module):
         self._check_idx(idx)
         track = self.training if self.track_max_logits is None else bool(self.track_max_logits)
         tau = self.max_logit_threshold
+        # accumulate into the current window unless it was read (consumed) already
+        accumulate = self.accumulate_max_logits and not self._max_logits_read
+        if track:
+            self._max_logits_read = False
         x = self.embed(idx)  # [B, T, d]
         for block in self.blocks:
-            x = block(x, self.rope_cos, self.rope_sin, track=track, tau=tau, accumulate=self.accumulate_max_logits)
+            x = block(x, self.rope_cos, self.rope_sin, track=track, tau=tau, accumulate=accumulate)
         logits = self.lm_head(self.norm(x))  # [B, T, V]
         loss = None
         if targets is not None:
@@ -270,8 +276,7 @@ class GPT(nn.Module):
     def _attns(self) -> list[nn.Module]:
         return [b.attn for b in self.blocks]
 
-    def max_logits(self) -> list[Tensor]:
-        """Per layer, the detached fp32 ``Tensor[n_head]`` of max logits from the latest tracked forward."""
+    def _recorded(self) -> list[Tensor]:
         out = [a.max_logit for a in self._attns()]
         if any(m is None for m in out):
             raise RuntimeError(
@@ -280,14 +285,43 @@ class GPT(nn.Module):
             )
         return out
 
+    def max_logits(self) -> list[Tensor]:
+        """Per layer, the detached fp32 ``Tensor[n_head]`` of max logits (with a softcap: of the
+        raw, pre-cap logits; see the class docstring).
+
+        Without accumulation: those of the latest tracked forward. With
+        ``accumulate_max_logits = True``: the max over the tracked forwards since the previous
+        read, and this read *closes* that window -- the next tracked forward starts a new max
+        instead of folding into the one just consumed. So ``max_logits_fn=model.max_logits``
+        in MuonClip consumes each step's accumulated maxima exactly once (a stale S would
+        otherwise clip every later step again). Reads are idempotent until the next tracked
+        forward, so a logging read before ``opt.step()`` sees the same values as the
+        optimizer. Don't read between the micro-batches of one step (that splits the window);
+        a step that MuonClip skips (``nonfinite="skip"``) does not read, so its forwards carry
+        into the next step's max, which is conservative.
+        """
+        out = self._recorded()
+        self._max_logits_read = True
+        return out
+
+    def pop_max_logits(self) -> list[Tensor]:
+        """:meth:`max_logits`, then :meth:`reset_max_logits` (like the Hugging Face handle's
+        ``pop_max_logits``): a second read before the next tracked forward raises."""
+        out = self.max_logits()
+        self.reset_max_logits()
+        return out
+
     def max_logits_exact(self) -> list[Tensor]:
-        """Per layer, bool ``Tensor[n_head]``: True where :meth:`max_logits` is exact (always, in "exact" mode)."""
-        self.max_logits()  # same error when nothing is tracked yet
+        """Per layer, bool ``Tensor[n_head]``: True where :meth:`max_logits` is exact (always, in
+        "exact" mode). A read of the same window that does not close it."""
+        self._recorded()  # same error when nothing is tracked yet
         return [a.max_logit_exact for a in self._attns()]
 
     def reset_max_logits(self) -> None:
+        """Forget the recorded max logits; the next tracked forward starts a new window."""
         for a in self._attns():
             a.reset_max_logit()
+        self._max_logits_read = False
 
     @torch.no_grad()
     def attention_logits(self, idx: Tensor, capped: bool = True) -> list[Tensor]:

@@ -114,6 +114,62 @@ def test_accumulate_takes_max_over_forwards_until_reset():
         model.max_logits()
 
 
+def test_accumulated_window_is_closed_by_a_read():
+    """Issue #12 (stale accumulated max logits): a read closes the accumulation window, so
+    the next tracked forward starts a new max instead of folding into the consumed one.
+    Reads are idempotent until then (a logging read and the optimizer's read agree)."""
+    cfg = tiny()
+    model = model_with_logit_scale(cfg, 6.0).train()
+    model.accumulate_max_logits = True
+    a, b, c = batch(cfg, seed=1), batch(cfg, seed=2), batch(cfg, seed=3)
+    model(a)
+    model(b)
+    first = [m.clone() for m in model.max_logits()]
+    for t, ref in zip(first, reference_max(model, torch.cat([a, b]))):
+        torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
+    for t, again in zip(first, model.max_logits()):  # a second read of the same window
+        assert torch.equal(t, again)
+    model.eval()
+    model(a)  # untracked: neither reopens nor changes the window
+    for t, again in zip(first, model.max_logits()):
+        assert torch.equal(t, again)
+    model.train()
+    model(c)  # a new window: c alone, not max(a, b, c)
+    for t, ref in zip(model.max_logits(), reference_max(model, c)):
+        torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
+    model(a)  # that read closed c's window: a opens the next one
+    model.max_logits_exact()  # the exactness flags are a read of the same window, not a consumer
+    model(c)
+    for t, ref in zip(model.max_logits(), reference_max(model, torch.cat([a, c]))):
+        torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_pop_max_logits_returns_then_resets():
+    cfg = tiny()
+    model = model_with_logit_scale(cfg, 6.0).train()
+    for accumulate in (False, True):
+        model.accumulate_max_logits = accumulate
+        idx = batch(cfg)
+        model(idx)
+        for t, ref in zip(model.pop_max_logits(), reference_max(model, idx)):
+            torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
+        with pytest.raises(RuntimeError, match="no max logits"):
+            model.max_logits()
+
+
+def test_without_accumulation_every_tracked_forward_overwrites():
+    cfg = tiny()
+    model = model_with_logit_scale(cfg, 6.0).train()
+    a, b = batch(cfg, seed=1), batch(cfg, seed=2)
+    model(a)
+    model(b)
+    for t, ref in zip(model.max_logits(), reference_max(model, b)):
+        torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
+    model(a)
+    for t, ref in zip(model.max_logits(), reference_max(model, a)):
+        torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_attention_logits_mask_and_shape():
     cfg = tiny(n_kv_head=2)
     model = GPT(cfg)

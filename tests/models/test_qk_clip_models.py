@@ -112,3 +112,39 @@ def test_training_with_clip_slack_is_exactly_the_steps_own_growth(variant):
         slacks.append(float(S_after.max()) / tau - 1)
     assert clipped_steps >= 3
     print(f"\n{variant}: slack over tau per step = {[round(x, 4) for x in slacks]}")
+
+
+@pytest.mark.parametrize("variant", ["mha_bias", "gqa_bias", "mla"])
+def test_accumulated_max_logits_are_consumed_once_per_step(variant):
+    """Issue #12 (stale accumulated max logits): with ``accumulate_max_logits=True`` and
+    ``max_logits_fn=model.max_logits`` (docs/distributed.md, gradient accumulation), the
+    running max was never reset after the optimizer read it, so every later step clipped
+    again with the stale S. At lr 0 nothing but the clip moves the weights: the first step
+    clips the heads above tau to tau, and later steps must leave them there."""
+    model = make(variant, n_layer=1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and "attn" in name:
+                p.mul_(4.0)
+    micro = [batch(seed=1), batch(seed=2)]
+    both = torch.cat(micro)
+    S0 = exact_max(model, both)[0]
+    tau = 0.5 * float(S0.max())
+    model.train()
+    model.accumulate_max_logits = True
+    opt = MuonClip(build_param_groups(model, lr=0.0, weight_decay=0.0), lr=0.0, qk_clip_tau=tau,
+                   qk_clip_spec=model.qk_clip_spec(), max_logits_fn=model.max_logits)
+    history, min_gammas = [], []
+    for _ in range(4):
+        opt.zero_grad()
+        for idx in micro:  # two micro-batches per optimizer step
+            _, loss = model(idx, idx.roll(-1, dims=1))
+            (loss / len(micro)).backward()
+        opt.step()
+        history.append(exact_max(model, both)[0])
+        min_gammas.append(opt.last_qk_clip.min_gamma)
+    assert min_gammas[0] < 0.9  # the first step clips
+    print(f"\n{variant}: tau={tau:.4f} top head per step = {[round(float(h.max()), 4) for h in history]}")
+    for h in history:
+        torch.testing.assert_close(h, S0.clamp(max=tau), rtol=1e-5, atol=1e-5)
+    assert all(g > 1 - 1e-5 for g in min_gammas[1:]), min_gammas  # no re-clip with a stale S
