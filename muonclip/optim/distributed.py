@@ -36,7 +36,8 @@ from torch import Tensor
 from . import functional as F
 
 __all__ = [
-    "COMM", "CommStats", "DistContext", "ShardRows", "all_gather_owned", "all_reduce_", "context",
+    "COMM", "CommStats", "DistContext", "ShardRows", "all_gather_owned", "all_reduce_", "all_reduce_max",
+    "context",
     "gather_to_owners", "is_dtensor", "local", "matrix_cost", "partition_by_flops", "row_ranges",
     "scatter_from_owners", "shard_row_views",
 ]
@@ -153,15 +154,10 @@ def row_ranges(n_rows: int, world_size: int) -> list[tuple[int, int]]:
 
 
 # -- partition -------------------------------------------------------------------------------
-def matrix_cost(shape: Sequence[int], steps: int = 5, impl: str = "auto") -> int:
-    """Newton-Schulz FLOPs for one parameter of ``shape`` (3-D: per expert; >=4-D: flattened)."""
-    shape = tuple(shape)
-    if len(shape) == 2:
-        batch, n, m = 1, shape[0], shape[1]
-    elif len(shape) == 3:
-        batch, n, m = shape
-    else:
-        batch, n, m = 1, shape[0], math.prod(shape[1:])
+def matrix_cost(shape: Sequence[int], steps: int = 5, impl: str = "auto", expert_stack: bool = False) -> int:
+    """Newton-Schulz FLOPs for one parameter of ``shape`` (a declared expert stack: per expert;
+    any other >=3-D tensor: flattened, as :func:`functional.matrix_dims` says)."""
+    batch, n, m = F.matrix_dims(shape, expert_stack)
     gram = {"auto": F.gram_is_cheaper(n, m, steps), "gram": True, "direct": False}[impl]
     return batch * F.ns_flops(n, m, steps, gram=gram)
 
@@ -190,6 +186,22 @@ def all_reduce_(t: Tensor, op: str, ctx: DistContext) -> Tensor:
     nbytes = ring_all_reduce_bytes(t.numel() * t.element_size(), ctx.world_size)
     _record("all_reduce", nbytes, nbytes)
     return t
+
+
+def all_reduce_max(tensors: list[Tensor], group=None) -> list[Tensor]:
+    """Element-wise MAX of a list of tensors over the ranks of ``group`` (identity when not
+    distributed). QK-Clip reduces the max logits this way before computing gamma, so every
+    rank scales the same heads by the same factor (ranks otherwise drift, ms-swift #9901)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return tensors
+    sizes = [t.numel() for t in tensors]
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.MAX, group=group)
+    nbytes = ring_all_reduce_bytes(4 * flat.numel(), dist.get_world_size(group))
+    _record("all_reduce", nbytes, nbytes)
+    return [t.reshape(orig.shape) for t, orig in zip(flat.split(sizes), tensors)]
 
 
 def all_gather_owned(owned: dict[int, Tensor], owners: Sequence[int], numels: Sequence[int],

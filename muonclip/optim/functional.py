@@ -1,12 +1,19 @@
-"""Pure tensor functions of the Muon update: orthogonalisers, update scales and the Muon step.
+"""Pure tensor functions of the Muon and AdamW updates: orthogonalisers, scales and steps.
 
 Nothing here keeps state or touches an optimizer: every function takes tensors and returns
-tensors (the ``*_`` functions mutate their first argument in place, as torch does).
+tensors (the ``*_`` functions mutate their first argument in place, as torch does). The
+single-process, DDP and FSDP2 paths of :class:`muonclip.MuonClip` all run the same three
+functions, in this order::
+
+    updates = muon_momentum_(buffers, grads, momentum, nesterov)       # M <- mu M + G
+    directions = muon_directions(updates, shapes, expert_flags, ...)   # s(n, m) NS(U)
+    apply_updates_(params, directions, lr, weight_decay)                # W <- W(1-lr wd) - lr D
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -15,43 +22,69 @@ __all__ = [
     "NS5_COEFFS",
     "POLAR_EXPRESS_COEFFS",
     "ORTHOGONALIZERS",
+    "Orthogonalizer",
     "UPDATE_SCALES",
     "RMS_MATCH_FACTOR",
+    "coefficient_schedule",
     "newton_schulz",
     "orthogonalize",
     "update_scale",
     "as_matrix_batch",
+    "matrix_dims",
     "muon_momentum_",
+    "muon_directions",
+    "apply_updates_",
+    "adamw_update_",
     "muon_update",
     "gram_is_cheaper",
     "ns_flops",
 ]
 
-# Quintic Newton-Schulz coefficients (a, b, c) of p(x) = a x + b x^3 + c x^5, applied 5 times.
-# Keller Jordan's Muon (2024), used unchanged by Moonlight (arXiv 2502.16982) and Kimi K2
-# (arXiv 2507.20534, Alg. 1). They trade exactness for speed: singular values land in
-# roughly [0.7, 1.2] instead of exactly 1, which is intended.
-NS5_COEFFS: tuple[tuple[float, float, float], ...] = ((3.4445, -4.7750, 2.0315),) * 5
+Coeffs = tuple[float, float, float]
 
-# Polar Express (Amsel et al., arXiv 2505.16932, Alg. 1): a different minimax-optimal quintic
-# per iteration, each divided by a safety factor (1.01 on x, 1.01^3 on x^3, 1.01^5 on x^5) so
-# round-off cannot push singular values past the fixed point. Five iterations reach a much
-# tighter band around 1 than NS5 at the same cost.
-_PE_RAW = (
+# Quintic Newton-Schulz coefficients (a, b, c) of p(x) = a x + b x^3 + c x^5, the same at every
+# iteration. Keller Jordan's Muon (2024), used unchanged by Moonlight (arXiv 2502.16982) and
+# Kimi K2 (arXiv 2507.20534, Alg. 1). They trade exactness for speed: singular values land in
+# roughly [0.7, 1.2] instead of exactly 1, which is intended.
+NS5_COEFFS: tuple[Coeffs, ...] = ((3.4445, -4.7750, 2.0315),)
+
+# Polar Express (Amsel et al., arXiv 2505.16932, Alg. 1 and its reference code): a different
+# minimax-optimal quintic per iteration for the interval [1e-3, 1]. The schedule has 8 entries;
+# the 8th (1.875, -1.25, 0.375) is the fixed point that every later iteration repeats. All but
+# that last one are divided by a safety factor (a/1.01, b/1.01^3, c/1.01^5) so round-off cannot
+# push singular values past the fixed point, and the input is normalised by 1.01 ||G||_F.
+_PE_RAW: tuple[Coeffs, ...] = (
     (8.28721201814563, -23.595886519098837, 17.300387312530933),
     (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
     (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
     (3.3184196573706015, -2.488488024314874, 0.51004894012372),
     (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
 )
 _PE_SAFETY = 1.01
-POLAR_EXPRESS_COEFFS: tuple[tuple[float, float, float], ...] = tuple(
-    (a / _PE_SAFETY, b / _PE_SAFETY**3, c / _PE_SAFETY**5) for a, b, c in _PE_RAW
-)
+POLAR_EXPRESS_COEFFS: tuple[Coeffs, ...] = tuple(
+    (a / _PE_SAFETY, b / _PE_SAFETY**3, c / _PE_SAFETY**5) for a, b, c in _PE_RAW[:-1]
+) + (_PE_RAW[-1],)
 
-ORTHOGONALIZERS: dict[str, tuple[tuple[float, float, float], ...]] = {
-    "ns5": NS5_COEFFS,
-    "polar_express": POLAR_EXPRESS_COEFFS,
+
+@dataclass(frozen=True)
+class Orthogonalizer:
+    """A named quintic schedule: iteration i uses ``coeffs[i]``; past the end the last entry
+    repeats. The input is divided by ``norm_safety * ||G||_F`` before the first iteration."""
+
+    coeffs: tuple[Coeffs, ...]
+    norm_safety: float = 1.0
+    source: str = ""
+
+    def schedule(self, steps: int) -> tuple[Coeffs, ...]:
+        return self.coeffs[:steps] + (self.coeffs[-1],) * max(0, steps - len(self.coeffs))
+
+
+ORTHOGONALIZERS: dict[str, Orthogonalizer] = {
+    "ns5": Orthogonalizer(NS5_COEFFS, 1.0, "Keller Jordan's Muon; Kimi K2 arXiv 2507.20534 Alg. 1"),
+    "polar_express": Orthogonalizer(POLAR_EXPRESS_COEFFS, _PE_SAFETY, "Amsel et al. arXiv 2505.16932 Alg. 1"),
 }
 
 # Moonlight (arXiv 2502.16982, Sec. 2.2): scale the orthogonalised update by
@@ -60,9 +93,21 @@ ORTHOGONALIZERS: dict[str, tuple[tuple[float, float, float], ...]] = {
 RMS_MATCH_FACTOR = 0.2
 UPDATE_SCALES = ("rms_match", "original")
 
-# Gram-NS (iterating on the n x n Gram matrix) computes the same polynomial with fewer FLOPs
-# once m is large enough relative to n; see `gram_is_cheaper`.
+# Added to the Frobenius norm before dividing (Keller's Muon uses 1e-7). It enters after the
+# max-abs prescaling of `_normalize`, where the norm is >= 1, so it never swamps a tiny input.
 _NORM_EPS = 1e-7
+
+
+def coefficient_schedule(method: str, steps: int) -> tuple[Coeffs, ...]:
+    """The ``steps`` per-iteration coefficients of a named orthogonaliser."""
+    return _orthogonalizer(method).schedule(steps)
+
+
+def _orthogonalizer(method: str) -> Orthogonalizer:
+    try:
+        return ORTHOGONALIZERS[method]
+    except KeyError:
+        raise ValueError(f"unknown orthogonaliser {method!r}; expected one of {tuple(ORTHOGONALIZERS)}") from None
 
 
 def update_scale(n: int, m: int, mode: str = "rms_match") -> float:
@@ -74,19 +119,27 @@ def update_scale(n: int, m: int, mode: str = "rms_match") -> float:
     raise ValueError(f"unknown update_scale {mode!r}; expected one of {UPDATE_SCALES}")
 
 
-def as_matrix_batch(t: Tensor) -> Tensor:
-    """View a Muon parameter/gradient as a batch of matrices (B, n, m).
+def matrix_dims(shape: Sequence[int], expert_stack: bool = False) -> tuple[int, int, int]:
+    """``(batch, n, m)`` of the matrices a Muon parameter of ``shape`` is orthogonalised as.
 
-    2-D -> (1, n, m); 3-D (E, n, m) stays (per-expert); >=4-D conv weights flatten to
-    (1, out, in*kh*kw) so the update scale uses the true fan-in (KellerJordan/Muon #63).
+    2-D: one (n, m) matrix. A declared expert stack (E, n, m): E matrices. Any other >=3-D
+    tensor (Conv1d (out, in, k), Conv2d (out, in, kh, kw), ...) is one (out, in*k...) matrix,
+    so the update scale sees the true fan-in (KellerJordan/Muon #63). Shape alone cannot tell
+    a Conv1d weight from an expert stack, so stacks must be declared.
     """
-    if t.ndim == 2:
-        return t.unsqueeze(0)
-    if t.ndim == 3:
-        return t
-    if t.ndim >= 4:
-        return t.reshape(1, t.shape[0], -1)
-    raise ValueError(f"Muon needs a >=2-D tensor, got shape {tuple(t.shape)}")
+    shape = tuple(shape)
+    if len(shape) < 2:
+        raise ValueError(f"Muon needs a >=2-D tensor, got shape {shape}")
+    if expert_stack:
+        if len(shape) != 3:
+            raise ValueError(f"an expert stack must be 3-D (experts, n, m), got shape {shape}")
+        return shape[0], shape[1], shape[2]
+    return 1, shape[0], math.prod(shape[1:])
+
+
+def as_matrix_batch(t: Tensor, expert_stack: bool = False) -> Tensor:
+    """View a Muon parameter/gradient as a batch of matrices (B, n, m); see :func:`matrix_dims`."""
+    return t.reshape(matrix_dims(t.shape, expert_stack))
 
 
 def ns_flops(n: int, m: int, steps: int = 5, gram: bool = False) -> int:
@@ -104,20 +157,21 @@ def gram_is_cheaper(n: int, m: int, steps: int = 5) -> bool:
     return ns_flops(n, m, steps, gram=True) < ns_flops(n, m, steps, gram=False)
 
 
-def _normalize(X: Tensor) -> Tensor:
-    """Scale each matrix of a (B, n, m) batch to Frobenius norm <= 1.
+def _normalize(X: Tensor, safety: float = 1.0) -> Tensor:
+    """Scale each matrix of a (B, n, m) batch to Frobenius norm <= 1/safety.
 
     Dividing by the max-abs entry first keeps tiny gradients (1e-30) from underflowing when
     squared, which is how eps otherwise swamps the norm (NVIDIA Emerging-Optimizers #229).
-    A zero matrix stays zero instead of becoming 0/0 = NaN (dion PR #24).
+    A zero matrix stays zero instead of becoming 0/0 = NaN (dion PR #24). For any input whose
+    norm is well above eps this equals ``X / (safety ||X||_F + eps)``, the papers' form.
     """
     amax = X.abs().amax(dim=(-2, -1), keepdim=True)
     X = X / amax.clamp_min(torch.finfo(X.dtype).tiny)
     norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-    return X / (norm + _NORM_EPS)
+    return X / (norm * safety + _NORM_EPS)
 
 
-def _quintic_direct(X: Tensor, coeffs: Sequence[tuple[float, float, float]]) -> Tensor:
+def _quintic_direct(X: Tensor, coeffs: Sequence[Coeffs]) -> Tensor:
     """X <- a X + (b A + c A^2) X with A = X X^T; X is a wide batch (B, n, m), n <= m."""
     for a, b, c in coeffs:
         A = torch.bmm(X, X.mT)
@@ -126,13 +180,14 @@ def _quintic_direct(X: Tensor, coeffs: Sequence[tuple[float, float, float]]) -> 
     return X
 
 
-def _quintic_gram(X0: Tensor, coeffs: Sequence[tuple[float, float, float]]) -> Tensor:
+def _quintic_gram(X0: Tensor, coeffs: Sequence[Coeffs]) -> Tensor:
     """The same iteration carried out on the n x n Gram matrix (Gram Newton-Schulz).
 
     Every iterate is X_k = Q_k X_0 with Q_k a polynomial in R_0 = X_0 X_0^T, so
     X_k X_k^T = P R P-style updates stay n x n; only the first Gram product and the final
     Q X_0 touch the long dimension m. Exact in exact arithmetic; in fp32 it agrees with the
-    direct form to round-off (tested against the float64 reference).
+    direct form to round-off (tested against the float64 reference). Not used for bf16,
+    where the long product chain drifts (about 7e-2 from float64 NS5).
     """
     R = torch.bmm(X0, X0.mT)
     eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)
@@ -149,62 +204,143 @@ def _quintic_gram(X0: Tensor, coeffs: Sequence[tuple[float, float, float]]) -> T
 def newton_schulz(
     G: Tensor,
     steps: int = 5,
-    coeffs: Sequence[tuple[float, float, float]] | None = None,
+    coeffs: Sequence[Coeffs] | None = None,
     *,
     impl: str = "auto",
     dtype: torch.dtype | None = None,
+    norm_safety: float = 1.0,
 ) -> Tensor:
     """Approximately orthogonalise G (..., n, m) with quintic Newton-Schulz.
 
-    Works on the wide orientation (transposes when n > m) and returns a tensor of G's shape
-    in ``dtype`` (default float32; bf16 only makes sense on CUDA). ``impl`` picks the
-    evaluation: ``"direct"`` (15 GEMMs for 5 steps), ``"gram"`` (Gram-NS, fewer FLOPs when
-    m >= ~1.5 n) or ``"auto"`` (whichever needs fewer FLOPs). Both compute the same
-    polynomial of G.
+    Works on the wide orientation (transposes when n > m) and returns a float32 tensor of G's
+    shape. ``dtype`` is the precision of the iteration (default float32); the normalisation
+    is always done in float32. ``impl`` picks the evaluation: ``"direct"`` (15 GEMMs for 5
+    steps), ``"gram"`` (Gram-NS, fewer FLOPs when m >= ~1.5 n) or ``"auto"`` (whichever needs
+    fewer FLOPs in fp32/fp64, direct in 16-bit). Both compute the same polynomial of G.
+    ``coeffs`` defaults to NS5 repeated ``steps`` times.
     """
     if G.ndim < 2:
         raise ValueError(f"newton_schulz needs a matrix, got shape {tuple(G.shape)}")
     if coeffs is None:
-        coeffs = NS5_COEFFS[:steps] if steps <= len(NS5_COEFFS) else (NS5_COEFFS[0],) * steps
+        coeffs = ORTHOGONALIZERS["ns5"].schedule(steps)
     dtype = dtype or torch.float32
     shape = G.shape
-    X = G.reshape(-1, shape[-2], shape[-1]).to(dtype)
+    X = G.reshape(-1, shape[-2], shape[-1])
+    X = X.float() if X.dtype != torch.float64 else X
     transposed = X.shape[-2] > X.shape[-1]
     if transposed:
         X = X.mT
     n, m = X.shape[-2:]
-    use_gram = {"auto": gram_is_cheaper(n, m, len(coeffs)), "gram": True, "direct": False}.get(impl)
-    if use_gram is None:
+    low_precision = dtype in (torch.bfloat16, torch.float16)
+    choice = {"auto": not low_precision and gram_is_cheaper(n, m, len(coeffs)), "gram": True, "direct": False}
+    if impl not in choice:
         raise ValueError(f"unknown impl {impl!r}; expected 'auto', 'gram' or 'direct'")
-    X = _normalize(X)
-    X = _quintic_gram(X, coeffs) if use_gram else _quintic_direct(X, coeffs)
+    X = _normalize(X, norm_safety).to(dtype)
+    X = _quintic_gram(X, coeffs) if choice[impl] else _quintic_direct(X, coeffs)
     if transposed:
         X = X.mT
-    return X.reshape(shape)
+    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    return X.to(out_dtype).reshape(shape)
 
 
 def orthogonalize(G: Tensor, method: str = "ns5", steps: int = 5, *, impl: str = "auto",
                   dtype: torch.dtype | None = None) -> Tensor:
-    """Orthogonalise with a named method (``"ns5"`` or ``"polar_express"``)."""
-    try:
-        table = ORTHOGONALIZERS[method]
-    except KeyError:
-        raise ValueError(f"unknown orthogonaliser {method!r}; expected one of {tuple(ORTHOGONALIZERS)}") from None
-    if method == "ns5":
-        coeffs = (table[0],) * steps
-    else:
-        # Polar Express: tuned per-iteration polynomials; extra steps repeat the last one.
-        coeffs = table[:steps] + (table[-1],) * max(0, steps - len(table))
-    return newton_schulz(G, coeffs=coeffs, impl=impl, dtype=dtype)
+    """Orthogonalise with a named method from :data:`ORTHOGONALIZERS`."""
+    spec = _orthogonalizer(method)
+    return newton_schulz(G, coeffs=spec.schedule(steps), impl=impl, dtype=dtype, norm_safety=spec.norm_safety)
 
 
-def muon_momentum_(buf: Tensor, grad: Tensor, momentum: float, nesterov: bool) -> Tensor:
-    """Update the momentum buffer in place and return the tensor to orthogonalise.
+def muon_momentum_(bufs: list[Tensor], grads: list[Tensor], momentum: float, nesterov: bool) -> list[Tensor]:
+    """Update the momentum buffers in place; return the tensors to orthogonalise.
 
-    buf <- mu * buf + g; returns g + mu * buf (Nesterov) or buf.
+    buf <- mu * buf + g; returns g + mu * buf (Nesterov) or the buffers. Batched with foreach
+    kernels (one Python call for every parameter of a group).
     """
-    buf.mul_(momentum).add_(grad)
-    return grad.add(buf, alpha=momentum) if nesterov else buf
+    if not bufs:
+        return []
+    torch._foreach_mul_(bufs, momentum)
+    torch._foreach_add_(bufs, grads)
+    return torch._foreach_add(grads, bufs, alpha=momentum) if nesterov else list(bufs)
+
+
+def muon_directions(
+    updates: Sequence[Tensor],
+    shapes: Sequence[Sequence[int]],
+    expert_flags: Sequence[bool] | None = None,
+    *,
+    method: str = "ns5",
+    steps: int = 5,
+    scale_mode: str = "rms_match",
+    impl: str = "auto",
+    dtype: torch.dtype | None = None,
+) -> list[Tensor]:
+    """Scaled Muon directions ``s(n, m) NS(U)`` (float32, shaped like ``shapes``).
+
+    Matrices of the same (sorted) size are orthogonalised in one batched call, tall ones
+    transposed to wide. ``expert_flags[i]`` declares update ``i`` a stack of experts
+    (orthogonalised per slice); other >=3-D tensors are flattened (see :func:`matrix_dims`).
+    """
+    flags = list(expert_flags) if expert_flags is not None else [False] * len(updates)
+    mats = [u.reshape(matrix_dims(s, e)) for u, s, e in zip(updates, shapes, flags)]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, mat in enumerate(mats):
+        n, m = mat.shape[-2:]
+        by_size.setdefault((min(n, m), max(n, m)), []).append(i)
+    spec = _orthogonalizer(method)
+    coeffs = spec.schedule(steps)
+    directions: list[Tensor | None] = [None] * len(mats)
+    for members in by_size.values():
+        wide = [mats[i] if mats[i].shape[-2] <= mats[i].shape[-1] else mats[i].mT for i in members]
+        batch = torch.cat(wide, dim=0) if len(wide) > 1 else wide[0]
+        out = newton_schulz(batch, coeffs=coeffs, impl=impl, dtype=dtype, norm_safety=spec.norm_safety)
+        for i, block in zip(members, out.split([w.shape[0] for w in wide])):
+            n, m = mats[i].shape[-2:]
+            block = block.mT if n > m else block
+            directions[i] = block.reshape(shapes[i]).mul_(update_scale(n, m, scale_mode))
+    return directions  # type: ignore[return-value]
+
+
+def apply_updates_(params: list[Tensor], directions: list[Tensor], lr: float, weight_decay: float) -> None:
+    """W <- W (1 - lr wd) - lr D, in fp32 whatever W's dtype.
+
+    The decay uses the base lr, not the RMS-scaled one (Moonlight Sec. 2.2).
+    """
+    full = [i for i, p in enumerate(params) if p.dtype == torch.float32]
+    if full:
+        ps = [params[i] for i in full]
+        if weight_decay:
+            torch._foreach_mul_(ps, 1.0 - lr * weight_decay)
+        torch._foreach_add_(ps, [directions[i] for i in full], alpha=-lr)
+    for i, p in enumerate(params):
+        if p.dtype != torch.float32:
+            w = p.float()
+            if weight_decay:
+                w.mul_(1.0 - lr * weight_decay)
+            w.add_(directions[i], alpha=-lr)
+            p.copy_(w)
+
+
+def adamw_update_(p: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: float, *, lr: float,
+                  betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    """One AdamW step on one (local) tensor; ``step`` counts from 1. Moments are fp32.
+
+    The same operations, in the same order, as torch.optim.AdamW's single-tensor path, so the
+    two agree bit for bit in fp32.
+    """
+    beta1, beta2 = betas
+    full = p.dtype in (torch.float32, torch.float64)
+    w = p if full else p.float()
+    grad = grad if full else grad.float()
+    w.mul_(1 - lr * weight_decay)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    denom = (exp_avg_sq.sqrt() / math.sqrt(bias_correction2)).add_(eps)
+    w.addcdiv_(exp_avg, denom, value=-step_size)
+    if not full:
+        p.copy_(w)
 
 
 def muon_update(
@@ -216,19 +352,16 @@ def muon_update(
     method: str = "ns5",
     ns_steps: int = 5,
     scale_mode: str = "rms_match",
+    expert_stack: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """The scaled Muon direction for one parameter (not yet multiplied by -lr).
 
-    Updates ``momentum_buffer`` in place. For a 3-D tensor every slice is a separate matrix;
-    4-D conv weights are treated as (out, in*kh*kw). Returns a float32 tensor of grad's shape.
+    Updates ``momentum_buffer`` in place. Conv weights and other >=3-D tensors are one
+    flattened (out, in*k...) matrix unless ``expert_stack`` declares a 3-D stack of experts.
+    Returns a float32 tensor of grad's shape. The optimizer runs exactly these steps.
     """
-    u = muon_momentum_(momentum_buffer, grad.float(), momentum, nesterov)
-    mats = as_matrix_batch(u)
-    n, m = mats.shape[-2:]
-    O = orthogonalize(mats, method, ns_steps)
-    return O.mul_(update_scale(n, m, scale_mode)).reshape(grad.shape)
-
-
-def stack_same_shape(tensors: Iterable[Tensor]) -> Tensor:
-    """Concatenate (B_i, n, m) batches along dim 0 (one batched NS call per shape)."""
-    return torch.cat(list(tensors), dim=0)
+    (u,) = muon_momentum_([momentum_buffer], [grad.float()], momentum, nesterov)
+    (d,) = muon_directions([u], [grad.shape], [expert_stack], method=method, steps=ns_steps,
+                           scale_mode=scale_mode, dtype=dtype)
+    return d

@@ -8,7 +8,10 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["Rule", "DEFAULT_RULES", "assign_params", "build_param_groups", "describe_param_groups"]
+__all__ = [
+    "Rule", "DEFAULT_RULES", "EXPERT_STACK_PATTERN", "EXPERT_STACK_ATTR", "is_expert_stack",
+    "assign_params", "build_param_groups", "describe_param_groups",
+]
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,25 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(r"(^|\.)(lm_head|embed_out|output_layer|score)(\.|$)", "adamw", "output head"),
     Rule(r"(^|\.)(embed|embeds|embedding|embeddings|embed_tokens|wte|wpe|tok_embeddings|word_embeddings|position_embeddings)(\.|$)", "adamw", "embedding"),
 )
+
+
+# How a 3-D parameter is declared a stack of MoE experts (E, n, m), orthogonalised per expert.
+# Shape alone cannot tell it from a Conv1d weight (out, in, k), which must be flattened
+# (KellerJordan/Muon #63), so the declaration comes from the model: a parameter attribute, or
+# the naming convention of HF transformers 5, torchtitan and Megatron (``...experts...``).
+EXPERT_STACK_ATTR = "muon_expert_stack"
+EXPERT_STACK_PATTERN = r"(^|\.)experts(\.|$)"
+
+
+def is_expert_stack(name: str, p: torch.Tensor, pattern: str | None = EXPERT_STACK_PATTERN) -> bool:
+    """A 3-D parameter declared an expert stack: ``p.muon_expert_stack = True``, or a name that
+    matches ``pattern`` (None: the attribute only). Never true for a conv module's weight."""
+    if p.ndim != 3:
+        return False
+    declared = getattr(p, EXPERT_STACK_ATTR, None)
+    if declared is not None:
+        return bool(declared)
+    return pattern is not None and re.search(pattern, name) is not None
 
 
 def _special_params(model: nn.Module) -> dict[int, str]:
@@ -90,8 +112,14 @@ def build_param_groups(
     rules: Sequence[Rule] | None = None,
     adamw_lr: float | None = None,
     adamw_weight_decay: float | None = None,
+    expert_stacks: str | None = EXPERT_STACK_PATTERN,
 ) -> list[dict]:
     """Param groups for :class:`MuonClip`, each with ``algorithm`` and ``param_names``.
+
+    The Muon group also carries ``expert_stacks``, one bool per parameter: 3-D parameters
+    declared stacks of experts (see :func:`is_expert_stack`; ``expert_stacks`` is the name
+    pattern, None to rely on the ``muon_expert_stack`` attribute alone) are orthogonalised per
+    expert. Every other >=3-D weight, such as a Conv1d's, is one flattened matrix.
 
     With the default ``update_scale="rms_match"`` Muon and AdamW share lr and weight decay
     (Moonlight); ``adamw_lr`` / ``adamw_weight_decay`` override them for the AdamW group.
@@ -104,15 +132,21 @@ def build_param_groups(
         ("adamw", lr if adamw_lr is None else adamw_lr, weight_decay if adamw_weight_decay is None else adamw_weight_decay),
     ):
         members = [(n, p, r) for n, p, a, r in plan if a == algo]
-        if members:
-            groups.append({
-                "params": [p for _, p, _ in members],
-                "param_names": [n for n, _, _ in members],
-                "reasons": [r for _, _, r in members],
-                "algorithm": algo,
-                "lr": glr,
-                "weight_decay": gwd,
-            })
+        if not members:
+            continue
+        group = {
+            "params": [p for _, p, _ in members],
+            "param_names": [n for n, _, _ in members],
+            "reasons": [r for _, _, r in members],
+            "algorithm": algo,
+            "lr": glr,
+            "weight_decay": gwd,
+        }
+        if algo == "muon":
+            group["expert_stacks"] = [is_expert_stack(n, p, expert_stacks) for n, p, _ in members]
+            group["reasons"] = [f"{r} (expert stack, per expert)" if e else r
+                                for r, e in zip(group["reasons"], group["expert_stacks"])]
+        groups.append(group)
     return groups
 
 

@@ -31,7 +31,10 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["RowBlock", "QKClipLayerSpec", "qk_clip_scales", "apply_qk_clip_"]
+__all__ = [
+    "RowBlock", "QKClipLayerSpec", "qk_clip_scales", "qk_clip_gammas", "check_qk_clip_params",
+    "scale_heads_", "apply_qk_clip_",
+]
 
 GQA_MODES = ("exact", "balanced")
 
@@ -111,42 +114,49 @@ def qk_clip_scales(max_logits: Tensor, tau: float) -> Tensor:
     return torch.where(s > tau, tau / s, torch.ones_like(s))
 
 
-def _scale_rows_(params: Mapping[str, Tensor], block: RowBlock, head: int, factor: float) -> None:
-    p = params[block.param]
-    rows = block.rows(head)
-    if rows.stop > p.shape[0]:
-        raise ValueError(f"{block.param}: head {head} rows {rows.start}:{rows.stop} exceed dim 0 ({p.shape[0]})")
-    p.data[rows].mul_(factor)
+def qk_clip_gammas(spec: Sequence[QKClipLayerSpec], max_logits: Sequence[Tensor], tau: float) -> list[Tensor]:
+    """Validate this step's max logits against ``spec`` and return each layer's gamma.
 
-
-@torch.no_grad()
-def apply_qk_clip_(
-    params_by_name: Mapping[str, Tensor],
-    spec: Sequence[QKClipLayerSpec],
-    max_logits: Sequence[Tensor],
-    tau: float,
-    *,
-    gqa_mode: str = "exact",
-) -> list[Tensor]:
-    """Rescale, in place, the q/k rows of every head whose max logit exceeds ``tau``.
-
-    Returns the per-layer gamma (``Tensor[n_head]``, 1 for untouched heads). After the call a
-    forward on the same input gives ``S'_h = min(S_h, tau)`` for every head (exactly, up to
-    round-off), and untouched heads' weights are bit-identical.
+    Pure: raises ``ValueError`` on a wrong layer count, a wrong head count or a non-finite
+    logit, before anything is modified anywhere.
     """
-    if gqa_mode not in GQA_MODES:
-        raise ValueError(f"unknown gqa_mode {gqa_mode!r}; expected one of {GQA_MODES}")
     if len(max_logits) != len(spec):
         raise ValueError(f"max_logits has {len(max_logits)} layers but the spec has {len(spec)}")
+    for i, (layer, logits) in enumerate(zip(spec, max_logits)):
+        if logits.numel() != layer.n_head:
+            raise ValueError(f"layer {i}: expected {layer.n_head} max logits, got {logits.numel()}")
+    return [qk_clip_scales(logits.reshape(-1), tau) for logits in max_logits]
+
+
+def check_qk_clip_params(params_by_name: Mapping[str, Tensor], spec: Sequence[QKClipLayerSpec]) -> None:
+    """Every parameter the spec names exists and holds every head's rows (raises otherwise)."""
     missing = [n for layer in spec for n in layer.param_names() if n not in params_by_name]
     if missing:
         raise KeyError(f"QK-Clip spec names unknown parameters: {missing[:5]}")
-    gammas = []
-    for layer, logits in zip(spec, max_logits):
-        if logits.numel() != layer.n_head:
-            raise ValueError(f"expected {layer.n_head} max logits for a layer, got {logits.numel()}")
-        gamma = qk_clip_scales(logits.reshape(-1), tau)
-        gammas.append(gamma)
+    for layer in spec:
+        for blocks, heads in ((layer.q + layer.q_rope, layer.n_head), (layer.k, layer.n_kv_head)):
+            for block in blocks:
+                rows = block.rows(heads - 1)
+                n_rows = params_by_name[block.param].shape[0]
+                if rows.stop > n_rows:
+                    raise ValueError(f"{block.param}: head {heads - 1} rows {rows.start}:{rows.stop} "
+                                     f"exceed dim 0 ({n_rows})")
+
+
+def _scale_rows_(params: Mapping[str, Tensor], block: RowBlock, head: int, factor: float) -> None:
+    params[block.param].data[block.rows(head)].mul_(factor)
+
+
+@torch.no_grad()
+def scale_heads_(
+    params_by_name: Mapping[str, Tensor],
+    spec: Sequence[QKClipLayerSpec],
+    gammas: Sequence[Tensor],
+    *,
+    gqa_mode: str = "exact",
+) -> None:
+    """Scale, in place, the q/k rows of every head with gamma < 1 (inputs already validated)."""
+    for layer, gamma in zip(spec, gammas):
         clipped = [h for h in range(layer.n_head) if gamma[h] < 1]
         if not clipped:
             continue
@@ -175,4 +185,27 @@ def apply_qk_clip_(
             for h in members:
                 for block in layer.q + layer.q_rope:
                     _scale_rows_(params_by_name, block, h, g[h] / root_min)
+
+
+@torch.no_grad()
+def apply_qk_clip_(
+    params_by_name: Mapping[str, Tensor],
+    spec: Sequence[QKClipLayerSpec],
+    max_logits: Sequence[Tensor],
+    tau: float,
+    *,
+    gqa_mode: str = "exact",
+) -> list[Tensor]:
+    """Rescale, in place, the q/k rows of every head whose max logit exceeds ``tau``.
+
+    Returns the per-layer gamma (``Tensor[n_head]``, 1 for untouched heads). After the call a
+    forward on the same input gives ``S'_h = min(S_h, tau)`` for every head (exactly, up to
+    round-off), and untouched heads' weights are bit-identical. Every input is checked before
+    any weight changes: on error, nothing was modified.
+    """
+    if gqa_mode not in GQA_MODES:
+        raise ValueError(f"unknown gqa_mode {gqa_mode!r}; expected one of {GQA_MODES}")
+    check_qk_clip_params(params_by_name, spec)
+    gammas = qk_clip_gammas(spec, max_logits, tau)
+    scale_heads_(params_by_name, spec, gammas, gqa_mode=gqa_mode)
     return gammas

@@ -50,7 +50,8 @@ def test_partition_with_more_ranks_than_matrices_leaves_ranks_empty():
 def test_matrix_cost_follows_ns_flops():
     assert D.matrix_cost((32, 96), impl="direct") == F.ns_flops(32, 96)
     assert D.matrix_cost((96, 32), impl="gram") == F.ns_flops(32, 96, gram=True)
-    assert D.matrix_cost((4, 16, 48), impl="direct") == 4 * F.ns_flops(16, 48)
+    assert D.matrix_cost((4, 16, 48), impl="direct", expert_stack=True) == 4 * F.ns_flops(16, 48)
+    assert D.matrix_cost((4, 16, 48), impl="direct") == F.ns_flops(4, 16 * 48)  # Conv1d-like: flattened
     assert D.matrix_cost((8, 4, 3, 3), impl="direct") == F.ns_flops(8, 36)
 
 

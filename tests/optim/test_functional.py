@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from muonclip.optim import functional as F
-from muonclip.optim.reference import reference_orthogonalize
+from muonclip.optim.reference import reference_orthogonalize, reference_polar_express
 
 # Documented singular-value bands after 5 iterations, for directions whose singular value is
 # at least 2e-3 of the input's Frobenius norm (smaller ones are, by design, not fully
@@ -25,8 +25,8 @@ def _svals(t):
 @pytest.mark.parametrize("impl", ["direct", "gram", "auto"])
 def test_fast_ns_matches_float64_reference(shape, impl):
     G = torch.randn(shape)
-    fast = F.newton_schulz(G, impl=impl)
-    ref = reference_orthogonalize(G)
+    fast = F.newton_schulz(G, impl=impl)  # leading dims are a batch
+    ref = reference_orthogonalize(G, expert_stack=G.ndim == 3)
     assert fast.dtype == torch.float32 and fast.shape == G.shape
     torch.testing.assert_close(fast.double(), ref, rtol=0, atol=2e-5)
 
@@ -34,8 +34,29 @@ def test_fast_ns_matches_float64_reference(shape, impl):
 def test_polar_express_matches_reference():
     G = torch.randn(24, 80)
     fast = F.orthogonalize(G, "polar_express", impl="gram")
-    ref = reference_orthogonalize(G, F.POLAR_EXPRESS_COEFFS)
+    ref = reference_orthogonalize(G, "polar_express")
     torch.testing.assert_close(fast.double(), ref, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 5, 6, 7, 8, 10])
+@pytest.mark.parametrize("shape", [(24, 80), (80, 24), (32, 32)])
+def test_polar_express_follows_the_paper(steps, shape):
+    """Against an independent float64 transcription of arXiv 2505.16932 Alg. 1: the 1.01
+    normalisation safety and the published schedule past 5 steps (then the fixed point)."""
+    G = torch.randn(shape, dtype=torch.float64)
+    ours = F.orthogonalize(G, "polar_express", steps, dtype=torch.float64)
+    # Only where eps enters differs (after our max-abs prescaling, which guards tiny inputs):
+    # ~1e-8 relative at the input. A missing 1.01 or a wrong coefficient is ~1e-2.
+    torch.testing.assert_close(ours, reference_polar_express(G, steps), rtol=0, atol=1e-6)
+    fast = F.orthogonalize(G.float(), "polar_express", steps)
+    torch.testing.assert_close(fast.double(), reference_polar_express(G, steps), rtol=0, atol=3e-5)
+
+
+def test_polar_express_schedule_past_five_steps_is_the_papers():
+    sched = F.coefficient_schedule("polar_express", 10)
+    assert sched[5] == pytest.approx((1.891301407787398 / 1.01, -1.2679958271945868 / 1.01**3,
+                                      0.37680408948524835 / 1.01**5))
+    assert sched[7:] == ((1.875, -1.25, 0.375),) * 3  # the fixed point, without the safety factor
 
 
 def _conditioned(n, m, log10_min, seed):
@@ -107,10 +128,27 @@ def test_rms_match_update_rms_is_about_0_2(n, m, seed):
     assert 0.14 <= rms <= 0.24
 
 
+def _counted_flops(fn, X):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(X, F.coefficient_schedule("ns5", 5))
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("n,m", [(64, 256), (64, 64), (32, 96)])
+def test_ns_flops_counts_what_the_kernels_do(n, m):
+    """ns_flops (used by the benchmark bound and the distributed partition) equals the FLOPs
+    torch counts in the products the two evaluations actually run."""
+    X = torch.randn(1, n, m)
+    assert _counted_flops(F._quintic_direct, X) == F.ns_flops(n, m)
+    assert _counted_flops(F._quintic_gram, X) == F.ns_flops(n, m, gram=True)
+
+
 def test_gram_saves_flops_for_wide_matrices():
-    assert F.gram_is_cheaper(256, 1024)
-    assert not F.gram_is_cheaper(256, 256)
-    assert F.ns_flops(256, 1024, gram=True) < 0.6 * F.ns_flops(256, 1024)
+    X = torch.randn(1, 64, 256)
+    assert _counted_flops(F._quintic_gram, X) < 0.75 * _counted_flops(F._quintic_direct, X)
+    assert F.gram_is_cheaper(256, 1024) and not F.gram_is_cheaper(256, 256)
 
 
 def test_conv_weight_flattened_and_scaled_by_fan_in():
@@ -118,6 +156,23 @@ def test_conv_weight_flattened_and_scaled_by_fan_in():
     u = F.muon_update(grad, torch.zeros_like(grad), nesterov=False)
     mat = reference_orthogonalize(grad).reshape(8, 36)
     torch.testing.assert_close(u.double().reshape(8, 36), mat * 0.2 * math.sqrt(36), atol=1e-5, rtol=0)
+
+
+def test_conv1d_weight_is_flattened_not_treated_as_experts():
+    """A Conv1d weight (out, in, k) is one (out, in*k) matrix (KellerJordan/Muon #63); treating
+    it as `out` expert matrices of shape (in, k) put the update 42-47% away (issue #12)."""
+    grad = torch.randn(16, 8, 3)
+    u = F.muon_update(grad, torch.zeros_like(grad), nesterov=False)
+    flat = reference_orthogonalize(grad.reshape(16, 24)) * 0.2 * math.sqrt(24)
+    torch.testing.assert_close(u.double().reshape(16, 24), flat, atol=1e-5, rtol=0)
+    per_slice = F.muon_update(grad, torch.zeros_like(grad), nesterov=False, expert_stack=True)
+    rel = (per_slice - u).norm() / u.norm()
+    assert rel > 0.3  # the two treatments really differ, so the default matters
+
+
+def test_expert_stack_must_be_3d():
+    with pytest.raises(ValueError, match="expert stack must be 3-D"):
+        F.as_matrix_batch(torch.zeros(2, 3, 4, 5), expert_stack=True)
 
 
 def test_rejects_vectors_and_bad_names():

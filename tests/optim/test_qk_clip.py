@@ -167,3 +167,33 @@ def test_scales_and_errors():
         apply_qk_clip_({}, [spec], [torch.ones(4)], 1.0)
     with pytest.raises(ValueError, match="n_kv_head"):
         QKClipLayerSpec(n_head=4, n_kv_head=3, q=())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_bad_logit_in_a_later_layer_changes_nothing(bad):
+    """A non-finite max logit in layer 1 used to raise only after layer 0 had been clipped in
+    place (issue #12). Every input is now checked first: every weight stays bit-identical."""
+    p0, _, spec0 = gqa_setup(4, 4, seed=1)
+    p1, _, spec1 = gqa_setup(4, 4, seed=2)
+    params = {**{f"l0.{k}": v for k, v in p0.items()}, **{f"l1.{k}": v for k, v in p1.items()}}
+    specs = [QKClipLayerSpec(n_head=4, n_kv_head=4,
+                             q=tuple(RowBlock(f"l{i}.{b.param}", b.width) for b in s.q),
+                             k=tuple(RowBlock(f"l{i}.{b.param}", b.width) for b in s.k))
+             for i, s in enumerate((spec0, spec1))]
+    before = {k: v.clone() for k, v in params.items()}
+    logits = [torch.tensor([100.0, 1.0, 1.0, 1.0]), torch.tensor([1.0, bad, 1.0, 1.0])]
+    with pytest.raises(ValueError, match="finite"):
+        apply_qk_clip_(params, specs, logits, 10.0)
+    assert all(torch.equal(params[k], before[k]) for k in params)
+    with pytest.raises(ValueError, match="expected 4 max logits"):
+        apply_qk_clip_(params, specs, [logits[0], torch.ones(3)], 10.0)
+    assert all(torch.equal(params[k], before[k]) for k in params)
+
+
+def test_rows_past_the_weight_are_refused_before_any_change():
+    p, _, spec = gqa_setup(4, 2)
+    bad = QKClipLayerSpec(n_head=4, n_kv_head=2, q=spec.q, k=(RowBlock("k.weight", 8, offset=4),))
+    before = {k: v.clone() for k, v in p.items()}
+    with pytest.raises(ValueError, match="exceed dim 0"):
+        apply_qk_clip_(p, [spec, bad], [torch.full((4,), 100.0)] * 2, 1.0)
+    assert all(torch.equal(p[k], before[k]) for k in p)
