@@ -209,7 +209,118 @@ def scenario_dcp(rank: int, world: int, outdir: Path) -> dict:
     return {"continued": continued, "resumed": resumed, "momentum": (m1, m2)}
 
 
-SCENARIOS = {"ddp": scenario_ddp, "fsdp": scenario_fsdp, "none_grad": scenario_none_grad, "dcp": scenario_dcp}
+# -- peer-bug scenarios (tests/optim/test_peer_bugs.py) ----------------------------------------
+THIN_STEPS = 3
+
+
+class Thin(nn.Module):
+    """A (1, 8) Muon matrix and a (1,) AdamW vector: fewer rows than ranks, so under FSDP2
+    rank 1's shards of both are empty (dion #74); plus an ordinary (8, 8) matrix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.wide = nn.Linear(8, 8, bias=False)
+        self.thin = nn.Linear(8, 1, bias=False)
+        self.shift = nn.Parameter(torch.full((1,), 0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.thin(torch.tanh(self.wide(x))) + self.shift).square().mean()
+
+
+def thin_optimizer(model: Thin) -> MuonClip:
+    return MuonClip([
+        {"params": [model.wide.weight, model.thin.weight], "param_names": ["wide.weight", "thin.weight"],
+         "algorithm": "muon"},
+        {"params": [model.shift], "param_names": ["shift"], "algorithm": "adamw", "lr": 1e-2},
+    ], lr=0.02, weight_decay=0.1)
+
+
+def thin_batch(step: int) -> torch.Tensor:
+    return torch.randn(4, 8, generator=torch.Generator().manual_seed(2000 + step))
+
+
+def run_thin(model: nn.Module, opt: MuonClip, rank: int = 0, world: int = 1) -> None:
+    per = 4 // world
+    for step in range(THIN_STEPS):
+        opt.zero_grad(set_to_none=True)
+        model(thin_batch(step)[rank * per:(rank + 1) * per]).backward()
+        opt.step()
+
+
+def scenario_empty_shard(rank: int, world: int) -> dict:
+    from torch.distributed.fsdp import fully_shard
+
+    model = fully_shard(Thin())
+    opt = thin_optimizer(model)
+    run_thin(model, opt, rank, world)
+    return {"params": full_params(model),
+            "local_rows": {n: D.local(p).shape[0] for n, p in model.named_parameters()}}
+
+
+DCP_N, DCP_TOTAL = 3, 6  # save after DCP_N steps, train to DCP_TOTAL
+
+
+def _lr_schedule():
+    from muonclip.lab.schedule import lr_multiplier
+
+    return lr_multiplier("cosine", DCP_TOTAL, warmup_steps=2, min_lr_ratio=0.1)
+
+
+def _adamw_steps(model: GPT, opt: MuonClip) -> float:
+    return float(opt.state[model.embed.weight]["step"])
+
+
+def _train_scheduled(model: GPT, opt: MuonClip, sched, start: int, stop: int, rank: int, world: int) -> list:
+    """Steps [start, stop), the scheduler stepped after each; returns each step's group lrs."""
+    lrs = []
+    for step in range(start, stop):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        run_steps(model, opt, step, step + 1, rank, world)
+        sched.step()
+    return lrs
+
+
+def scenario_dcp_sched(rank: int, world: int, outdir: Path) -> dict:
+    """dion #104/#109: FSDP2 + an LR scheduler, saved and resumed with torch.distributed.checkpoint."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.optim.lr_scheduler import LambdaLR
+
+    ckpt = outdir / "dcp_sched_ckpt"
+    model = _fsdp(make_model())
+    opt = make_optimizer(model)
+    sched = LambdaLR(opt, _lr_schedule())
+    first = _train_scheduled(model, opt, sched, 0, DCP_N, rank, world)
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd, "sched": sched.state_dict()}, checkpoint_id=str(ckpt))
+    dist.barrier()
+    continued_lrs = _train_scheduled(model, opt, sched, DCP_N, DCP_TOTAL, rank, world)
+    out = {"continued": full_params(model), "first_lrs": first, "continued_lrs": continued_lrs,
+           "continued_adamw_steps": _adamw_steps(model, opt)}
+    # Resume into a differently initialised model, a fresh optimizer and a fresh scheduler.
+    model2 = _fsdp(make_model(seed=123))
+    opt2 = make_optimizer(model2)
+    sched2 = LambdaLR(opt2, _lr_schedule())
+    opt2.init_state()
+    msd2, osd2 = get_state_dict(model2, opt2)
+    state = {"model": msd2, "optim": osd2, "sched": sched2.state_dict()}
+    dcp.load(state, checkpoint_id=str(ckpt))
+    set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    sched2.load_state_dict(state["sched"])
+    out["resumed_adamw_steps_at_load"] = _adamw_steps(model2, opt2)
+    out["resumed_lr_types"] = sorted({type(g["lr"]).__name__ for g in opt2.param_groups})
+    out["resumed_lrs"] = _train_scheduled(model2, opt2, sched2, DCP_N, DCP_TOTAL, rank, world)
+    out["resumed"] = full_params(model2)
+    out["resumed_adamw_steps"] = _adamw_steps(model2, opt2)
+    out["resumed_last_epoch"] = sched2.last_epoch
+    return out
+
+
+SCENARIOS = {"ddp": scenario_ddp, "fsdp": scenario_fsdp, "none_grad": scenario_none_grad, "dcp": scenario_dcp,
+             "empty_shard": scenario_empty_shard, "dcp_sched": scenario_dcp_sched}
+_NEEDS_OUTDIR = {"dcp", "dcp_sched"}
 
 
 def _worker(rank: int, world: int, outdir: str, scenarios: list[str]) -> None:
@@ -222,7 +333,7 @@ def _worker(rank: int, world: int, outdir: str, scenarios: list[str]) -> None:
     try:
         for name in scenarios:
             fn = SCENARIOS[name]
-            res = fn(rank, world, out) if name == "dcp" else fn(rank, world)
+            res = fn(rank, world, out) if name in _NEEDS_OUTDIR else fn(rank, world)
             torch.save(res, out / f"{name}_rank{rank}.pt")
             dist.barrier()
     except Exception:
