@@ -2,6 +2,7 @@
 resume, Muon param groups, compare table, L0 plot, CLI errors (exit code 2)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from muonclip.cli import main
+from muonclip.lab.checkpoint import load_checkpoint
 from muonclip.lab.config import ConfigError, apply_overrides, get_preset
 from muonclip.lab.metrics import read_metrics
 from muonclip.lab.train import train
@@ -86,14 +88,34 @@ def test_metrics_schema(quick_sae):
     assert (quick_sae / "tb").is_dir()
 
 
-def test_decoder_unit_norm_and_bias_init(quick_sae):
+def test_decoder_unit_norm_and_bias_init(run_dir, quick_sae, tmp_path):
+    # after training: the trainer renormalises the decoder columns after every step
     cfg, sae = load_sae(quick_sae)
     norms = sae.decoder.weight.norm(dim=0)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+
+    # a freshly built SAE (docs in muonclip/sae/model.py): random unit-norm decoder columns,
+    # tied encoder scaled by min(1, 2 d_in / d_sae), zero biases, reproducible from cfg.seed
     fresh = build_sae(cfg, 32)
-    buf = load_buffer(quick_sae / "activations.pt")
-    fresh.init_bias(buf.train.mean(0))
-    assert torch.equal(fresh.decoder.bias, buf.train.mean(0))
+    w = fresh.decoder.weight
+    assert w.shape == (32, cfg.d_sae)
+    torch.testing.assert_close(w.norm(dim=0), torch.ones(cfg.d_sae), rtol=0, atol=1e-6)
+    assert (w.t() @ w - torch.eye(cfg.d_sae)).abs().max() > 0.1  # random directions, not a fixed basis
+    torch.testing.assert_close(fresh.encoder.weight, w.t() * min(1.0, 2.0 * 32 / cfg.d_sae), rtol=0, atol=0)
+    assert not fresh.encoder.bias.any() and not fresh.decoder.bias.any()
+    assert torch.equal(build_sae(cfg, 32).decoder.weight, w)
+    assert not torch.equal(build_sae(dataclasses.replace(cfg, seed=cfg.seed + 1), 32).decoder.weight, w)
+
+    # what training starts from (the step-0 checkpoint): the decoder bias at the mean of the
+    # training activations, the rest as built
+    run_sae(run_dir, cfg, tmp_path / "init", buffer_path=quick_sae / "activations.pt", stop_after=0,
+            progress=False, log=lambda m: None, tensorboard=False)
+    start = load_checkpoint(tmp_path / "init" / "checkpoint.pt")["sae"]
+    mean = load_buffer(quick_sae / "activations.pt").train.mean(0)
+    assert mean.abs().max() > 1e-3  # the check below would be vacuous at a zero mean
+    torch.testing.assert_close(start["decoder.bias"], mean)
+    assert torch.equal(start["decoder.weight"], w) and torch.equal(start["encoder.weight"], fresh.encoder.weight)
+    assert not start["encoder.bias"].any()
 
 
 def test_resume_is_bit_exact(run_dir, tmp_path):
