@@ -1,22 +1,41 @@
-"""Optimizer step time on a GPT-like shape set: MuonClip vs torch.optim.Muon vs AdamW.
+"""Optimizer step time on a GPT-like shape set: MuonClip per precision vs torch.optim.Muon vs AdamW.
 
 Prints one JSON line. Everything is measured in one process, interleaved, with medians,
-because timing noise on small shared CPUs is large.
+because timing noise on small shared CPUs is large. The JSON names the CPU and its bf16
+capability beside every figure.
 
 Shape set (facts §5): d=256, 4 layers, each layer 4x(d,d) + (4d,d) + (d,4d) = 3.1M params.
+Bounds: the NS5 FLOPs of the shape set (15 GEMMs per matrix, direct form) at the rate of one
+1024^3 matmul in fp32 and in bf16, measured here.
+Accuracy per mode: relative Frobenius distance of the orthogonalised output to a float64 NS5
+on a 16x256x1024 Gaussian batch, and the singular-value band on Gaussian and ill-conditioned
+inputs.
+
+Where the CPU lacks native bf16 (AVX2-only), bf16 matmuls are emulated (~100x slower than
+fp32), so the bf16 rows are timed with --slow-repeats only.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 from torch import nn
 
 from muonclip import MuonClip
-from muonclip.optim import functional as F
+from muonclip.optim import functional as muon_math
+from muonclip.optim.precision import cpu_bf16_flags, cpu_has_native_bf16, resolve_ns_dtype
+from muonclip.optim.reference import reference_orthogonalize
+
+# Capping the ISA to AVX2 reproduces CPUs without native bf16 (facts §5), where
+# torch.optim.Muon's bf16 Newton-Schulz is emulated. Both oneDNN (matmul) and ATen honour these.
+AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def shape_set(d: int = 256, n_layer: int = 4) -> list[tuple[int, int]]:
@@ -31,8 +50,8 @@ def make_params(shapes, seed=0):
     return params
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 7) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     times = []
     for _ in range(repeats):
@@ -42,22 +61,128 @@ def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def svd_range(O: torch.Tensor) -> list[float]:
-    s = torch.linalg.svdvals(O.double())
-    return [round(float(s.min()), 4), round(float(s.max()), 4)]
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
-# Capping the ISA to AVX2 reproduces CPUs without native bf16 (the class in facts §5), where
-# torch.optim.Muon's bf16 Newton-Schulz is emulated. Both oneDNN (matmul) and ATen honour these.
-AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+def accuracy(precisions: list[str]) -> dict:
+    """Distance to float64 NS5 and singular-value bands, per precision."""
+    g = torch.Generator().manual_seed(1)
+    batch = torch.randn(16, 256, 1024, generator=g)
+    ref = reference_orthogonalize(batch, expert_stack=True)
+    U, _ = torch.linalg.qr(torch.randn(256, 256, generator=g))
+    V, _ = torch.linalg.qr(torch.randn(1024, 256, generator=g))
+    ill = (U * torch.logspace(0, -3, 256)) @ V.T
+    out = {}
+    for precision in precisions:
+        dtype = resolve_ns_dtype(precision, "cpu")
+        o = muon_math.newton_schulz(batch, dtype=dtype)
+        s_gauss = torch.linalg.svdvals(o[0].double())
+        s_ill = torch.linalg.svdvals(muon_math.newton_schulz(ill, dtype=dtype).double())
+        out[precision] = {
+            "dtype": str(dtype).replace("torch.", ""),
+            "rel_dist_to_fp64_ns5": float(f"{float((o.double() - ref).norm() / ref.norm()):.2e}"),
+            "band_gaussian": [round(float(s_gauss.min()), 4), round(float(s_gauss.max()), 4)],
+            "band_ill_conditioned": [round(float(s_ill.min()), 4), round(float(s_ill.max()), 4)],
+        }
+    return out
+
+
+def measure(args) -> dict:
+    torch.manual_seed(0)
+    shapes = shape_set()
+    native = cpu_has_native_bf16()
+    opts = {
+        "muonclip_auto": MuonClip(make_params(shapes), lr=0.02, weight_decay=0.1),
+        "muonclip_fp32": MuonClip(make_params(shapes), lr=0.02, weight_decay=0.1, ns_precision="fp32"),
+        "muonclip_fp32_direct": MuonClip(make_params(shapes), lr=0.02, ns_precision="fp32", ns_impl="direct"),
+        "muonclip_bf16": MuonClip(make_params(shapes), lr=0.02, weight_decay=0.1, ns_precision="bf16"),
+        "adamw": torch.optim.AdamW(make_params(shapes), lr=3e-3, weight_decay=0.1),
+    }
+    if hasattr(torch.optim, "Muon") and not args.skip_torch_muon:
+        opts["torch_muon"] = torch.optim.Muon(make_params(shapes), lr=0.02, weight_decay=0.1)
+    # bf16 NS is emulated without native bf16: time those rows only --slow-repeats times.
+    slow = {"torch_muon"} | (set() if native else {"muonclip_bf16"})
+    if not native and resolve_ns_dtype("auto", "cpu") == torch.bfloat16:
+        slow.add("muonclip_auto")
+
+    times: dict[str, list[float]] = {k: [] for k in opts}
+    for opt in opts.values():  # warm-up
+        opt.step()
+    for r in range(args.repeats):
+        for name, opt in opts.items():
+            if name in slow and r >= args.slow_repeats:
+                continue
+            t0 = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - t0)
+    fp32_rate = statistics.median(matmul_gflops(torch.float32) for _ in range(3))
+    bf16_rate = statistics.median(matmul_gflops(torch.bfloat16, repeats=7 if native else 1)
+                                  for _ in range(3 if native else 1))
+    ms = {k: round(statistics.median(v) * 1e3, 2) for k, v in times.items() if v}
+
+    ns5_flops = sum(muon_math.ns_flops(n, m) for n, m in shapes)
+    fp32_bound = ns5_flops / (fp32_rate * 1e9) * 1e3
+    bf16_bound = ns5_flops / (bf16_rate * 1e9) * 1e3
+    auto_dtype = resolve_ns_dtype("auto", "cpu")
+    default_bound = bf16_bound if auto_dtype == torch.bfloat16 else fp32_bound
+    result = {
+        "benchmark": "optimizer_step",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_flags": list(cpu_bf16_flags()),
+        "native_bf16": native,
+        "auto_precision": str(auto_dtype).replace("torch.", ""),
+        "matrix_params": sum(n * m for n, m in shapes),
+        "step_ms": ms,
+        "matmul_gflops": {"fp32": round(fp32_rate, 1), "bf16": round(bf16_rate, 1)},
+        "ns5_gflop": round(ns5_flops / 1e9, 2),
+        "ns5_bound_ms": {"fp32": round(fp32_bound, 1), "bf16": round(bf16_bound, 1)},
+        "over_bound": {
+            "fp32": round(ms["muonclip_fp32"] / fp32_bound, 3),
+            "bf16": round(ms["muonclip_bf16"] / bf16_bound, 3),
+            "auto": round(ms["muonclip_auto"] / default_bound, 3),
+        },
+        "torch_muon_over_muonclip_auto": (round(ms["torch_muon"] / ms["muonclip_auto"], 2)
+                                          if "torch_muon" in ms else None),
+        "muonclip_auto_over_adamw": round(ms["muonclip_auto"] / ms["adamw"], 2),
+        "targets": {"native_bf16": {"torch_muon_over_muonclip_auto_min": 2.0, "bf16_over_bound_max": 1.3},
+                    "fp32_over_bound_max": 1.0, "avx2_only_torch_muon_over_muonclip_auto_min": 50.0},
+    }
+    if not args.skip_accuracy:
+        result["accuracy"] = accuracy(["fp32", "bf16"])
+    return result
+
+
+def _avx2_child(args) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--repeats", str(args.repeats),
+           "--slow-repeats", str(args.slow_repeats), "--threads", str(args.threads), "--skip-accuracy"]
+    if args.skip_torch_muon:
+        cmd.append("--skip-torch-muon")
+    out = subprocess.run(cmd, env={**os.environ, **AVX2_ENV}, capture_output=True, text=True, check=True)
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    keep = ("cpu_capability", "native_bf16", "auto_precision", "step_ms", "matmul_gflops", "ns5_bound_ms",
+            "over_bound", "torch_muon_over_muonclip_auto")
+    return {k: child[k] for k in keep}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7, help="timed steps per optimizer (median reported)")
-    ap.add_argument("--torch-muon-repeats", type=int, default=3,
-                    help="timed torch.optim.Muon steps (~10 s each on CPUs without native bf16)")
+    ap.add_argument("--slow-repeats", type=int, default=2,
+                    help="timed steps for rows with emulated bf16 (torch.optim.Muon always; ~10 s each "
+                         "on CPUs without native bf16)")
     ap.add_argument("--skip-torch-muon", action="store_true")
+    ap.add_argument("--skip-accuracy", action="store_true", help="skip the float64 accuracy comparison")
     ap.add_argument("--no-avx2-regime", action="store_true",
                     help="skip the second measurement in a child process capped to AVX2 (no native bf16)")
     ap.add_argument("--threads", type=int, default=0,
@@ -70,85 +195,6 @@ def main() -> None:
     if not args.child and not args.no_avx2_regime:
         result["avx2_only"] = _avx2_child(args)
     print(json.dumps(result))
-
-
-def _avx2_child(args) -> dict:
-    import os
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, __file__, "--child", "--repeats", str(args.repeats),
-           "--torch-muon-repeats", str(args.torch_muon_repeats), "--threads", str(args.threads)]
-    if args.skip_torch_muon:
-        cmd.append("--skip-torch-muon")
-    out = subprocess.run(cmd, env={**os.environ, **AVX2_ENV}, capture_output=True, text=True, check=True)
-    child = json.loads(out.stdout.strip().splitlines()[-1])
-    keep = ("cpu_capability", "step_ms", "matmul_gflops", "ns5_fp32_bound_ms", "muonclip_over_bound",
-            "torch_muon_over_muonclip", "muonclip_over_adamw")
-    return {k: child[k] for k in keep}
-
-
-def measure(args) -> dict:
-    torch.manual_seed(0)
-    shapes = shape_set()
-    n_params = sum(n * m for n, m in shapes)
-
-    ours = make_params(shapes)
-    adamw_params = make_params(shapes)
-    opts = {
-        "muonclip": MuonClip(ours, lr=0.02, weight_decay=0.1),
-        "muonclip_polar_express": MuonClip(make_params(shapes), lr=0.02, orthogonalizer="polar_express"),
-        "muonclip_direct_ns5": MuonClip(make_params(shapes), lr=0.02, ns_impl="direct"),
-        "adamw": torch.optim.AdamW(adamw_params, lr=3e-3, weight_decay=0.1),
-    }
-    has_torch_muon = hasattr(torch.optim, "Muon") and not args.skip_torch_muon
-    if has_torch_muon:
-        opts["torch_muon"] = torch.optim.Muon(make_params(shapes), lr=0.02, weight_decay=0.1)
-
-    times: dict[str, list[float]] = {k: [] for k in opts}
-    for opt in opts.values():  # warm-up
-        opt.step()
-    for r in range(args.repeats):
-        for name, opt in opts.items():
-            if name == "torch_muon" and r >= args.torch_muon_repeats:
-                continue
-            t0 = time.perf_counter()
-            opt.step()
-            times[name].append(time.perf_counter() - t0)
-    rates = [matmul_gflops() for _ in range(3)]
-    rate = statistics.median(rates)
-    ms = {k: round(statistics.median(v) * 1e3, 2) for k, v in times.items() if v}
-
-    ns5_flops = sum(F.ns_flops(n, m) for n, m in shapes)
-    bound_ms = ns5_flops / (rate * 1e9) * 1e3
-    g = torch.Generator().manual_seed(1)
-    gauss = torch.randn(256, 1024, generator=g)
-    U, _ = torch.linalg.qr(torch.randn(256, 256, generator=g))
-    V, _ = torch.linalg.qr(torch.randn(1024, 256, generator=g))
-    ill = (U * torch.logspace(0, -3, 256)) @ V.T
-
-    result = {
-        "benchmark": "optimizer_step",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "matrix_params": n_params,
-        "step_ms": ms,
-        "matmul_gflops": round(rate, 1),
-        "ns5_gflop": round(ns5_flops / 1e9, 2),
-        "ns5_fp32_bound_ms": round(bound_ms, 1),
-        "muonclip_over_bound": round(ms["muonclip"] / bound_ms, 3),
-        "torch_muon_over_muonclip": round(ms["torch_muon"] / ms["muonclip"], 1) if "torch_muon" in ms else None,
-        "muonclip_over_adamw": round(ms["muonclip"] / ms["adamw"], 2),
-        "singular_values": {
-            "ns5_gaussian": svd_range(F.orthogonalize(gauss, "ns5")),
-            "ns5_ill_conditioned": svd_range(F.orthogonalize(ill, "ns5")),
-            "polar_express_gaussian": svd_range(F.orthogonalize(gauss, "polar_express")),
-            "polar_express_ill_conditioned": svd_range(F.orthogonalize(ill, "polar_express")),
-        },
-        "targets": {"torch_muon_over_muonclip_min": 50, "muonclip_over_bound_max": 1.0},
-    }
-    return result
 
 
 if __name__ == "__main__":
