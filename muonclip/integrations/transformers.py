@@ -266,7 +266,8 @@ class _Layer:
 
 
 def _is_mla(m: nn.Module) -> bool:
-    return all(hasattr(m, a) for a in ("kv_b_proj", "kv_a_proj_with_mqa", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"))
+    return all(hasattr(m, a) for a in ("kv_b_proj", "kv_a_proj_with_mqa", "qk_nope_head_dim", "qk_rope_head_dim",
+                                       "v_head_dim"))
 
 
 def _is_qkv(m: nn.Module) -> bool:
@@ -360,9 +361,9 @@ class QKClipHandle:
 
     def __init__(self, model: nn.Module, layers: Sequence[_Layer], max_elements: int) -> None:
         self._model_ref = weakref.ref(model)
-        self.layer_names: list[str] = [l.name for l in layers]
-        self._specs = [l.spec for l in layers]
-        self._modules = [weakref.ref(l.module) for l in layers]
+        self.layer_names: list[str] = [layer.name for layer in layers]
+        self._specs = [layer.spec for layer in layers]
+        self._modules = [weakref.ref(layer.module) for layer in layers]
         self._trackers = [_LayerTracker(self, i, max_elements) for i in range(len(layers))]
         self._finalizer: Any = None
         self.tracking = True
@@ -384,7 +385,7 @@ class QKClipHandle:
         Raises ``RuntimeError`` if some layer recorded nothing (no training forward since the
         last reset, or an attention implementation that is not intercepted). A head that saw
         no visible key at all reports 0 (it cannot need clipping)."""
-        missing = [n for n, t in zip(self.layer_names, self._trackers) if t.value is None]
+        missing = [n for n, t in zip(self.layer_names, self._trackers, strict=True) if t.value is None]
         if missing:
             impl = getattr(getattr(self._model_ref(), "config", None), "_attn_implementation", None)
             raise RuntimeError(
@@ -472,16 +473,16 @@ def enable_qk_clip(model: nn.Module, *, allow_untested: bool = False, max_elemen
         raise ValueError(f"found no attention modules with a known q/k layout in {type(model).__name__}")
     handle = QKClipHandle(model, layers, max_elements)
     with _LOCK:
-        taken = [l.name for l in layers if _live_tracker(l.module) is not None]
+        taken = [layer.name for layer in layers if _live_tracker(layer.module) is not None]
         if taken:
             raise RuntimeError(f"QK-Clip tracking is already enabled on {taken[0]!r}; remove() the other handle first")
         keys: list[tuple] = []
-        owned = [(weakref.ref(l.module), t) for l, t in zip(layers, handle._trackers)]
+        owned = [(weakref.ref(layer.module), t) for layer, t in zip(layers, handle._trackers, strict=True)]
         handle._finalizer = weakref.finalize(handle, _release_all, owned, keys)
         try:
-            for cls in dict.fromkeys(type(l.module) for l in layers):
+            for cls in dict.fromkeys(type(layer.module) for layer in layers):
                 keys += _acquire_patches(cls)
-            for layer, tracker in zip(layers, handle._trackers):
+            for layer, tracker in zip(layers, handle._trackers, strict=True):
                 _TRACKERS[layer.module] = tracker
         except BaseException:
             handle.remove()
@@ -628,5 +629,6 @@ class MuonClipCallback(TrainerCallback):
         }
         self._since_log = []
         logs.update(entry)
-        if state.log_history and all(state.log_history[-1].get(k) == v for k, v in logs.items() if k in state.log_history[-1]):
+        last = state.log_history[-1] if state.log_history else None
+        if last is not None and all(last.get(k) == v for k, v in logs.items() if k in last):
             state.log_history[-1].update(entry)

@@ -15,16 +15,26 @@ if not os.environ.get("CI"):
     pytest.importorskip("transformers")
 import transformers  # noqa: E402
 from transformers import (  # noqa: E402
-    DeepseekV3Config, DeepseekV3ForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
-    MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
 import muonclip  # noqa: E402
 from muonclip import MuonClip  # noqa: E402
 from muonclip.integrations.transformers import (  # noqa: E402
-    MuonClipCallback, enable_qk_clip, make_muonclip_optimizer, per_head_max_logits,
+    MuonClipCallback,
+    enable_qk_clip,
+    make_muonclip_optimizer,
+    per_head_max_logits,
 )
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -226,7 +236,7 @@ def without_kv_cache(module: torch.nn.Module, args: tuple, kwargs: dict) -> tupl
 
 def assert_close_logits(tracked, ref, rtol=1e-5, atol=1e-6):
     assert len(tracked) == len(ref)
-    for t, r in zip(tracked, ref):
+    for t, r in zip(tracked, ref, strict=True):
         torch.testing.assert_close(t.double(), r, rtol=rtol, atol=atol)
 
 
@@ -263,7 +273,7 @@ def exact_clip_check(model, opt, handle, ref, batch, tau):
     assert n_over > 0 and opt.last_qk_clip.n_clipped == n_over
     with handle.paused():
         s_new = ref.replay(batch["attention_mask"])
-    for layer, (old, new) in enumerate(zip(s, s_new)):
+    for old, new in zip(s, s_new, strict=True):
         for h in range(old.numel()):
             if old[h] > tau:
                 assert new[h] <= tau * (1 + 1e-4)
@@ -282,7 +292,7 @@ def exact_clip_check(model, opt, handle, ref, batch, tau):
         if sl.grouped:  # exact GQA: shared k heads never scaled
             for b in sl.k:
                 assert torch.equal(before[b.param], after[b.param])
-    for g, lr in zip(opt.param_groups, old_lr):
+    for g, lr in zip(opt.param_groups, old_lr, strict=True):
         g["lr"] = lr
     opt.qk_clip_tau = old_tau
     opt.zero_grad()
@@ -373,17 +383,20 @@ def test_specs_name_the_models_parameters():
     qwen = make_model("qwen2")
     with enable_qk_clip(qwen) as h:
         s = h.spec()[0]
-        assert [b.param for b in s.q] == ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.bias"]
-        assert [b.param for b in s.k] == ["model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.k_proj.bias"]
+        prefix = "model.layers.0.self_attn"
+        assert [b.param for b in s.q] == [f"{prefix}.q_proj.weight", f"{prefix}.q_proj.bias"]
+        assert [b.param for b in s.k] == [f"{prefix}.k_proj.weight", f"{prefix}.k_proj.bias"]
     ds = make_model("deepseek_v3")
     with enable_qk_clip(ds) as h:
         s = h.spec()[0]
         a = ds.model.layers[0].self_attn
         qk, nope, v = a.qk_head_dim, a.qk_nope_head_dim, a.v_head_dim
         assert s.layout == "mla" and s.n_head == s.n_kv_head == 4
-        assert (s.q[0].param, s.q[0].width, s.q[0].offset, s.q[0].stride) == ("model.layers.0.self_attn.q_b_proj.weight", nope, 0, qk)
+        q_b = "model.layers.0.self_attn.q_b_proj.weight"
+        assert (s.q[0].param, s.q[0].width, s.q[0].offset, s.q[0].stride) == (q_b, nope, 0, qk)
         assert (s.q_rope[0].width, s.q_rope[0].offset, s.q_rope[0].stride) == (a.qk_rope_head_dim, nope, qk)
-        assert (s.k[0].param, s.k[0].width, s.k[0].stride) == ("model.layers.0.self_attn.kv_b_proj.weight", nope, nope + v)
+        kv_b = "model.layers.0.self_attn.kv_b_proj.weight"
+        assert (s.k[0].param, s.k[0].width, s.k[0].stride) == (kv_b, nope, nope + v)
         assert s.shared_k == ("model.layers.0.self_attn.kv_a_proj_with_mqa.weight",)
 
 
@@ -402,7 +415,7 @@ def test_gradient_accumulation_eval_pause_and_remove():
             model(**b).loss.backward()
         refs.append(ref.max_logits(b["attention_mask"]))
     assert handle.observed_forwards == 2
-    assert_close_logits(handle.pop_max_logits(), [torch.maximum(x, y) for x, y in zip(*refs)])
+    assert_close_logits(handle.pop_max_logits(), [torch.maximum(x, y) for x, y in zip(*refs, strict=True)])
     with pytest.raises(RuntimeError, match="no max logits recorded"):
         handle.max_logits()
     model.eval()
@@ -473,7 +486,8 @@ def test_wrapper_reads_positional_scaling_and_float_masks():
     attn = model.model.layers[0].self_attn
     g = torch.Generator().manual_seed(5)
     q, k = torch.randn(2, 4, 7, 16, generator=g), torch.randn(2, 2, 7, 16, generator=g)
-    mask = torch.zeros(2, 1, 7, 7).masked_fill(~torch.ones(7, 7, dtype=torch.bool).tril(), torch.finfo(torch.float32).min)
+    future = ~torch.ones(7, 7, dtype=torch.bool).tril()
+    mask = torch.zeros(2, 1, 7, 7).masked_fill(future, torch.finfo(torch.float32).min)
     with enable_qk_clip(model) as handle:
         ml.eager_attention_forward(attn, q, k, k, mask, 0.5)  # scaling passed positionally
         got = handle._trackers[0].value
@@ -542,7 +556,7 @@ def test_callback_applies_clip_for_other_optimizers():
         cb.on_optimizer_step(None, None, None, optimizer=opt)
         with handle.paused():
             s_new = ref.replay(batch["attention_mask"])
-        for old, new in zip(s, s_new):
+        for old, new in zip(s, s_new, strict=True):
             assert bool((new <= tau * (1 + 1e-4)).all())
             torch.testing.assert_close(new, torch.minimum(old, torch.tensor(tau, dtype=old.dtype)), rtol=1e-4, atol=0)
         assert cb._pending.n_clipped == sum(int((x > tau).sum()) for x in s)

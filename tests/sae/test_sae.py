@@ -18,7 +18,7 @@ from muonclip.sae import QUICK, SAE_METRIC_FIELDS, SAEConfig
 from muonclip.sae.activations import load_buffer
 from muonclip.sae.compare import COMPARE_ROWS, compare_markdown, run_compare
 from muonclip.sae.plots import plot_l0
-from muonclip.sae.train import build_sae, build_sae_optimizer, load_sae, run_sae, train_sae
+from muonclip.sae.train import build_sae, build_sae_optimizer, load_sae, run_sae
 
 # Documented floor (docs/sae.md): a --quick ReLU+L1 SAE on the tiny run explains at least this
 # fraction of the held-out variance. Measured 0.94 on this file's text, 0.87 (Adam) / 0.88 (Muon)
@@ -130,7 +130,7 @@ def test_resume_is_bit_exact(run_dir, tmp_path):
     assert main(["sae", "--resume", str(tmp_path / "part"), "--no-progress"]) == 0
     _, a = load_sae(tmp_path / "full")
     _, b = load_sae(tmp_path / "part")
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
     ra, rb = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("full", "part"))
     assert len(ra) == len(rb) == 40

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 
 import pytest
 
+from muonclip.story import tradeoff as T
 from muonclip.story.pipeline import STORY_FILES, run_story
 from muonclip.story.runs import REQUIRED_ROLES, story_plan
-from muonclip.story import tradeoff as T
 
 # The first test to use the shared quick story pays for training it.
 pytestmark = pytest.mark.timeout(1200)
