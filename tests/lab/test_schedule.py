@@ -57,7 +57,7 @@ def test_wsd_shape(steps, warmup, decay_fraction, min_lr_ratio):
     if decay_start >= warmup and decay_start < steps - 1:
         assert mult(decay_start) == 1.0  # the decay starts from the plateau
     tail = [mult(s) for s in range(max(warmup, decay_start), steps)]
-    diffs = [b - a for a, b in zip(tail, tail[1:])]
+    diffs = [b - a for a, b in zip(tail, tail[1:], strict=False)]
     for d in diffs:  # linear: equal steps down
         assert d == pytest.approx(diffs[0], abs=1e-12)
 
@@ -85,7 +85,7 @@ def test_decay_after_warmup_is_monotone_and_bounded(kind, steps, warmup_frac, de
     mult = lr_multiplier(kind, steps=steps, warmup_steps=warmup, decay_fraction=decay_fraction,
                          min_lr_ratio=min_lr_ratio)
     values = [mult(s) for s in range(max(0, warmup - 1), steps)]  # from the warmup's peak on
-    for a, b in zip(values, values[1:]):
+    for a, b in zip(values, values[1:], strict=False):
         assert b <= a
     assert all(min_lr_ratio <= v <= 1.0 for v in values)
     assert all(math.isfinite(v) for v in values)

@@ -64,7 +64,7 @@ def test_tracked_max_equals_materialised_max(name, factor):
     model(idx)
     tracked = model.max_logits()
     assert len(tracked) == cfg.n_layer
-    for t, ref, ex in zip(tracked, reference_max(model, idx), model.max_logits_exact()):
+    for t, ref, ex in zip(tracked, reference_max(model, idx), model.max_logits_exact(), strict=True):
         assert t.dtype == torch.float32 and t.shape == (cfg.n_head,) and not t.requires_grad
         assert bool(ex.all())
         torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
@@ -95,7 +95,7 @@ def test_untracked_forward_keeps_last_tracked_values():
     before = [m.clone() for m in model.max_logits()]
     model.eval()
     model(batch(cfg, seed=5))
-    for a, b in zip(before, model.max_logits()):
+    for a, b in zip(before, model.max_logits(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -107,7 +107,7 @@ def test_accumulate_takes_max_over_forwards_until_reset():
     model(a)
     model(b)
     both = torch.cat([a, b])
-    for t, ref in zip(model.max_logits(), reference_max(model, both)):
+    for t, ref in zip(model.max_logits(), reference_max(model, both), strict=True):
         torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
     model.reset_max_logits()
     with pytest.raises(RuntimeError):
@@ -125,22 +125,22 @@ def test_accumulated_window_is_closed_by_a_read():
     model(a)
     model(b)
     first = [m.clone() for m in model.max_logits()]
-    for t, ref in zip(first, reference_max(model, torch.cat([a, b]))):
+    for t, ref in zip(first, reference_max(model, torch.cat([a, b])), strict=True):
         torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
-    for t, again in zip(first, model.max_logits()):  # a second read of the same window
+    for t, again in zip(first, model.max_logits(), strict=True):  # a second read of the same window
         assert torch.equal(t, again)
     model.eval()
     model(a)  # untracked: neither reopens nor changes the window
-    for t, again in zip(first, model.max_logits()):
+    for t, again in zip(first, model.max_logits(), strict=True):
         assert torch.equal(t, again)
     model.train()
     model(c)  # a new window: c alone, not max(a, b, c)
-    for t, ref in zip(model.max_logits(), reference_max(model, c)):
+    for t, ref in zip(model.max_logits(), reference_max(model, c), strict=True):
         torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
     model(a)  # that read closed c's window: a opens the next one
     model.max_logits_exact()  # the exactness flags are a read of the same window, not a consumer
     model(c)
-    for t, ref in zip(model.max_logits(), reference_max(model, torch.cat([a, c]))):
+    for t, ref in zip(model.max_logits(), reference_max(model, torch.cat([a, c])), strict=True):
         torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -151,7 +151,7 @@ def test_pop_max_logits_returns_then_resets():
         model.accumulate_max_logits = accumulate
         idx = batch(cfg)
         model(idx)
-        for t, ref in zip(model.pop_max_logits(), reference_max(model, idx)):
+        for t, ref in zip(model.pop_max_logits(), reference_max(model, idx), strict=True):
             torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
         with pytest.raises(RuntimeError, match="no max logits"):
             model.max_logits()
@@ -163,10 +163,10 @@ def test_without_accumulation_every_tracked_forward_overwrites():
     a, b = batch(cfg, seed=1), batch(cfg, seed=2)
     model(a)
     model(b)
-    for t, ref in zip(model.max_logits(), reference_max(model, b)):
+    for t, ref in zip(model.max_logits(), reference_max(model, b), strict=True):
         torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
     model(a)
-    for t, ref in zip(model.max_logits(), reference_max(model, a)):
+    for t, ref in zip(model.max_logits(), reference_max(model, a), strict=True):
         torch.testing.assert_close(t, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -193,7 +193,7 @@ def test_softcap_reports_the_raw_pre_cap_logit():
     model(idx)
     raw = [L.amax(dim=(0, 2, 3)) for L in model.attention_logits(idx, capped=False)]
     capped = [L.amax(dim=(0, 2, 3)) for L in model.attention_logits(idx)]
-    for m, r, cm in zip(model.max_logits(), raw, capped):
+    for m, r, cm in zip(model.max_logits(), raw, capped, strict=True):
         assert (m > 3 * c).all()  # spiky raw logits, far beyond the cap
         torch.testing.assert_close(m, r, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(c * torch.tanh(m / c), cm, rtol=1e-5, atol=1e-6)
@@ -229,7 +229,7 @@ def test_bound_mode_exact_above_tau_and_safe_below():
     model.set_max_logit_mode("bound", tau=tau)
     model(idx)
     n_bound = 0
-    for t, ex, r in zip(model.max_logits(), model.max_logits_exact(), ref):
+    for t, ex, r in zip(model.max_logits(), model.max_logits_exact(), ref, strict=True):
         torch.testing.assert_close(t[ex], r[ex], rtol=1e-5, atol=1e-6)
         assert ex[r > tau].all()  # every head that needs clipping has its exact value
         # not exact => an upper bound that still cannot trigger a clip
@@ -393,6 +393,6 @@ def test_low_and_high_precision_models_report_fp32(dtype):
     idx = batch(cfg)
     model(idx)
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-6  # bf16 reference logits are rounded to bf16
-    for t, ref in zip(model.max_logits(), reference_max(model, idx)):
+    for t, ref in zip(model.max_logits(), reference_max(model, idx), strict=True):
         assert t.dtype == torch.float32
         torch.testing.assert_close(t, ref.float(), rtol=tol, atol=tol)

@@ -50,7 +50,7 @@ def test_clip_gives_min_of_S_and_tau_per_head(variant):
     params = dict(model.named_parameters())
     gammas = apply_qk_clip_(params, model.qk_clip_spec(), S, tau)
     S2 = exact_max(model, idx)
-    for s, s2 in zip(S, S2):
+    for s, s2 in zip(S, S2, strict=True):
         torch.testing.assert_close(s2, torch.clamp(s, max=tau), rtol=1e-5, atol=1e-6)
     for n, before in shared_before.items():  # MLA's shared rotary key: bit-identical
         assert torch.equal(params[n], before)
@@ -69,7 +69,7 @@ def test_tracked_max_logits_match_attention_logits(variant):
     idx = batch()
     model.train()
     model(idx)
-    for tracked, ref in zip(model.max_logits(), exact_max(model, idx)):
+    for tracked, ref in zip(model.max_logits(), exact_max(model, idx), strict=True):
         torch.testing.assert_close(tracked, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -99,7 +99,7 @@ def test_training_with_clip_slack_is_exactly_the_steps_own_growth(variant):
         twin = copy.deepcopy(model)
         twin_opt = MuonClip(build_param_groups(twin, lr=0.02, weight_decay=0.0), lr=0.02)
         twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # load_state_dict shares tensors
-        for p_twin, p in zip(twin.parameters(), model.parameters()):
+        for p_twin, p in zip(twin.parameters(), model.parameters(), strict=True):
             p_twin.grad = p.grad.clone()
         twin_opt.step()  # the same update without the clip
         S_post = exact_max(twin, idx)[0]

@@ -80,7 +80,7 @@ def _check_rows(before: dict, after: dict, spec, logits, gqa_mode: str) -> int:
     for name, p in after.items():
         assert torch.isfinite(p).all(), name
     scaled = 0
-    for layer, s in zip(spec, logits):
+    for layer, s in zip(spec, logits, strict=True):
         factors = _expected_factors(layer, s, gqa_mode)
         for kind, blocks in (("q", layer.q), ("k", layer.k), ("q_rope", layer.q_rope)):
             heads = layer.n_kv_head if kind == "k" else layer.n_head
@@ -117,7 +117,7 @@ def test_negative_zero_and_mixed_sign_max_logits_give_finite_untouched_weights(l
     gammas = apply_qk_clip_(params, spec, SIGNED_LOGITS, TAU, gqa_mode=gqa_mode)
     after = {n: p.detach().clone() for n, p in params.items()}
     assert _check_rows(before, after, spec, SIGNED_LOGITS, gqa_mode) >= 2
-    for g, s in zip(gammas, SIGNED_LOGITS):
+    for g, s in zip(gammas, SIGNED_LOGITS, strict=True):
         assert torch.isfinite(g).all() and (g > 0).all() and (g <= 1).all()
         assert torch.equal(g < 1, s > TAU)
 
@@ -176,7 +176,7 @@ def test_zero_grad_clears_both_groups(toy_lm, toy_batch):
         assert all(p.grad is not None for p in model.parameters())
         opt.zero_grad(set_to_none=set_to_none)
         for group in opt.param_groups:
-            for name, p in zip(group["param_names"], group["params"]):
+            for name, p in zip(group["param_names"], group["params"], strict=True):
                 if set_to_none:
                     assert p.grad is None, (group["algorithm"], name)
                 else:
@@ -277,7 +277,7 @@ def test_fsdp2_dcp_resume_continues_lr_schedule_and_adamw_steps(fsdp_runs):
     for r in _load(fsdp_runs, "dcp_sched"):
         base = [lrs / mult(0) for lrs in r["first_lrs"][0]]
         want = [[b * mult(s) for b in base] for s in range(W.DCP_N, W.DCP_TOTAL)]
-        for got_step, want_step in zip(r["continued_lrs"], want):
+        for got_step, want_step in zip(r["continued_lrs"], want, strict=True):
             assert got_step == pytest.approx(want_step, rel=1e-12)
         assert r["resumed_lrs"] == r["continued_lrs"]  # the schedule continues, exactly
         assert len({tuple(s) for s in r["resumed_lrs"]}) == W.DCP_TOTAL - W.DCP_N  # and it moves
