@@ -4,29 +4,60 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+# Exact versions the suite was last run against; `make test` / `make demo` install with them.
+CONSTRAINTS := constraints.txt
+# torch is pinned here (pyproject says torch>=2.9) so pip takes the local CPU wheel.
+TORCH  := torch==2.13.0
+EXTRAS := .[dev,viz,hf]
+# `make test-latest`: a separate venv with the newest releases (the drift alarm; not on CI).
+LATEST := .venv-latest
+# Extra pytest arguments, e.g. `make test-latest PYTEST_ARGS=tests/integrations`.
+PYTEST_ARGS ?=
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test test-latest lint constraints venv bench clean
 
 venv: $(STAMP)
 
-# torch is pinned here only (pyproject says torch>=2.9) so pip takes the local CPU wheel.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev,viz,hf]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) $(TORCH)
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '$(EXTRAS)'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m muonclip demo
 
+# Needs no root. The report browser test needs Chromium: it skips without it, except on CI
+# (CI=true), where it fails; .ci/run installs Chromium before calling this.
 test: $(STAMP)
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-		|| echo "warning: could not install chromium (needs root); the report browser test skips locally and fails on CI"
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Newest releases of every dependency (torch stays 2.13.0), no constraints: a failure here
+# and not in `make test` means an upstream release broke us, before a fresh clone sees it.
+test-latest:
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet $(TORCH)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '$(EXTRAS)'
+	@$(LATEST)/bin/python -m pip freeze --exclude-editable \
+		| grep -iE '^(torch|transformers|accelerate|numpy|tokenizers|matplotlib|pytest|hypothesis)==' \
+		| sed 's/^/test-latest: /'
+	$(LATEST)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Rewrite constraints.txt from .venv after a deliberate upgrade (e.g. once `make test-latest` passes).
+constraints: $(STAMP)
+	{ sed -n '/^#/p' $(CONSTRAINTS); \
+	  $(PIP) freeze --exclude-editable | grep -viE '^muonclip([=@ ]|$$)' | sed -E 's/^(torch==[^+]+)\+.*/\1/'; \
+	} > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	touch $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/optimizer_step.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) runs .pytest_cache
