@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from muonclip.models import GPT, GPTConfig
 from muonclip.models.attention import causal_attention, materialised_logits
 
-
 _CLOCK = time.perf_counter
 
 
@@ -105,7 +104,7 @@ def run_train_step(repeats: int, qk_factor: float, batch: int = 16) -> dict:
     model.track_max_logits = True
     model(idx)
     exact = [L.amax(dim=(0, 2, 3)) for L in model.attention_logits(idx)]
-    for t, r in zip(model.max_logits(), exact):
+    for t, r in zip(model.max_logits(), exact, strict=False):
         assert torch.allclose(t, r, rtol=1e-5, atol=1e-6), (t, r)
     return {
         "untracked_ms": round(ms["untracked"], 3),

@@ -50,7 +50,7 @@ def _worker(rank: int, world: int, setup: str, args, out: str) -> None:
     import torch.distributed as dist
 
     from muonclip import MuonClip, build_param_groups
-    from muonclip.optim import distributed as D
+    from muonclip.optim import distributed as optim_dist
 
     torch.set_num_threads(args.threads_per_proc)
     dist.init_process_group("gloo", init_method=f"file://{out}.rdzv", rank=rank, world_size=world,
@@ -85,14 +85,14 @@ def _worker(rank: int, world: int, setup: str, args, out: str) -> None:
         opt.zero_grad(set_to_none=True)
         _, loss = net(x, y)
         loss.backward()
-        D.COMM.reset()
+        optim_dist.COMM.reset()
         t1 = time.perf_counter()
         opt.step()
         t2 = time.perf_counter()
         if i >= args.warmup:
             step_t.append(t2 - t0)
             opt_t.append(t2 - t1)
-            comm.append(D.COMM.sent)
+            comm.append(optim_dist.COMM.sent)
     # slowest rank per step
     t = torch.tensor([step_t, opt_t], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -102,7 +102,7 @@ def _worker(rank: int, world: int, setup: str, args, out: str) -> None:
         if setup == "muonclip_fsdp2":
             sync = 3 * (w - 1) * grad_bytes // w  # all-gather fwd + bwd, reduce-scatter grads
         else:
-            sync = D.ring_all_reduce_bytes(grad_bytes, w)
+            sync = optim_dist.ring_all_reduce_bytes(grad_bytes, w)
         res = {
             "step_ms": round(1e3 * statistics.median(t[0].tolist()), 1),
             "opt_step_ms": round(1e3 * statistics.median(t[1].tolist()), 1),
@@ -155,14 +155,15 @@ def main(argv=None) -> int:
                          "params": sum(p.numel() for p in model.parameters()), "muon_params": muon_numel},
                "results": results}
     # Noise-free view of the split: the busiest rank's share of the Newton-Schulz FLOPs.
-    from muonclip.optim import distributed as D
+    from muonclip.optim import distributed as optim_dist
 
-    costs = [D.matrix_cost(p.shape) for g in build_param_groups(model) if g.get("algorithm") == "muon"
+    costs = [optim_dist.matrix_cost(p.shape) for g in build_param_groups(model) if g.get("algorithm") == "muon"
              for p in g["params"]]
     shares = {}
     for w in worlds:
-        owners = D.partition_by_flops(costs, w)
-        shares[str(w)] = round(max(sum(c for c, o in zip(costs, owners) if o == r) for r in range(w)) / sum(costs), 4)
+        owners = optim_dist.partition_by_flops(costs, w)
+        loads = [sum(c for c, o in zip(costs, owners, strict=True) if o == r) for r in range(w)]
+        shares[str(w)] = round(max(loads) / sum(costs), 4)
     summary["ns_flops_busiest_rank_share"] = shares
     summary["load_average_1min"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     top = str(max(worlds))

@@ -4,11 +4,11 @@ from .attention import (
     MultiHeadLatentAttention,
     apply_rope,
     causal_attention,
-    causal_max_logits,
     materialised_logits,
     rope_cos_sin,
 )
 from .gpt import GPT, Block, GPTConfig, SwiGLU
+from .max_logit import causal_max_logits
 
 __all__ = [
     "GPT", "GPTConfig", "Block", "SwiGLU",

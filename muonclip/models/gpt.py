@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn import functional
 
+from ..config import check, did_you_mean, validate_fields
 from ..optim.qk_clip import QKClipLayerSpec
 from .attention import CausalSelfAttention, MultiHeadLatentAttention, rope_cos_sin
 
@@ -41,12 +43,20 @@ _MAX_LOGIT_MODES = ("exact", "bound")
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Model shape. ``None`` fields are derived (see the properties); validated on creation.
+    """Model shape; also the ``model`` section of the lab's config (``--set model.X=...``).
 
-    ``attention="gqa"`` is accepted as a synonym of ``"mha"``: grouping comes from
-    ``n_kv_head < n_head`` (``n_kv_head=1`` is MQA). ``mlp_ratio`` is SwiGLU hidden / d_model,
-    rounded up to a multiple of 8; ``d_ff`` overrides it.
+    Validated on creation (:class:`~muonclip.config.ConfigError`, a ``ValueError``): every
+    field against its annotation, then the shape rules. ``None`` fields are derived (see the
+    properties). ``attention="gqa"`` is accepted as a synonym of ``"mha"``: grouping comes
+    from ``n_kv_head < n_head`` (``n_kv_head=1`` is MQA).
+
+    ``mlp_ratio`` is SwiGLU hidden / d_model, rounded up to a multiple of 8 (``d_ff``
+    overrides it). The default 8/3 is LLaMA's: a three-matrix SwiGLU MLP of hidden 8/3 d has
+    the parameters of a two-matrix 4 d MLP. The lab's presets set ``mlp_ratio=4.0``: that is
+    what their measured runs were trained with.
     """
+
+    _section = "model"  # names fields in error messages: model.d_model
 
     vocab_size: int = 256
     d_model: int = 128
@@ -55,7 +65,7 @@ class GPTConfig:
     n_kv_head: int | None = None
     head_dim: int | None = None
     seq_len: int = 128
-    attention: str = "mha"
+    attention: Literal["mha", "gqa", "mla"] = "mha"
     mlp_ratio: float = 8 / 3
     d_ff: int | None = None
     tie_embeddings: bool = False
@@ -72,16 +82,16 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(f"GPTConfig: {msg}")
+            check(ok, f"model.{msg}")
 
+        need(self.attention in _ATTENTION, f"attention must be one of {_ATTENTION}, got {self.attention!r}"
+             f"{did_you_mean(self.attention, _ATTENTION) if isinstance(self.attention, str) else ''}")
+        validate_fields(self)
         for name in ("vocab_size", "d_model", "n_layer", "n_head", "seq_len", "kv_lora_rank", "qk_rope_head_dim"):
-            v = getattr(self, name)
-            need(isinstance(v, int) and v >= 1, f"{name} must be an int >= 1, got {v!r}")
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("n_kv_head", "head_dim", "d_ff", "q_lora_rank", "qk_nope_head_dim", "v_head_dim"):
             v = getattr(self, name)
-            need(v is None or (isinstance(v, int) and v >= 1), f"{name} must be None or an int >= 1, got {v!r}")
-        need(self.attention in _ATTENTION, f"attention must be one of {_ATTENTION}, got {self.attention!r}")
+            need(v is None or v >= 1, f"{name} must be None or >= 1, got {v!r}")
         if self.head_dim is None:
             need(self.d_model % self.n_head == 0,
                  f"d_model={self.d_model} is not divisible by n_head={self.n_head}; set head_dim explicitly")
@@ -91,14 +101,15 @@ class GPTConfig:
              f"logit_softcap must be None or > 0, got {self.logit_softcap}")
         if self.attention == "mla":
             need(self.n_kv_head in (None, self.n_head),
-                 f"MLA has one decompressed key per head: n_kv_head must be None or n_head, got {self.n_kv_head}")
+                 f"n_kv_head: MLA has one decompressed key per head, so it must be None or n_head, "
+                 f"got {self.n_kv_head}")
             need(self.qk_rope_head_dim % 2 == 0, f"qk_rope_head_dim must be even for RoPE, got {self.qk_rope_head_dim}")
             need(not self.qk_bias, "qk_bias is only supported for attention='mha'/'gqa'")
             need(not self.qk_norm, "qk_norm is only supported for attention='mha'/'gqa'")
         else:
             kv = self.kv_heads
             need(kv <= self.n_head and self.n_head % kv == 0,
-                 f"n_head={self.n_head} must be a multiple of n_kv_head={kv}")
+                 f"n_kv_head={kv} must divide n_head={self.n_head} (n_head must be a multiple of n_kv_head)")
             need(self.head_size % 2 == 0, f"head_dim must be even for RoPE, got {self.head_size}")
 
     @property
@@ -155,7 +166,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(functional.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Block(nn.Module):
@@ -251,7 +262,8 @@ class GPT(nn.Module):
         logits = self.lm_head(self.norm(x))  # [B, T, V]
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
+            flat = logits.float().view(-1, logits.shape[-1])
+            loss = functional.cross_entropy(flat, targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     # ------------------------------------------------------------------ max logits

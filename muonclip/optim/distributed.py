@@ -33,7 +33,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from . import functional as F
+from . import functional as muon_math
 
 __all__ = [
     "COMM", "CommStats", "DistContext", "ShardRows", "all_gather_owned", "all_reduce_", "all_reduce_max",
@@ -157,9 +157,9 @@ def row_ranges(n_rows: int, world_size: int) -> list[tuple[int, int]]:
 def matrix_cost(shape: Sequence[int], steps: int = 5, impl: str = "auto", expert_stack: bool = False) -> int:
     """Newton-Schulz FLOPs for one parameter of ``shape`` (a declared expert stack: per expert;
     any other >=3-D tensor: flattened, as :func:`functional.matrix_dims` says)."""
-    batch, n, m = F.matrix_dims(shape, expert_stack)
-    gram = {"auto": F.gram_is_cheaper(n, m, steps), "gram": True, "direct": False}[impl]
-    return batch * F.ns_flops(n, m, steps, gram=gram)
+    batch, n, m = muon_math.matrix_dims(shape, expert_stack)
+    gram = {"auto": muon_math.gram_is_cheaper(n, m, steps), "gram": True, "direct": False}[impl]
+    return batch * muon_math.ns_flops(n, m, steps, gram=gram)
 
 
 def partition_by_flops(costs: Sequence[int], world_size: int) -> list[int]:
@@ -201,7 +201,7 @@ def all_reduce_max(tensors: list[Tensor], group=None) -> list[Tensor]:
     dist.all_reduce(flat, op=dist.ReduceOp.MAX, group=group)
     nbytes = ring_all_reduce_bytes(4 * flat.numel(), dist.get_world_size(group))
     _record("all_reduce", nbytes, nbytes)
-    return [t.reshape(orig.shape) for t, orig in zip(flat.split(sizes), tensors)]
+    return [t.reshape(orig.shape) for t, orig in zip(flat.split(sizes), tensors, strict=False)]
 
 
 def all_gather_owned(owned: dict[int, Tensor], owners: Sequence[int], numels: Sequence[int],

@@ -281,7 +281,7 @@ def muon_directions(
     (orthogonalised per slice); other >=3-D tensors are flattened (see :func:`matrix_dims`).
     """
     flags = list(expert_flags) if expert_flags is not None else [False] * len(updates)
-    mats = [u.reshape(matrix_dims(s, e)) for u, s, e in zip(updates, shapes, flags)]
+    mats = [u.reshape(matrix_dims(s, e)) for u, s, e in zip(updates, shapes, flags, strict=False)]
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, mat in enumerate(mats):
         n, m = mat.shape[-2:]
@@ -293,7 +293,7 @@ def muon_directions(
         wide = [mats[i] if mats[i].shape[-2] <= mats[i].shape[-1] else mats[i].mT for i in members]
         batch = torch.cat(wide, dim=0) if len(wide) > 1 else wide[0]
         out = newton_schulz(batch, coeffs=coeffs, impl=impl, dtype=dtype, norm_safety=spec.norm_safety)
-        for i, block in zip(members, out.split([w.shape[0] for w in wide])):
+        for i, block in zip(members, out.split([w.shape[0] for w in wide]), strict=False):
             n, m = mats[i].shape[-2:]
             block = block.mT if n > m else block
             directions[i] = block.reshape(shapes[i]).mul_(update_scale(n, m, scale_mode))

@@ -198,7 +198,7 @@ class MuonClip(Optimizer):
         stacks = group.get("expert_stacks", False)
         if not isinstance(stacks, bool) and len(stacks) != len(group["params"]):
             raise ValueError("expert_stacks must be a bool or one bool per parameter of its group")
-        for i, (p, stack) in enumerate(zip(group["params"], _expert_flags(group))):
+        for i, (p, stack) in enumerate(zip(group["params"], _expert_flags(group), strict=False)):
             label = self._label(group, i)
             if p.is_complex():
                 raise ValueError(f"MuonClip does not support complex parameters ({label})")
@@ -222,7 +222,7 @@ class MuonClip(Optimizer):
     def _params_by_name(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for group in self.param_groups:
-            for name, p in zip(group.get("param_names") or (), group["params"]):
+            for name, p in zip(group.get("param_names") or (), group["params"], strict=False):
                 out[name] = p
         return out
 
@@ -277,7 +277,7 @@ class MuonClip(Optimizer):
         keep = iter(present)
         active = [[next(keep) for _ in g["params"]] for g in self.param_groups]
         self._muon_step(active, ctx)
-        for group, mask in zip(self.param_groups, active):
+        for group, mask in zip(self.param_groups, active, strict=False):
             if group.get("algorithm", "muon") == "adamw":
                 self._adamw_group(group, mask)
 
@@ -296,7 +296,7 @@ class MuonClip(Optimizer):
         logits = [torch.as_tensor(s).detach().float().reshape(-1).cpu() for s in max_logits]
         if len(logits) != len(self.qk_clip_spec):
             raise ValueError(f"got max logits for {len(logits)} layers, spec has {len(self.qk_clip_spec)}")
-        for i, (layer, t) in enumerate(zip(self.qk_clip_spec, logits)):
+        for i, (layer, t) in enumerate(zip(self.qk_clip_spec, logits, strict=False)):
             if t.numel() != layer.n_head:
                 raise ValueError(f"layer {i}: expected {layer.n_head} max logits, got {t.numel()}")
         return logits
@@ -357,11 +357,11 @@ class MuonClip(Optimizer):
         directions travel back to every rank that holds the matrix.
         """
         work = []  # (group, params, local momentum-mixed updates, expert flags)
-        for group, mask in zip(self.param_groups, active):
+        for group, mask in zip(self.param_groups, active, strict=False):
             if group.get("algorithm", "muon") != "muon":
                 continue
-            params = [p for p, ok in zip(group["params"], mask) if ok]
-            flags = [f for f, ok in zip(_expert_flags(group), mask) if ok]
+            params = [p for p, ok in zip(group["params"], mask, strict=False) if ok]
+            flags = [f for f, ok in zip(_expert_flags(group), mask, strict=False) if ok]
             if not params:
                 continue
             bufs = [distributed.local(self._init_state(p, group)["momentum_buffer"]) for p in params]
@@ -385,7 +385,7 @@ class MuonClip(Optimizer):
 
     def _muon_distributed(self, work: list, ctx: distributed.DistContext) -> None:
         items = [(gi, p, u, f) for gi, (_, params, updates, flags) in enumerate(work)
-                 for p, u, f in zip(params, updates, flags)]
+                 for p, u, f in zip(params, updates, flags, strict=False)]
         groups = [w[0] for w in work]
         costs = [distributed.matrix_cost(p.shape, groups[gi]["ns_steps"], self.ns_impl, f)
                  for gi, p, _, f in items]
@@ -404,27 +404,27 @@ class MuonClip(Optimizer):
             if js:
                 outs = self._directions(group, [items[j][1] for j in js], [full[j] for j in js],
                                         [items[j][3] for j in js])
-                directions.update(zip(js, outs))
+                directions.update(zip(js, outs, strict=False))
         # Every rank gets the directions of what it holds, then applies them.
         local_dir: dict[int, Tensor] = {}
         if replicated:
             flat = distributed.all_gather_owned(
                 {k: directions[j] for k, j in enumerate(replicated) if j in directions},
                 [owners[j] for j in replicated], [items[j][1].numel() for j in replicated], ctx)
-            local_dir.update(zip(replicated, flat))
+            local_dir.update(zip(replicated, flat, strict=False))
         if sharded:
             blocks = distributed.scatter_from_owners(
                 {k: directions[j] for k, j in enumerate(sharded) if j in directions},
                 [items[j][1].shape for j in sharded], [owners[j] for j in sharded], ctx)
-            local_dir.update(zip(sharded, blocks))
+            local_dir.update(zip(sharded, blocks, strict=False))
         for gi, group in enumerate(groups):
             js = [j for j in range(len(items)) if items[j][0] == gi]
             locals_ = [distributed.local(items[j][1]) for j in js]
-            muon_math.apply_updates_(locals_, [local_dir[j].view(t.shape) for j, t in zip(js, locals_)],
+            muon_math.apply_updates_(locals_, [local_dir[j].view(t.shape) for j, t in zip(js, locals_, strict=False)],
                                      group["lr"], group["weight_decay"])
 
     def _adamw_group(self, group: dict, mask: list[bool]) -> None:
-        for p, ok in zip(group["params"], mask):
+        for p, ok in zip(group["params"], mask, strict=False):
             if not ok:
                 continue
             state = self._init_state(p, group)

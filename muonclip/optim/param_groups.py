@@ -27,7 +27,8 @@ class Rule:
 # not suit them (Moonlight Sec. 2; Megatron-LM #4641 routed a tied lm_head to Muon).
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(r"(^|\.)(lm_head|embed_out|output_layer|score)(\.|$)", "adamw", "output head"),
-    Rule(r"(^|\.)(embed|embeds|embedding|embeddings|embed_tokens|wte|wpe|tok_embeddings|word_embeddings|position_embeddings)(\.|$)", "adamw", "embedding"),
+    Rule(r"(^|\.)(embed|embeds|embedding|embeddings|embed_tokens|wte|wpe|tok_embeddings|word_embeddings"
+         r"|position_embeddings)(\.|$)", "adamw", "embedding"),
 )
 
 
@@ -70,7 +71,9 @@ def _special_params(model: nn.Module) -> dict[int, str]:
     return special
 
 
-def assign_params(model: nn.Module, rules: Sequence[Rule] | None = None) -> list[tuple[str, torch.nn.Parameter, str, str]]:
+def assign_params(
+    model: nn.Module, rules: Sequence[Rule] | None = None,
+) -> list[tuple[str, torch.nn.Parameter, str, str]]:
     """Decide each trainable parameter's algorithm: ``(name, param, algorithm, reason)``.
 
     User ``rules`` are tried first (first match wins), then embeddings/heads by identity,
@@ -127,10 +130,9 @@ def build_param_groups(
     """
     plan = assign_params(model, rules)
     groups = []
-    for algo, glr, gwd in (
-        ("muon", lr, weight_decay),
-        ("adamw", lr if adamw_lr is None else adamw_lr, weight_decay if adamw_weight_decay is None else adamw_weight_decay),
-    ):
+    adamw_lr = lr if adamw_lr is None else adamw_lr
+    adamw_weight_decay = weight_decay if adamw_weight_decay is None else adamw_weight_decay
+    for algo, glr, gwd in (("muon", lr, weight_decay), ("adamw", adamw_lr, adamw_weight_decay)):
         members = [(n, p, r) for n, p, a, r in plan if a == algo]
         if not members:
             continue
@@ -145,7 +147,7 @@ def build_param_groups(
         if algo == "muon":
             group["expert_stacks"] = [is_expert_stack(n, p, expert_stacks) for n, p, _ in members]
             group["reasons"] = [f"{r} (expert stack, per expert)" if e else r
-                                for r, e in zip(group["reasons"], group["expert_stacks"])]
+                                for r, e in zip(group["reasons"], group["expert_stacks"], strict=False)]
         groups.append(group)
     return groups
 
@@ -158,7 +160,7 @@ def describe_param_groups(groups: Iterable[dict]) -> str:
         algo = group.get("algorithm", "muon")
         names = group.get("param_names") or [f"<unnamed {i}>" for i in range(len(group["params"]))]
         reasons = group.get("reasons") or [""] * len(names)
-        for name, p, why in zip(names, group["params"], reasons):
+        for name, p, why in zip(names, group["params"], reasons, strict=False):
             total[algo] = total.get(algo, 0) + p.numel()
             lines.append(f"{name:48s} {str(tuple(p.shape)):>16s}  {algo:9s} {why}")
     lines.append("totals: " + ", ".join(f"{k} {v:,} params" for k, v in total.items()))

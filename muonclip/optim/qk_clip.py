@@ -122,7 +122,7 @@ def qk_clip_gammas(spec: Sequence[QKClipLayerSpec], max_logits: Sequence[Tensor]
     """
     if len(max_logits) != len(spec):
         raise ValueError(f"max_logits has {len(max_logits)} layers but the spec has {len(spec)}")
-    for i, (layer, logits) in enumerate(zip(spec, max_logits)):
+    for i, (layer, logits) in enumerate(zip(spec, max_logits, strict=False)):
         if logits.numel() != layer.n_head:
             raise ValueError(f"layer {i}: expected {layer.n_head} max logits, got {logits.numel()}")
     return [qk_clip_scales(logits.reshape(-1), tau) for logits in max_logits]
@@ -156,7 +156,7 @@ def scale_heads_(
     gqa_mode: str = "exact",
 ) -> None:
     """Scale, in place, the q/k rows of every head with gamma < 1 (inputs already validated)."""
-    for layer, gamma in zip(spec, gammas):
+    for layer, gamma in zip(spec, gammas, strict=False):
         clipped = [h for h in range(layer.n_head) if gamma[h] < 1]
         if not clipped:
             continue

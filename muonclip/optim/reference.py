@@ -80,9 +80,9 @@ def reference_muon_step(
     g = grad.double()
     buf = momentum * buf.double() + g
     u = g + momentum * buf if nesterov else buf
-    O = reference_orthogonalize(u, method, steps, expert_stack=expert_stack)
+    ortho = reference_orthogonalize(u, method, steps, expert_stack=expert_stack)
     _, n, m = matrix_dims(param.shape, expert_stack)
-    new = param.double() * (1 - lr * weight_decay) - lr * update_scale(n, m, scale_mode) * O
+    new = param.double() * (1 - lr * weight_decay) - lr * update_scale(n, m, scale_mode) * ortho
     return new, buf
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from muonclip.models import GPT, GPTConfig, causal_attention, causal_max_logits, materialised_logits
-from muonclip.models.attention import causal_dot_max
+from muonclip.models.max_logit import causal_dot_max
 from muonclip.optim.qk_clip import apply_qk_clip_
 
 CONFIGS = {
@@ -396,3 +396,54 @@ def test_low_and_high_precision_models_report_fp32(dtype):
     for t, ref in zip(model.max_logits(), reference_max(model, idx), strict=True):
         assert t.dtype == torch.float32
         torch.testing.assert_close(t, ref.float(), rtol=tol, atol=tol)
+
+
+class _StandInCudaOps:
+    """CPU stand-ins for the two CUDA attention kernels, with the CUDA kernels' conventions:
+    equal head counts required, and the efficient kernel's lse padded to a multiple of 32 rows
+    (filled with a huge value, so an unsliced lse would poison the bound)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def _check(self, q, k):
+        assert q.shape[1] == k.shape[1], "CUDA kernels take equal head counts"
+
+    def _scaled_dot_product_flash_attention(self, q, k, v, dropout, causal, debug, *, scale):
+        self._check(q, k)
+        self.calls.append("flash")
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q.float(), k.float(), v.float(), dropout, causal, scale=scale)
+        return out.to(q.dtype), lse, None, None, 0, 0, None, None, None
+
+    def _scaled_dot_product_efficient_attention(self, q, k, v, bias, compute_lse, dropout, causal, *, scale):
+        self._check(q, k)
+        self.calls.append("efficient")
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout, causal, scale=scale)
+        T = q.shape[-2]
+        padded = torch.full((*lse.shape[:-1], -(-T // 32) * 32), 1e30)
+        padded[..., :T] = lse
+        return out, padded, None, None
+
+
+@pytest.mark.parametrize("dtype,kernel", [(torch.float32, "efficient"), (torch.bfloat16, "flash")])
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+def test_cuda_lse_route_is_exact_with_stand_in_kernels(dtype, kernel, n_kv_head):
+    """The CUDA path's logic (GQA expansion, lse padding cut back to T) on CPU."""
+    from muonclip.models import attention
+
+    g = torch.Generator().manual_seed(0)
+    B, H, T, D = 2, 4, 40, 16
+    q = (torch.randn(B, H, T, D, generator=g) * 3).to(dtype)
+    k = (torch.randn(B, n_kv_head, T, D, generator=g) * 3).to(dtype)
+    v = torch.randn(B, n_kv_head, T, D, generator=g).to(dtype)
+    ops = _StandInCudaOps()
+    out, lse = attention._lse_attention_cuda(q, k, v, 0.25, ops=ops)
+    assert ops.calls == [kernel] and lse.shape == (B, H, T)
+    m, exact = causal_max_logits(q, k, 0.25, lse)
+    ref = materialised_logits(q.float(), k.float(), 0.25).amax(dim=(0, 2, 3))
+    torch.testing.assert_close(m, ref, rtol=1e-5, atol=1e-5)
+    assert exact.all()
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), is_causal=True, scale=0.25, enable_gqa=n_kv_head != H)
+    torch.testing.assert_close(out.float(), sdpa, rtol=2e-2, atol=2e-2)

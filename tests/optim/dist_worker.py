@@ -22,7 +22,7 @@ from torch import nn
 
 from muonclip import MuonClip, build_param_groups
 from muonclip.models import GPT, GPTConfig
-from muonclip.optim import distributed as D
+from muonclip.optim import distributed as optim_dist
 
 # Tiny GPT with odd row counts (uneven Shard(0) blocks) and 3 heads of 8 rows in a 24-row
 # q_proj, so head 1 straddles the two ranks' row blocks under FSDP2.
@@ -71,7 +71,8 @@ def run_steps(forward, opt: MuonClip, start: int, stop: int, rank: int = 0, worl
 
 
 def full_params(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: (p.full_tensor() if D.is_dtensor(p) else p).detach().clone() for n, p in model.named_parameters()}
+    return {n: (p.full_tensor() if optim_dist.is_dtensor(p) else p).detach().clone()
+            for n, p in model.named_parameters()}
 
 
 def reference() -> dict:
@@ -108,8 +109,8 @@ def scenario_fsdp(rank: int, world: int) -> dict:
     opt = make_optimizer(model)
     clipped = run_steps(model, opt, 0, STEPS, rank, world)
     buf = opt.state[model.blocks[0].mlp.gate_proj.weight]["momentum_buffer"]
-    return {"params": full_params(model), "clipped": clipped, "momentum_is_dtensor": D.is_dtensor(buf),
-            "momentum_placements": str(buf.placements) if D.is_dtensor(buf) else None,
+    return {"params": full_params(model), "clipped": clipped, "momentum_is_dtensor": optim_dist.is_dtensor(buf),
+            "momentum_placements": str(buf.placements) if optim_dist.is_dtensor(buf) else None,
             "local_q_rows": model.blocks[0].attn.q_proj.weight.to_local().shape[0]}
 
 
@@ -255,7 +256,7 @@ def scenario_empty_shard(rank: int, world: int) -> dict:
     opt = thin_optimizer(model)
     run_thin(model, opt, rank, world)
     return {"params": full_params(model),
-            "local_rows": {n: D.local(p).shape[0] for n, p in model.named_parameters()}}
+            "local_rows": {n: optim_dist.local(p).shape[0] for n, p in model.named_parameters()}}
 
 
 DCP_N, DCP_TOTAL = 3, 6  # save after DCP_N steps, train to DCP_TOTAL

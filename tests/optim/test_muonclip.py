@@ -48,7 +48,7 @@ def test_adamw_groups_match_torch_adamw(toy_lm, toy_batch):
             opt.zero_grad()
             m(idx).logsumexp(-1).mean().backward()
             opt.step()
-    for a, b in zip(model.parameters(), twin.parameters()):
+    for a, b in zip(model.parameters(), twin.parameters(), strict=False):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -90,7 +90,7 @@ def test_state_dict_continuation_is_bit_exact(toy_lm, toy_batch):
     opt3 = MuonClip(build_param_groups(fresh, lr=0.02), lr=0.02)
     opt3.load_state_dict(saved_opt)
     _train(fresh, opt3, idx, 3)
-    for a, b in zip(model.parameters(), fresh.parameters()):
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=False):
         assert torch.equal(a, b)
 
 
@@ -209,13 +209,13 @@ def test_same_shape_batching_equals_one_by_one():
     ps = [nn.Parameter(torch.randn(12, 20)) for _ in range(3)] + [nn.Parameter(torch.randn(20, 12))]
     solo = [nn.Parameter(p.detach().clone()) for p in ps]
     grads = [torch.randn(p.shape) for p in ps]
-    for p, g in zip(ps, grads):
+    for p, g in zip(ps, grads, strict=False):
         p.grad = g.clone()
     MuonClip(ps, lr=0.02).step()
-    for p, g in zip(solo, grads):
+    for p, g in zip(solo, grads, strict=False):
         p.grad = g.clone()
         MuonClip([p], lr=0.02).step()
-    for a, b in zip(ps, solo):
+    for a, b in zip(ps, solo, strict=False):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
@@ -290,12 +290,12 @@ def test_each_precision_matches_float64_reference(precision, tol):
     params = [nn.Parameter(torch.randn(s, generator=g) * 0.1) for s in shapes]
     grads = [torch.randn(s, generator=g) for s in shapes]
     before = [p.detach().double().clone() for p in params]
-    for p, gr in zip(params, grads):
+    for p, gr in zip(params, grads, strict=False):
         p.grad = gr.clone()
     opt = MuonClip([{"params": params, "expert_stacks": [False, False, False, True]}], lr=0.02,
                    weight_decay=0.0, ns_precision=precision)
     opt.step()
-    for p, gr, w0, shape in zip(params, grads, before, shapes):
+    for p, gr, w0, shape in zip(params, grads, before, shapes, strict=False):
         assert p.dtype == torch.float32 and opt.state[p]["momentum_buffer"].dtype == torch.float32
         ref, _ = reference_muon_step(w0, gr, torch.zeros(shape, dtype=torch.float64), lr=0.02,
                                      expert_stack=len(shape) == 3)

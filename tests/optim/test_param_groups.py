@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from muonclip import MuonClip, build_param_groups, describe_param_groups
-from muonclip.optim import functional as F
+from muonclip.optim import functional as muon_math
 from muonclip.optim.param_groups import Rule, assign_params
 
 
@@ -85,9 +85,9 @@ def test_adamw_overrides_and_groups_feed_the_optimizer(toy_lm, toy_batch):
     for n in muon_names:
         g = grads[n]
         wide = g if g.shape[0] <= g.shape[1] else g.mT
-        o = F.orthogonalize(wide, "ns5", 5)
+        o = muon_math.orthogonalize(wide, "ns5", 5)
         o = o if g.shape[0] <= g.shape[1] else o.mT
-        want = before[n] * (1 - 0.02 * 0.1) - 0.02 * F.update_scale(*g.shape) * o
+        want = before[n] * (1 - 0.02 * 0.1) - 0.02 * muon_math.update_scale(*g.shape) * o
         torch.testing.assert_close(after[n].detach(), want, rtol=0, atol=2e-5, msg=n)
 
 
