@@ -8,6 +8,9 @@ import runpy
 import sys
 from pathlib import Path
 
+from .config import ConfigError, apply_overrides
+from .lab.presets import get_preset, list_presets
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,7 +47,7 @@ def _cmd_story(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .lab import ConfigError, DataError, apply_overrides, get_preset
+    from .lab import DataError
     from .lab.checkpoint import CheckpointError
     from .lab.train import resume_config, train
 
@@ -86,7 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sae(args: argparse.Namespace) -> int:
-    from .lab import ConfigError, DataError, apply_overrides
+    from .lab import DataError
     from .lab.checkpoint import CheckpointError
     from .sae import DEFAULT, QUICK
 
@@ -153,8 +156,6 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from .lab import list_presets
-
     for name, description in list_presets():
         print(f"{name:12s} {description}")
     return 0
@@ -187,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", help="named config (default: tiny); list them with `muonclip presets`")
     tr.add_argument("--optimizer", choices=["adamw", "muon", "muonclip"], help="override optim.optimizer")
     tr.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
-                    help="override any config field, e.g. --set steps=40 --set optim.lr=0.01 (repeatable)")
+                    help="override any config field (model.X: any GPTConfig field), e.g. --set steps=40 "
+                         "--set optim.lr=0.01 --set model.mlp_ratio=4 (repeatable)")
     tr.add_argument("--data", metavar="PATH", help="train on a UTF-8 file or folder instead of the embedded corpus")
     tr.add_argument("--hf-dataset", metavar="NAME", help="a Hugging Face dataset (needs `datasets` and network)")
     tr.add_argument("--out", metavar="RUN_DIR", help="run directory to create")

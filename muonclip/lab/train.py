@@ -11,9 +11,7 @@ A run directory holds:
 """
 from __future__ import annotations
 
-import dataclasses
 import io
-import json
 import math
 import platform
 import subprocess
@@ -25,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..models import GPT
 from ..optim import MuonClip, build_param_groups
 from . import distributed as lab_dist
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -43,20 +42,10 @@ TRACKED_MATRICES = ("attn.q_proj.weight", "attn.k_proj.weight", "attn.o_proj.wei
 # Keys a resumed run may change: how long it runs and how often it logs/saves.
 RESUMABLE_KEYS = ("run.steps", "run.eval_every", "run.checkpoint_every", "run.spectra_every", "run.log_every")
 
-_GPT_RENAMES = {"rope_theta": "rope_base"}
 
-
-def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    """The lab's GPT from the config's model section (fields matched by name)."""
-    from ..models import GPT, GPTConfig
-
-    known = {f.name for f in dataclasses.fields(GPTConfig)}
-    kwargs = {}
-    for f in dataclasses.fields(cfg.model):
-        name = _GPT_RENAMES.get(f.name, f.name)
-        if name in known:
-            kwargs[name] = getattr(cfg.model, f.name)
-    return GPT(GPTConfig(**kwargs))
+def build_model(cfg: TrainConfig) -> GPT:
+    """The lab's GPT: the config's model section is its :class:`~muonclip.models.GPTConfig`."""
+    return GPT(cfg.model)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -348,11 +337,7 @@ def train(
 
 def _model_hash(cfg: TrainConfig) -> str:
     """Hash of everything a checkpoint's tensors depend on (not how long the run is)."""
-    d = to_dict(cfg)
-    d["run"] = {k: v for k, v in d["run"].items() if f"run.{k}" not in RESUMABLE_KEYS}
-    import hashlib
-
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return config_hash(cfg, 16, exclude=RESUMABLE_KEYS)
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> TrainConfig:

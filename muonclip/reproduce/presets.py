@@ -1,7 +1,8 @@
 """Presets of the CPU-scale MuonClip reproduction (issue #5), found by experiment.
 
-Every preset is one :class:`~muonclip.lab.config.TrainConfig` registered with
-:func:`~muonclip.lab.config.register_preset`; its description states its seed and purpose.
+Every preset is one :class:`~muonclip.lab.config.TrainConfig`; :func:`register_presets` adds
+them to the lab's registry (:mod:`muonclip.lab.presets` calls it before its first lookup); each
+description states its seed and purpose.
 They are all the same small model -- a 4-layer pre-norm GPT, d_model 128, **8 heads of 32**
 (q/k/v 256 wide: more heads per layer so that "a few rogue heads" can be seen), RoPE, no
 QK-norm, byte-level tokens of the embedded stdlib-docs corpus, T = 128, batch 16 -- so that
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..lab.config import DataCfg, ModelCfg, OptimCfg, RunCfg, ScheduleCfg, TrainConfig, register_preset
+from ..lab.config import DataCfg, OptimCfg, RunCfg, ScheduleCfg, TrainConfig
+from ..lab.presets import register_preset
+from ..models import GPTConfig
 
 __all__ = [
     "SEED",
@@ -41,6 +44,7 @@ __all__ = [
     "EFFICIENCY_CLIP_LR",
     "lr_override",
     "efficiency_label",
+    "register_presets",
 ]
 
 SEED = 0
@@ -48,7 +52,8 @@ TAU = 50.0  # the guardrail's threshold at this scale (K2: 100, its small ablati
 LIFECYCLE_TAU = 20.0  # the smaller lifecycle model's logits are lower
 EFFICIENCY_TAU = 50.0
 
-MODEL = ModelCfg(d_model=128, n_layer=4, n_head=8, head_dim=32, seq_len=128, qk_norm=False)
+# mlp_ratio=4.0 (not GPTConfig's 8/3): what the measured runs in docs/results.md trained with.
+MODEL = GPTConfig(d_model=128, n_layer=4, n_head=8, head_dim=32, seq_len=128, qk_norm=False, mlp_ratio=4.0)
 DATA = DataCfg()
 
 # ---------------------------------------------------------------------------- dragon / guardrail
@@ -67,7 +72,7 @@ GUARDRAIL = DRAGON.replace(optim=dataclasses.replace(DRAGON.optim, optimizer="mu
 # report shows that run as a contrast: LIFECYCLE_FULL_MODEL_OVERRIDES); a smaller model trained
 # for 400 steps does: 2 layers x 4 heads of 32, d 64, T 64, batch 8 -- about as cheap as 60 full steps.
 LIFECYCLE = TrainConfig(
-    model=ModelCfg(d_model=64, n_layer=2, n_head=4, head_dim=32, seq_len=64, qk_norm=False),
+    model=GPTConfig(d_model=64, n_layer=2, n_head=4, head_dim=32, seq_len=64, qk_norm=False, mlp_ratio=4.0),
     data=DATA,
     optim=OptimCfg(optimizer="muonclip", lr=0.04, adamw_lr=3e-3, weight_decay=0.3, qk_clip_tau=LIFECYCLE_TAU),
     schedule=ScheduleCfg(kind="cosine", warmup_steps=10, min_lr_ratio=0.0),
@@ -111,26 +116,30 @@ def efficiency_label(optimizer: str, lr: float) -> str:
 
 # ---------------------------------------------------------------------------- registration
 _DESC = {
-    "dragon": (DRAGON, f"seed {SEED}. The dragon: vanilla Muon (lr {DRAGON.optim.lr:g}, constant, no weight decay, no QK-norm) "
-               f"on a 4-layer d128 GPT with 8 heads of 32, T 128, batch 16, {DRAGON_STEPS} steps; the max attention "
-               f"logit explodes. --optimizer adamw: the AdamW baseline; --optimizer muonclip: the guardrail "
-               f"(tau = optim.qk_clip_tau = {TAU:g}). Tracks spectra every 25 steps."),
+    "dragon": (DRAGON, f"seed {SEED}. The dragon: vanilla Muon (lr {DRAGON.optim.lr:g}, constant, no weight decay, "
+               f"no QK-norm) on a 4-layer d128 GPT with 8 heads of 32, T 128, batch 16, {DRAGON_STEPS} steps; the "
+               f"max attention logit explodes. --optimizer adamw: the AdamW baseline; --optimizer muonclip: the "
+               f"guardrail (tau = optim.qk_clip_tau = {TAU:g}). Tracks spectra every 25 steps."),
     "guardrail": (GUARDRAIL, f"seed {SEED}. The guardrail: the dragon preset with MuonClip, tau {TAU:g}: after the "
                   f"first clip the max logit stays at tau within the measured one-step slack."),
     "spectra": (DRAGON, f"seed {SEED}. Spectra: same config as dragon (spectra every 25 steps); run with "
                 f"--optimizer muon and --optimizer adamw to compare singular values of updates and weights."),
-    "lifecycle": (LIFECYCLE, f"seed {SEED}. The lifecycle: MuonClip tau {LIFECYCLE_TAU:g}, lr {LIFECYCLE.optim.lr:g} on a smaller "
-                  f"GPT (2 layers x 4 heads of 32, d 64, T 64, batch 8) with "
+    "lifecycle": (LIFECYCLE, f"seed {SEED}. The lifecycle: MuonClip tau {LIFECYCLE_TAU:g}, lr {LIFECYCLE.optim.lr:g} "
+                  f"on a smaller GPT (2 layers x 4 heads of 32, d 64, T 64, batch 8) with "
                   f"weight decay {LIFECYCLE.optim.weight_decay:g} and a {LIFECYCLE.schedule.kind} lr decay over "
                   f"{LIFECYCLE.run.steps} steps; clipping is active early, then switches itself off."),
-    "efficiency": (EFFICIENCY, f"seed {SEED}. Token efficiency: cosine schedule (warmup 20), weight decay 0.1, tau {EFFICIENCY_TAU:g}, "
-                   f"{EFFICIENCY.run.steps} steps, val loss every 20 steps; run each optimizer at its best lr "
-                   f"(muonclip.reproduce.presets.EFFICIENCY_BEST)."),
+    "efficiency": (EFFICIENCY, f"seed {SEED}. Token efficiency: cosine schedule (warmup 20), weight decay 0.1, "
+                   f"tau {EFFICIENCY_TAU:g}, {EFFICIENCY.run.steps} steps, val loss every 20 steps; run each "
+                   f"optimizer at its best lr (muonclip.reproduce.presets.EFFICIENCY_BEST)."),
 }
 PRESET_NAMES = tuple(_DESC)
 
-for _name, (_cfg, _desc) in _DESC.items():
-    register_preset(_name, _cfg, _desc, overwrite=True)
+
+def register_presets() -> None:
+    """Add every preset of this module to the lab's registry (again: replaced, not duplicated)."""
+    for name, (cfg, description) in _DESC.items():
+        register_preset(name, cfg, description, overwrite=True)
+
 
 # ---------------------------------------------------------------------------- story + quick
 STORY_RUNS: list[tuple[str, str, str, list[str]]] = [

@@ -1,7 +1,7 @@
-"""Sparse-autoencoder configuration: one frozen dataclass, ``key=value`` overrides, presets.
+"""Sparse-autoencoder configuration: one frozen dataclass on :mod:`muonclip.config`, and its presets.
 
-``apply_overrides`` from :mod:`muonclip.lab.config` works on :class:`SAEConfig` as on the
-lab's configs (unknown keys are rejected with close matches)::
+Overrides, dict/JSON, atomic save/load and hashing are the generic ones of
+:mod:`muonclip.config` (unknown keys are rejected with close matches)::
 
     cfg = apply_overrides(QUICK, ["optimizer=muon", "l1_coeff=3"])
     save_sae_config(cfg, sae_dir / "config.json")
@@ -9,14 +9,11 @@ lab's configs (unknown keys are rejected with close matches)::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from ..lab.config import ConfigError, _check, _close, _validate_types
-from ..lab.io import atomic_write_text
+from ..config import PathLike, check, config_hash, from_dict, load_config, save_config, to_dict, validate_fields
 
 __all__ = [
     "SAEConfig", "DEFAULT", "QUICK", "RESUMABLE_KEYS", "sae_to_dict", "sae_from_dict",
@@ -83,26 +80,27 @@ class SAEConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _validate_types(self)
-        _check(self.layer is None or isinstance(self.layer, int), "sae.layer must be an int or None")
-        _check(self.d_sae is None or self.d_sae >= 1, f"sae.d_sae must be >= 1 or None; got {self.d_sae}")
+        validate_fields(self)
+        check(self.layer is None or isinstance(self.layer, int), "sae.layer must be an int or None")
+        check(self.d_sae is None or self.d_sae >= 1, f"sae.d_sae must be >= 1 or None; got {self.d_sae}")
         for name in ("expansion", "k", "steps", "batch_size", "n_tokens", "n_eval_tokens",
                      "collect_batch_size", "dead_window"):
-            _check(getattr(self, name) >= 1, f"sae.{name} must be >= 1; got {getattr(self, name)}")
-        _check(self.l1_coeff >= 0, f"sae.l1_coeff must be >= 0; got {self.l1_coeff}")
-        _check(self.l1_warmup_steps >= 0, f"sae.l1_warmup_steps must be >= 0; got {self.l1_warmup_steps}")
-        _check(self.lr > 0, f"sae.lr must be > 0; got {self.lr}")
-        _check(self.muon_lr is None or self.muon_lr > 0, f"sae.muon_lr must be > 0 or None; got {self.muon_lr}")
-        _check(0 <= self.momentum < 1, f"sae.momentum must be in [0, 1); got {self.momentum}")
-        _check(all(0 <= b < 1 for b in self.betas), f"sae.betas must be in [0, 1); got {self.betas}")
-        _check(self.weight_decay >= 0, f"sae.weight_decay must be >= 0; got {self.weight_decay}")
-        _check(0 <= self.lr_decay_fraction <= 1, f"sae.lr_decay_fraction must be in [0, 1]; got {self.lr_decay_fraction}")
-        _check(self.checkpoint_every >= 0, f"sae.checkpoint_every must be >= 0; got {self.checkpoint_every}")
-        _check(self.seed >= 0, f"sae.seed must be >= 0; got {self.seed}")
-        _check(self.batch_size <= self.n_tokens,
+            check(getattr(self, name) >= 1, f"sae.{name} must be >= 1; got {getattr(self, name)}")
+        check(self.l1_coeff >= 0, f"sae.l1_coeff must be >= 0; got {self.l1_coeff}")
+        check(self.l1_warmup_steps >= 0, f"sae.l1_warmup_steps must be >= 0; got {self.l1_warmup_steps}")
+        check(self.lr > 0, f"sae.lr must be > 0; got {self.lr}")
+        check(self.muon_lr is None or self.muon_lr > 0, f"sae.muon_lr must be > 0 or None; got {self.muon_lr}")
+        check(0 <= self.momentum < 1, f"sae.momentum must be in [0, 1); got {self.momentum}")
+        check(all(0 <= b < 1 for b in self.betas), f"sae.betas must be in [0, 1); got {self.betas}")
+        check(self.weight_decay >= 0, f"sae.weight_decay must be >= 0; got {self.weight_decay}")
+        check(0 <= self.lr_decay_fraction <= 1,
+              f"sae.lr_decay_fraction must be in [0, 1]; got {self.lr_decay_fraction}")
+        check(self.checkpoint_every >= 0, f"sae.checkpoint_every must be >= 0; got {self.checkpoint_every}")
+        check(self.seed >= 0, f"sae.seed must be >= 0; got {self.seed}")
+        check(self.batch_size <= self.n_tokens,
                f"sae.batch_size={self.batch_size} exceeds the activation buffer n_tokens={self.n_tokens}")
         if self.d_sae is not None and self.kind == "topk":
-            _check(self.k <= self.d_sae, f"sae.k={self.k} exceeds d_sae={self.d_sae}")
+            check(self.k <= self.d_sae, f"sae.k={self.k} exceeds d_sae={self.d_sae}")
 
     @property
     def muon_lr_resolved(self) -> float:
@@ -128,43 +126,30 @@ RESUMABLE_KEYS = ("steps", "checkpoint_every")
 
 
 def sae_to_dict(cfg: SAEConfig) -> dict[str, Any]:
-    return {f.name: (list(v) if isinstance(v := getattr(cfg, f.name), tuple) else v)
-            for f in dataclasses.fields(cfg)}
+    """Flat dict of ``cfg`` (what ``config.json`` holds; tuples stay tuples)."""
+    return to_dict(cfg)
 
 
 def sae_from_dict(data: Mapping[str, Any]) -> SAEConfig:
-    _check(isinstance(data, Mapping), f"SAE config must be a mapping, got {type(data).__name__}")
-    names = [f.name for f in dataclasses.fields(SAEConfig)]
-    bad = [k for k in data if k not in names]
-    if bad:
-        raise ConfigError(f"unknown SAE config field {bad[0]!r}{_close(str(bad[0]), names)}")
-    return SAEConfig(**data)
+    """An :class:`SAEConfig` from a (possibly partial) flat dict; unknown keys are rejected."""
+    return from_dict(SAEConfig, data)
 
 
-def save_sae_config(cfg: SAEConfig, path: str | Path) -> Path:
-    return atomic_write_text(path, json.dumps(sae_to_dict(cfg), indent=2) + "\n")
+def save_sae_config(cfg: SAEConfig, path: PathLike) -> Path:
+    """Write ``config.json`` atomically."""
+    return save_config(cfg, path)
 
 
-def load_sae_config(path: str | Path) -> SAEConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"no SAE config at {path}; is it a `muonclip sae` directory?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read SAE config {path}: {exc}") from exc
-    try:
-        return sae_from_dict(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+def load_sae_config(path: PathLike) -> SAEConfig:
+    """Read an SAE directory's ``config.json``."""
+    return load_config(SAEConfig, path, what="SAE config", hint="; is it a `muonclip sae` directory?")
 
 
 def sae_config_hash(cfg: SAEConfig, length: int = 12) -> str:
-    text = json.dumps(sae_to_dict(cfg), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+    """Short stable hash of the whole config (names the SAE cache directories)."""
+    return config_hash(cfg, length)
 
 
 def sae_state_hash(cfg: SAEConfig) -> str:
     """Hash of everything a checkpoint's tensors depend on (not how long training runs)."""
-    d = {k: v for k, v in sae_to_dict(cfg).items() if k not in RESUMABLE_KEYS}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return config_hash(cfg, 16, exclude=RESUMABLE_KEYS)

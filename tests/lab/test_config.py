@@ -13,26 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from muonclip.lab.config import (
-    PRESET_DESCRIPTIONS,
-    PRESETS,
     ConfigError,
     DataCfg,
-    ModelCfg,
+    GPTConfig,
     OptimCfg,
     RunCfg,
     TrainConfig,
     apply_overrides,
     config_hash,
     from_dict,
-    get_preset,
-    list_presets,
     load_config,
-    register_preset,
     save_config,
     to_dict,
     to_json,
 )
 from muonclip.lab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from muonclip.lab.presets import PRESET_DESCRIPTIONS, PRESETS, get_preset, list_presets, register_preset
 
 # --------------------------------------------------------------------------- presets
 
@@ -249,13 +245,13 @@ def test_sections_are_frozen_and_validate():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.run.steps = 3  # type: ignore[misc]
     with pytest.raises(ConfigError, match="d_model"):
-        ModelCfg(d_model=30, n_head=4)
-    assert ModelCfg(d_model=30, n_head=4, head_dim=8).head_size == 8
+        GPTConfig(d_model=30, n_head=4)
+    assert GPTConfig(d_model=30, n_head=4, head_dim=8).head_size == 8
     with pytest.raises(ConfigError, match="expected an int"):
         RunCfg(steps="10")  # type: ignore[arg-type]
     assert OptimCfg(betas=[0.1, 0.2]).betas == (0.1, 0.2)  # type: ignore[arg-type]
     assert isinstance(OptimCfg(lr=1).lr, float)
-    assert ModelCfg(attention="mla").attention == "mla"
+    assert GPTConfig(attention="mla").attention == "mla"
     assert DataCfg().tokenizer_vocab_size == 256
 
 
@@ -319,7 +315,8 @@ def test_config_hash_stable_and_sensitive():
 
 
 def test_config_hash_same_in_another_process():
-    code = "from muonclip.lab.config import config_hash, get_preset; print(config_hash(get_preset('small')))"
+    code = ("from muonclip.lab.config import config_hash; from muonclip.lab.presets import get_preset; "
+            "print(config_hash(get_preset('small')))")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == config_hash(get_preset("small"))
