@@ -38,8 +38,7 @@ test: $(STAMP)
 test-latest:
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
-	$(LATEST)/bin/python -m pip install --quiet $(TORCH)
-	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '$(EXTRAS)'
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager $(TORCH) -e '$(EXTRAS)'
 	@$(LATEST)/bin/python -m pip freeze --exclude-editable \
 		| grep -iE '^(torch|transformers|accelerate|numpy|tokenizers|matplotlib|pytest|hypothesis)==' \
 		| sed 's/^/test-latest: /'
