@@ -11,8 +11,9 @@ import torch
 
 from muonclip.cli import main
 from muonclip.lab.checkpoint import load_checkpoint
-from muonclip.lab.config import ConfigError, apply_overrides, get_preset
+from muonclip.lab.config import ConfigError, apply_overrides
 from muonclip.lab.metrics import read_metrics
+from muonclip.lab.presets import get_preset
 from muonclip.lab.train import train
 from muonclip.sae import QUICK, SAE_METRIC_FIELDS, SAEConfig
 from muonclip.sae.activations import load_buffer
