@@ -93,9 +93,10 @@ ORTHOGONALIZERS: dict[str, Orthogonalizer] = {
 RMS_MATCH_FACTOR = 0.2
 UPDATE_SCALES = ("rms_match", "original")
 
-# Added to the Frobenius norm before dividing (Keller's Muon uses 1e-7). It enters after the
-# max-abs prescaling of `_normalize`, where the norm is >= 1, so it never swamps a tiny input.
-_NORM_EPS = 1e-7
+# Inputs whose Frobenius norm is below this are first divided by their max-abs entry, so the
+# squares inside the norm cannot underflow (1e-30 gradients; NVIDIA Emerging-Optimizers #229).
+# The papers' "+ 1e-7" on the norm is not used: it only guards 0/0, and it swamps small inputs.
+_SAFE_NORM = 1e-15
 
 
 def coefficient_schedule(method: str, steps: int) -> tuple[Coeffs, ...]:
@@ -158,17 +159,18 @@ def gram_is_cheaper(n: int, m: int, steps: int = 5) -> bool:
 
 
 def _normalize(X: Tensor, safety: float = 1.0) -> Tensor:
-    """Scale each matrix of a (B, n, m) batch to Frobenius norm <= 1/safety.
+    """Scale each matrix of a (B, n, m) batch to Frobenius norm 1/safety: ``X / (safety ||X||_F)``.
 
-    Dividing by the max-abs entry first keeps tiny gradients (1e-30) from underflowing when
-    squared, which is how eps otherwise swamps the norm (NVIDIA Emerging-Optimizers #229).
-    A zero matrix stays zero instead of becoming 0/0 = NaN (dion PR #24). For any input whose
-    norm is well above eps this equals ``X / (safety ||X||_F + eps)``, the papers' form.
+    Tiny inputs (norm < 1e-15) are first divided by their max-abs entry, so the norm's squares
+    cannot underflow and 1e-30 gradients orthogonalise like any other (NVIDIA
+    Emerging-Optimizers #229). A zero matrix stays zero instead of 0/0 = NaN (dion PR #24).
     """
-    amax = X.abs().amax(dim=(-2, -1), keepdim=True)
-    X = X / amax.clamp_min(torch.finfo(X.dtype).tiny)
+    tiny = torch.finfo(X.dtype).tiny
     norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-    return X / (norm * safety + _NORM_EPS)
+    if bool((norm < _SAFE_NORM).any()):
+        X = X / X.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(tiny)
+        norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+    return X * (norm * safety).clamp_min(tiny).reciprocal()
 
 
 def _quintic_direct(X: Tensor, coeffs: Sequence[Coeffs]) -> Tensor:
@@ -292,11 +294,15 @@ def muon_directions(
     for members in by_size.values():
         wide = [mats[i] if mats[i].shape[-2] <= mats[i].shape[-1] else mats[i].mT for i in members]
         batch = torch.cat(wide, dim=0) if len(wide) > 1 else wide[0]
-        out = newton_schulz(batch, coeffs=coeffs, impl=impl, dtype=dtype, norm_safety=spec.norm_safety)
-        for i, block in zip(members, out.split([w.shape[0] for w in wide]), strict=False):
-            n, m = mats[i].shape[-2:]
-            block = block.mT if n > m else block
-            directions[i] = block.reshape(shapes[i]).mul_(update_scale(n, m, scale_mode))
+        # The last iteration is linear in (a, b, c): scaling them applies the update scale for
+        # free instead of another pass over every matrix.
+        scale = update_scale(*mats[members[0]].shape[-2:], scale_mode)
+        a, b, c = coeffs[-1]
+        scaled = coeffs[:-1] + ((a * scale, b * scale, c * scale),)
+        out = newton_schulz(batch, coeffs=scaled, impl=impl, dtype=dtype, norm_safety=spec.norm_safety)
+        for i, block in zip(members, out.split([w.shape[0] for w in wide]), strict=True):
+            block = block.mT if mats[i].shape[-2] > mats[i].shape[-1] else block
+            directions[i] = block.reshape(shapes[i])
     return directions  # type: ignore[return-value]
 
 

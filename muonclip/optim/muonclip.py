@@ -317,7 +317,10 @@ class MuonClip(Optimizer):
             if p.grad.is_sparse:
                 raise ValueError("MuonClip does not support sparse gradients")
         grads = [distributed.local(p.grad) for p in params if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        # One fused pass: a NaN/Inf anywhere makes its tensor's norm non-finite (a finite but
+        # overflowing norm only costs the exact per-tensor look below).
+        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) and not all(
+                bool(torch.isfinite(g).all()) for g in grads):
             flags[-2] = 0.0
             bad = next(i for i, p in enumerate(params)
                        if p.grad is not None and not bool(torch.isfinite(distributed.local(p.grad)).all()))

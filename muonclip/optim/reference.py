@@ -23,7 +23,7 @@ def _ref_ns_matrix(G: Tensor, coeffs: Sequence[tuple[float, float, float]], norm
     if scale == 0:
         return torch.zeros_like(G, dtype=torch.float64)
     X = X / scale
-    X = X / (X.norm() * norm_safety + 1e-7)
+    X = X / (X.norm() * norm_safety)
     for a, b, c in coeffs:
         A = X @ X.T
         X = a * X + b * (A @ X) + c * (A @ A @ X)
