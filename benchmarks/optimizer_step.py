@@ -114,18 +114,23 @@ def measure(args) -> dict:
         slow.add("muonclip_auto")
 
     times: dict[str, list[float]] = {k: [] for k in opts}
+    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for opt in opts.values():  # warm-up
         opt.step()
     for r in range(args.repeats):
+        # the matmul rates that define the bounds are sampled in the same rounds as the steps,
+        # so a change in machine load moves both sides of each ratio alike
+        rates["fp32"].append(matmul_gflops(torch.float32, repeats=3))
+        if native or r < args.slow_repeats:
+            rates["bf16"].append(matmul_gflops(torch.bfloat16, repeats=3 if native else 1))
         for name, opt in opts.items():
             if name in slow and r >= args.slow_repeats:
                 continue
             t0 = time.perf_counter()
             opt.step()
             times[name].append(time.perf_counter() - t0)
-    fp32_rate = statistics.median(matmul_gflops(torch.float32) for _ in range(3))
-    bf16_rate = statistics.median(matmul_gflops(torch.bfloat16, repeats=7 if native else 1)
-                                  for _ in range(3 if native else 1))
+    fp32_rate = statistics.median(rates["fp32"])
+    bf16_rate = statistics.median(rates["bf16"])
     ms = {k: round(statistics.median(v) * 1e3, 2) for k, v in times.items() if v}
 
     ns5_flops = sum(muon_math.ns_flops(n, m) for n, m in shapes)
