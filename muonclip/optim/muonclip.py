@@ -11,7 +11,14 @@ from torch.optim import Optimizer
 from . import distributed
 from . import functional as muon_math
 from .precision import NS_PRECISIONS, resolve_ns_dtype
-from .qk_clip import GQA_MODES, QKClipLayerSpec, check_qk_clip_params, qk_clip_gammas, scale_heads_
+from .qk_clip import (
+    GQA_MODES,
+    GRANULARITIES,
+    QKClipLayerSpec,
+    check_qk_clip_params,
+    qk_clip_gammas,
+    scale_heads_,
+)
 
 __all__ = ["MuonClip", "NonFiniteGradientError", "QKClipStats"]
 
@@ -82,6 +89,8 @@ class MuonClip(Optimizer):
       * Muon's update ignores the gradient's scale (NS normalises it), so clipping the
         global gradient norm does not shrink Muon's step; it only affects AdamW groups and
         the momentum mix (DeepSpeed #8439).
+      * ``qk_clip_granularity="layer"`` (an ablation) scales every head of a layer by the
+        layer's smallest gamma, as a naive per-layer clip does; "head" (default) is K2's rule.
       * A parameter whose ``grad`` is None is skipped (no state is created for it).
       * A refused step (non-finite gradient or max logit, malformed max logits) raises before
         anything changes: parameters and optimizer state stay bit-identical.
@@ -122,6 +131,7 @@ class MuonClip(Optimizer):
         qk_clip_spec: Sequence[QKClipLayerSpec] | None = None,
         max_logits_fn: Callable[[], Sequence[Tensor]] | None = None,
         gqa_mode: str = "exact",
+        qk_clip_granularity: str = "head",
         nonfinite: str = "raise",
         process_group=None,
     ) -> None:
@@ -150,6 +160,8 @@ class MuonClip(Optimizer):
             raise ValueError(f"qk_clip_tau must be positive, got {qk_clip_tau}")
         if gqa_mode not in GQA_MODES:
             raise ValueError(f"Unknown gqa_mode {gqa_mode!r}; choose from {GQA_MODES}")
+        if qk_clip_granularity not in GRANULARITIES:
+            raise ValueError(f"Unknown qk_clip_granularity {qk_clip_granularity!r}; choose from {GRANULARITIES}")
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"Unknown nonfinite policy {nonfinite!r}; choose from {NONFINITE_POLICIES}")
 
@@ -165,6 +177,7 @@ class MuonClip(Optimizer):
         self.qk_clip_spec = list(qk_clip_spec) if qk_clip_spec is not None else None
         self.max_logits_fn = max_logits_fn
         self.gqa_mode = gqa_mode
+        self.qk_clip_granularity = qk_clip_granularity
         self.nonfinite = nonfinite
         self.process_group = process_group
         self.skipped_steps = 0
@@ -272,7 +285,7 @@ class MuonClip(Optimizer):
             return loss
         if logits is not None:
             logits = distributed.all_reduce_max(logits, ctx.group if ctx else self.process_group)
-            gammas = qk_clip_gammas(self.qk_clip_spec, logits, self.qk_clip_tau)
+            gammas = qk_clip_gammas(self.qk_clip_spec, logits, self.qk_clip_tau, self.qk_clip_granularity)
 
         keep = iter(present)
         active = [[next(keep) for _ in g["params"]] for g in self.param_groups]

@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 GQA_MODES = ("exact", "balanced")
+# "head": each head by its own gamma (K2). "layer": every head of a layer by the layer's smallest
+# gamma, as a naive per-layer clip does -- an ablation that shrinks healthy heads too.
+GRANULARITIES = ("head", "layer")
 
 
 @dataclass(frozen=True)
@@ -114,18 +117,25 @@ def qk_clip_scales(max_logits: Tensor, tau: float) -> Tensor:
     return torch.where(s > tau, tau / s, torch.ones_like(s))
 
 
-def qk_clip_gammas(spec: Sequence[QKClipLayerSpec], max_logits: Sequence[Tensor], tau: float) -> list[Tensor]:
+def qk_clip_gammas(spec: Sequence[QKClipLayerSpec], max_logits: Sequence[Tensor], tau: float,
+                   granularity: str = "head") -> list[Tensor]:
     """Validate this step's max logits against ``spec`` and return each layer's gamma.
 
     Pure: raises ``ValueError`` on a wrong layer count, a wrong head count or a non-finite
-    logit, before anything is modified anywhere.
+    logit, before anything is modified anywhere. ``granularity="layer"`` gives every head of a
+    layer the layer's smallest gamma (see :data:`GRANULARITIES`).
     """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; expected one of {GRANULARITIES}")
     if len(max_logits) != len(spec):
         raise ValueError(f"max_logits has {len(max_logits)} layers but the spec has {len(spec)}")
     for i, (layer, logits) in enumerate(zip(spec, max_logits, strict=False)):
         if logits.numel() != layer.n_head:
             raise ValueError(f"layer {i}: expected {layer.n_head} max logits, got {logits.numel()}")
-    return [qk_clip_scales(logits.reshape(-1), tau) for logits in max_logits]
+    gammas = [qk_clip_scales(logits.reshape(-1), tau) for logits in max_logits]
+    if granularity == "layer":
+        gammas = [torch.full_like(g, float(g.min())) for g in gammas]
+    return gammas
 
 
 def check_qk_clip_params(params_by_name: Mapping[str, Tensor], spec: Sequence[QKClipLayerSpec]) -> None:
@@ -195,6 +205,7 @@ def apply_qk_clip_(
     tau: float,
     *,
     gqa_mode: str = "exact",
+    granularity: str = "head",
 ) -> list[Tensor]:
     """Rescale, in place, the q/k rows of every head whose max logit exceeds ``tau``.
 
@@ -206,6 +217,6 @@ def apply_qk_clip_(
     if gqa_mode not in GQA_MODES:
         raise ValueError(f"unknown gqa_mode {gqa_mode!r}; expected one of {GQA_MODES}")
     check_qk_clip_params(params_by_name, spec)
-    gammas = qk_clip_gammas(spec, max_logits, tau)
+    gammas = qk_clip_gammas(spec, max_logits, tau, granularity)
     scale_heads_(params_by_name, spec, gammas, gqa_mode=gqa_mode)
     return gammas

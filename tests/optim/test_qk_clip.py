@@ -197,3 +197,26 @@ def test_rows_past_the_weight_are_refused_before_any_change():
     with pytest.raises(ValueError, match="exceed dim 0"):
         apply_qk_clip_(p, [spec, bad], [torch.full((4,), 100.0)] * 2, 1.0)
     assert all(torch.equal(p[k], before[k]) for k in p)
+
+
+@pytest.mark.parametrize("H,KV", [(4, 4), (4, 2)], ids=["mha", "gqa"])
+def test_layer_granularity_shrinks_healthy_heads_and_head_does_not(H, KV):
+    """The ablation: a per-layer clip scales every head by the layer's worst gamma, so heads
+    that were under tau lose logit too; per head they stay bit-identical."""
+    p, x, spec = gqa_setup(H, KV)
+    S = gqa_logits(p, x, H, KV, 8)
+    tau = _tau_between(S)
+    healthy = S <= tau
+    per_head = {k: v.clone() for k, v in p.items()}
+    gammas = apply_qk_clip_(per_head, [spec], [S], tau)
+    after_head = gqa_logits(per_head, x, H, KV, 8)
+    per_layer = {k: v.clone() for k, v in p.items()}
+    layer_gammas = apply_qk_clip_(per_layer, [spec], [S], tau, granularity="layer")
+    after_layer = gqa_logits(per_layer, x, H, KV, 8)
+    assert torch.allclose(layer_gammas[0], gammas[0].min().expand(H))
+    torch.testing.assert_close(after_head[healthy], S[healthy], rtol=0, atol=0)
+    # every healthy head shrinks by the layer's smallest gamma under the per-layer rule
+    torch.testing.assert_close(after_layer[healthy], S[healthy] * gammas[0].min(), rtol=1e-9, atol=1e-12)
+    assert (after_layer.max() <= tau * (1 + 1e-9)) and (after_head.max() <= tau * (1 + 1e-9))
+    with pytest.raises(ValueError, match="granularity"):
+        apply_qk_clip_(p, [spec], [S], tau, granularity="model")
