@@ -5,9 +5,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .io import atomic_write_text
+from .rundir import read_metrics  # the reader lives with the other run-directory formats
 
 __all__ = ["METRIC_FIELDS", "PERIODIC_FIELDS", "MetricsLog", "read_metrics"]
 
@@ -36,22 +37,6 @@ def _finite(x: Any) -> Any:
     return x
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """All complete rows of a metrics.jsonl (a torn last line from a kill is ignored)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
-
-
 class MetricsLog:
     """Append-only metrics.jsonl plus TensorBoard event files in ``run_dir/tb``.
 
@@ -69,7 +54,7 @@ class MetricsLog:
         self._fh = open(self.path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # lazy: heavy, and only when TensorBoard is on
 
             # purge_step drops events the checkpoint does not cover (TensorBoard's own mechanism).
             self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=(resume_step + 1) if resume_step else None)
@@ -97,7 +82,3 @@ class MetricsLog:
         self._fh.close()
         if self._tb is not None:
             self._tb.close()
-
-
-def rows_by_step(rows: Iterable[dict]) -> dict[int, dict]:
-    return {r["step"]: r for r in rows}

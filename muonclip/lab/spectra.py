@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["singular_values", "spectral_entropy", "effective_rank", "spectrum_summary"]
+__all__ = ["singular_values", "spectral_entropy", "effective_rank"]
 
 
 def singular_values(W: Tensor) -> Tensor:
@@ -31,13 +31,3 @@ def spectral_entropy(s: Tensor) -> float:
 def effective_rank(s: Tensor) -> float:
     """exp(spectral entropy) (Roy & Vetterli 2007): between 1 and the number of values."""
     return math.exp(spectral_entropy(s))
-
-
-def spectrum_summary(W: Tensor) -> dict:
-    s = singular_values(W)
-    return {
-        "sv_max": float(s[0]),
-        "sv_min": float(s[-1]),
-        "entropy": spectral_entropy(s),
-        "effective_rank": effective_rank(s),
-    }
