@@ -1,42 +1,40 @@
-"""Pure functions from metrics rows (``metrics.jsonl``, see :mod:`muonclip.lab.metrics`) to
-the numbers the reproduction reports. No I/O, no torch: every function takes the list of
-row dicts (or plain sequences) and returns plain Python values, so each one is unit-tested
-on synthetic rows.
+"""Every number the reports quote, defined once as a pure function of run data.
+
+``docs/results.md`` (:mod:`muonclip.reproduce.report`) and the story's ``report.html``
+(:mod:`muonclip.story`) both print from here. No I/O, no torch: the functions take metric
+rows (``metrics.jsonl`` row dicts, see :mod:`muonclip.lab.metrics`), singular-value arrays
+(``spectra.npz``, see :mod:`muonclip.lab.rundir`) or the trade-off result, and return plain
+values, so each one is unit-tested on synthetic data.
 
 A note on timing: a row's ``max_logit`` / ``max_logits`` come from that step's forward
 pass, i.e. from the weights *before* that step's update and QK-Clip. The clip at step t
 uses exactly these values (``S_h``), so the heads clipped at step t are the ones whose
 row value exceeds tau, and ``max_logit`` of every later row measures the one-step slack
 of the guardrail (the update of step t-1 acting on weights clipped at step t-1).
+
+The module is over 400 lines on purpose: one home for every reported quantity is the point.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from ..viz.style import fmt, fmt_g, fmt_pct
+
 __all__ = [
-    "series",
-    "initial_max_logit",
-    "peak_max_logit",
-    "growth_factor",
-    "clip_steps",
-    "first_clip_step",
-    "last_clip_step",
-    "heads_above",
-    "heads_ever_clipped",
-    "fraction_heads_ever_clipped",
-    "n_heads",
-    "clip_slack",
-    "val_curve",
-    "final_val_loss",
-    "best_val_loss",
-    "tokens_to_reach",
-    "loss_spikes",
-    "max_loss_jump",
-    "layer_max_series",
-    "spectra_series",
-    "mean_spectra_series",
-    "is_finite_run",
+    "series", "is_finite_run", "total_steps",
+    "initial_max_logit", "peak_max_logit", "peak_step", "final_max_logit", "growth_factor", "first_step_above",
+    "clip_steps", "first_clip_step", "last_clip_step", "n_heads", "heads_above", "heads_ever_clipped",
+    "fraction_heads_ever_clipped", "head_peaks", "heads_peak_above", "max_after_first_clip", "clip_slack",
+    "ClipPhases", "clip_phases", "rogue_pick",
+    "val_curve", "final_val_loss", "best_val_loss", "final_train_loss", "relative_change", "tokens_to_reach",
+    "loss_spikes", "max_loss_jump", "smooth",
+    "layer_max_series", "spectra_series", "mean_spectra_series", "mean_after_first",
+    "normalized_entropy", "entropy_over_time", "most_distorted_param", "top_over_median",
+    "tradeoff_summary",
 ]
 
 Row = Mapping[str, Any]
@@ -45,6 +43,13 @@ Row = Mapping[str, Any]
 def _num(x: Any) -> float:
     """Row values may be the strings 'nan' / 'inf' (JSON has no non-finite floats)."""
     return float(x)
+
+
+def _clipped(row: Row) -> bool:
+    return int(row.get("n_clipped", 0) or 0) > 0
+
+
+# ----------------------------------------------------------------------------- rows and logits
 
 
 def series(rows: Sequence[Row], key: str, x: str = "step") -> tuple[list[float], list[float]]:
@@ -62,6 +67,11 @@ def is_finite_run(rows: Sequence[Row]) -> bool:
     return all(math.isfinite(_num(r["loss"])) for r in rows)
 
 
+def total_steps(rows: Sequence[Row]) -> int:
+    """Length of the run in optimizer steps: the last row's step (0 for no rows)."""
+    return int(rows[-1]["step"]) if rows else 0
+
+
 def initial_max_logit(rows: Sequence[Row]) -> float:
     """Max attention logit of the first step's forward (the freshly initialised model)."""
     if not rows:
@@ -76,17 +86,42 @@ def peak_max_logit(rows: Sequence[Row]) -> float:
     return max(_num(r["max_logit"]) for r in rows)
 
 
+def peak_step(rows: Sequence[Row]) -> int:
+    """Step of the largest max attention logit (the first one on a tie)."""
+    peak = peak_max_logit(rows)
+    return next(int(r["step"]) for r in rows if _num(r["max_logit"]) == peak)
+
+
+def final_max_logit(rows: Sequence[Row]) -> float:
+    """Max attention logit of the last step's forward."""
+    if not rows:
+        raise ValueError("no metrics rows")
+    return _num(rows[-1]["max_logit"])
+
+
 def growth_factor(rows: Sequence[Row], *, at: str = "peak") -> float:
-    """``peak`` (default) or ``final`` max logit divided by the initial one."""
+    """How far the max logit grew: the ``peak`` (default) or ``final`` max logit divided by
+    the max logit of step 1 (:func:`initial_max_logit`).
+
+    The one definition of growth in both reports (the story used final / mean of the
+    first five steps; it now quotes this one)."""
     if at not in ("peak", "final"):
         raise ValueError("at must be 'peak' or 'final'")
-    top = peak_max_logit(rows) if at == "peak" else _num(rows[-1]["max_logit"])
+    top = peak_max_logit(rows) if at == "peak" else final_max_logit(rows)
     return top / initial_max_logit(rows)
+
+
+def first_step_above(rows: Sequence[Row], level: float) -> int | None:
+    """First step whose max logit exceeds ``level`` (strictly, like the clip's S > tau); None if never.
+
+    One definition for "first step above tau" (story) and "first step at 3 tau" (results.md,
+    which used ``>=``: the two differ only when a logit equals the level exactly)."""
+    return next((int(r["step"]) for r in rows if _num(r["max_logit"]) > level), None)
 
 
 def clip_steps(rows: Sequence[Row]) -> list[int]:
     """Steps at which QK-Clip rescaled at least one head."""
-    return [int(r["step"]) for r in rows if int(r.get("n_clipped", 0) or 0) > 0]
+    return [int(r["step"]) for r in rows if _clipped(r)]
 
 
 def first_clip_step(rows: Sequence[Row]) -> int | None:
@@ -103,7 +138,7 @@ def last_clip_step(rows: Sequence[Row]) -> int | None:
 
 def n_heads(rows: Sequence[Row]) -> int:
     """Total number of attention heads (layers x heads) in the run."""
-    return sum(len(layer) for layer in rows[0]["max_logits"])
+    return sum(len(layer) for layer in rows[0]["max_logits"]) if rows else 0
 
 
 def heads_above(row: Row, tau: float) -> set[tuple[int, int]]:
@@ -114,10 +149,14 @@ def heads_above(row: Row, tau: float) -> set[tuple[int, int]]:
 
 
 def heads_ever_clipped(rows: Sequence[Row], tau: float) -> set[tuple[int, int]]:
-    """Heads clipped at least once (heads above ``tau`` in a row with ``n_clipped > 0``)."""
+    """Heads clipped at least once: the heads above ``tau`` in the rows where the clip fired
+    (``n_clipped > 0``).
+
+    The one definition in both reports (the story counted heads that ever passed tau in any
+    row; in a MuonClip run that is the same set, and a run without the clip now has none)."""
     out: set[tuple[int, int]] = set()
     for r in rows:
-        if int(r.get("n_clipped", 0) or 0) > 0:
+        if _clipped(r):
             out |= heads_above(r, tau)
     return out
 
@@ -127,17 +166,95 @@ def fraction_heads_ever_clipped(rows: Sequence[Row], tau: float) -> float:
     return len(heads_ever_clipped(rows, tau)) / n_heads(rows)
 
 
-def clip_slack(rows: Sequence[Row], tau: float) -> float | None:
-    """Max over steps after the first clip of ``max_logit / tau - 1``: how far one step's
-    update can push a clipped head past tau before the next clip. Negative means the max
-    logit stayed strictly below tau. None if the clip never fired."""
+def head_peaks(rows: Sequence[Row]) -> np.ndarray:
+    """Each head's largest max logit over the run, shape [layers, heads]."""
+    return np.array([r["max_logits"] for r in rows], dtype=np.float64).max(axis=0)
+
+
+def heads_peak_above(rows: Sequence[Row], level: float) -> int:
+    """How many heads have a peak max logit over the run above ``level``."""
+    return int((head_peaks(rows) > level).sum())
+
+
+def max_after_first_clip(rows: Sequence[Row]) -> float | None:
+    """Largest max logit over the steps *after* the first clip (None if the clip never fired
+    or nothing follows it). The first clip's own row is excluded: it is the logit that made
+    the clip fire. (The story included it; it now quotes this one.)"""
     first = first_clip_step(rows)
-    if first is None:
-        return None
-    after = [_num(r["max_logit"]) for r in rows if int(r["step"]) > first]
-    if not after:
-        return None
-    return max(after) / tau - 1.0
+    after = [_num(r["max_logit"]) for r in rows if first is not None and int(r["step"]) > first]
+    return max(after) if after else None
+
+
+def clip_slack(rows: Sequence[Row], tau: float) -> float | None:
+    """``max_after_first_clip / tau - 1``: how far one step's update can push a clipped head
+    past tau before the next clip. Negative means the max logit stayed strictly below tau.
+    None if the clip never fired."""
+    after = max_after_first_clip(rows)
+    return None if after is None else after / tau - 1.0
+
+
+@dataclass(frozen=True)
+class ClipPhases:
+    """QK-Clip's life in one run, found from the rows.
+
+    ``first_clip``/``last_clip``: the first and last step with a clipped head (None if it
+    never fired). ``stabilised``: the clip stayed off for at least ``min_quiet`` steps after
+    ``last_clip`` until the end of the run.
+    """
+
+    total_steps: int
+    first_clip: int | None
+    last_clip: int | None
+    clip_steps: int
+    heads_clipped_ever: int
+    heads_total: int
+    stabilised: bool
+    final_max_logit: float
+    peak_max_logit: float
+    tau: float
+
+    @property
+    def active_fraction(self) -> float:
+        """Share of the run from the first to the last clip (both included)."""
+        if self.first_clip is None:
+            return 0.0
+        return (self.last_clip - self.first_clip + 1) / self.total_steps
+
+
+def clip_phases(rows: Sequence[Row], tau: float, min_quiet: int | None = None) -> ClipPhases:
+    """The :class:`ClipPhases` of a run; ``min_quiet`` defaults to max(5, 5% of the run)."""
+    total = total_steps(rows)
+    first, last = first_clip_step(rows), last_clip_step(rows)
+    if min_quiet is None:
+        min_quiet = max(5, total // 20)
+    return ClipPhases(
+        total_steps=total, first_clip=first, last_clip=last, clip_steps=len(clip_steps(rows)),
+        heads_clipped_ever=len(heads_ever_clipped(rows, tau)), heads_total=n_heads(rows),
+        stabilised=last is not None and total - last >= min_quiet,
+        final_max_logit=final_max_logit(rows) if rows else math.nan,
+        peak_max_logit=peak_max_logit(rows) if rows else math.nan, tau=float(tau),
+    )
+
+
+def rogue_pick(rows: Sequence[Row], tau: float | None) -> tuple[int, int, str]:
+    """``(row index, layer, why)`` of the step and layer the rogue-heads picture shows.
+
+    The first step where some head's max logit passes tau (the first clip of a MuonClip run);
+    failing that, the step and layer where the spread between a layer's largest head and its
+    median head is largest.
+    """
+    heads = np.array([r["max_logits"] for r in rows], dtype=np.float64)  # [S, L, H]
+    if tau is not None:
+        hit = np.argwhere((heads > tau).any(axis=2))
+        if hit.size:
+            i = int(hit[0, 0])
+            return i, int(np.argmax(heads[i].max(axis=1))), f"first step where a head passed tau = {fmt_g(tau)}"
+    spread = heads.max(axis=2) - np.median(heads, axis=2)  # [S, L]
+    i, layer = np.unravel_index(int(np.argmax(spread)), spread.shape)
+    return int(i), int(layer), "step and layer with the widest spread between heads"
+
+
+# ----------------------------------------------------------------------------- losses
 
 
 def val_curve(rows: Sequence[Row], x: str = "tokens") -> tuple[list[float], list[float]]:
@@ -158,6 +275,19 @@ def best_val_loss(rows: Sequence[Row]) -> float | None:
     return min(finite) if finite else None
 
 
+def final_train_loss(rows: Sequence[Row]) -> float:
+    """Training loss of the last step's batch."""
+    return _num(rows[-1]["loss"])
+
+
+def relative_change(value: float | None, reference: float | None) -> float | None:
+    """``(value - reference) / reference`` (e.g. MuonClip's final val loss against Muon's);
+    None when either is missing or the reference is 0."""
+    if value is None or not reference:
+        return None
+    return (value - reference) / reference
+
+
 def tokens_to_reach(xs: Sequence[float], ys: Sequence[float], target: float) -> float | None:
     """First ``x`` at which the curve ``ys`` reaches ``target`` (``y <= target``), linearly
     interpolated between the two evaluations around the crossing. None if never reached.
@@ -165,7 +295,7 @@ def tokens_to_reach(xs: Sequence[float], ys: Sequence[float], target: float) -> 
     if len(xs) != len(ys):
         raise ValueError("xs and ys differ in length")
     prev = None
-    for x, y in zip(xs, ys):
+    for x, y in zip(xs, ys, strict=True):
         if math.isfinite(y) and y <= target:
             if prev is None:
                 return float(x)
@@ -206,6 +336,22 @@ def max_loss_jump(rows: Sequence[Row], *, window: int = 20) -> float:
     return max(_jumps(rows, window), default=0.0)
 
 
+def smooth(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing moving average (same length; the first points average what exists)."""
+    values = np.asarray(values, dtype=np.float64)
+    if window <= 1 or values.size == 0:
+        return values
+    c = np.cumsum(np.insert(values, 0, 0.0))
+    out = np.empty_like(values)
+    for i in range(values.size):
+        lo = max(0, i + 1 - window)
+        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
+    return out
+
+
+# ----------------------------------------------------------------------------- spectra
+
+
 def layer_max_series(rows: Sequence[Row]) -> tuple[list[int], list[list[float]]]:
     """``(steps, per_layer)`` where ``per_layer[l][i]`` is layer l's max over heads at step i."""
     steps = [int(r["step"]) for r in rows]
@@ -232,9 +378,84 @@ def spectra_series(rows: Sequence[Row]) -> tuple[list[int], dict[str, dict[str, 
 
 
 def mean_spectra_series(rows: Sequence[Row], stat: str, *, contains: str = "") -> tuple[list[int], list[float]]:
-    """Mean of ``stat`` over the tracked matrices whose name contains ``contains``."""
+    """Mean of ``stat`` (e.g. ``u_erank``, the effective rank of the applied update) over the
+    tracked matrices whose name contains ``contains``, at each spectra snapshot."""
     steps, per = spectra_series(rows)
     names = [n for n in per if contains in n and stat in per[n]]
     if not names:
         return steps, []
     return steps, [sum(per[n][stat][i] for n in names) / len(names) for i in range(len(steps))]
+
+
+def mean_after_first(values: Sequence[float]) -> float:
+    """Mean over the snapshots after the first (step 1: Adam's first step is sign-like and
+    Muon's momentum is fresh); the only snapshot when there is just one."""
+    later = list(values[1:]) or list(values)
+    return float(sum(later) / len(later))
+
+
+def normalized_entropy(s: np.ndarray) -> np.ndarray:
+    """Spectral entropy of each row of ``s`` (singular values) divided by ln(k): 1 = flat, 0 = rank one."""
+    s = np.atleast_2d(np.asarray(s, dtype=np.float64))
+    k = s.shape[-1]
+    p = s / np.clip(s.sum(axis=-1, keepdims=True), 1e-300, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=-1)
+    return h / np.log(k) if k > 1 else np.ones(s.shape[0])
+
+
+def entropy_over_time(spectra: Mapping[str, np.ndarray], kind: str = "weight") -> tuple[list[str], np.ndarray]:
+    """(param names, array [snapshots, params]) of normalised spectral entropy."""
+    names = sorted(k.split("|")[0] for k in spectra if k.endswith("|" + kind))
+    if not names:
+        return [], np.zeros((0, 0))
+    return names, np.stack([normalized_entropy(spectra[f"{n}|{kind}"]) for n in names], axis=1)
+
+
+def most_distorted_param(spectra: Mapping[str, np.ndarray]) -> str:
+    """The tracked weight whose final spectrum is least flat (lowest normalised entropy)."""
+    names, ent = entropy_over_time(spectra, "weight")
+    if not names:
+        raise ValueError("run has no spectra snapshots")
+    return names[int(np.argmin(ent[-1]))]
+
+
+def top_over_median(sv: Sequence[float]) -> float:
+    """Largest singular value over the median one (1 for a flat spectrum)."""
+    sv = np.asarray(sv, dtype=np.float64)
+    return float(sv[0] / max(float(np.median(sv)), 1e-12))
+
+
+# ----------------------------------------------------------------------------- trade-off experiment
+
+
+def tradeoff_summary(result: Mapping[str, Any]) -> dict:
+    """Final numbers of each arm of the trade-off experiment (:mod:`muonclip.reproduce.tradeoff`)
+    and a one-sentence conclusion drawn from them."""
+    out: dict[str, Any] = {}
+    for arm in result["arms"]:
+        last = arm["snapshots"][-1]
+        out[arm["optimizer"]] = {
+            "label": arm["label"], **{k: last[k] for k in ("accuracy", "keyword_attention", "distractor_attention",
+                                                            "margin", "max_logit")},
+            "steps_to_90": next((s["step"] for s in arm["snapshots"] if s["accuracy"] >= 0.9), None),
+            "loss": last["loss"], "clipped_steps": arm.get("clipped_steps", 0),
+            "peak_max_logit": max(s["max_logit"] for s in arm["snapshots"]),
+        }
+    c, m = out.get("muonclip"), out.get("muon")
+    if c and m:
+        d_acc = c["accuracy"] - m["accuracy"]
+        if abs(d_acc) < 0.02:
+            acc = f"accuracy was the same ({fmt_pct(c['accuracy'])} with the clip, {fmt_pct(m['accuracy'])} without)"
+        else:
+            acc = (f"accuracy was {'lower' if d_acc < 0 else 'higher'} with the clip "
+                   f"({fmt_pct(c['accuracy'])} vs {fmt_pct(m['accuracy'])})")
+        d_margin = c["margin"] - m["margin"]
+        if abs(d_margin) < 0.05:
+            att = f"attention on the keyword was about as sharp (margin {fmt(c['margin'], 2)} vs {fmt(m['margin'], 2)})"
+        else:
+            att = (f"attention on the keyword was {'flatter' if d_margin < 0 else 'sharper'} with the clip "
+                   f"(keyword weight {fmt(c['keyword_attention'], 2)} vs {fmt(m['keyword_attention'], 2)}; "
+                   f"margin over a distractor {fmt(c['margin'], 2)} vs {fmt(m['margin'], 2)})")
+        out["conclusion"] = f"At tau = {fmt_g(result['config']['tau'])}, {acc}; {att}."
+    return out
