@@ -1,22 +1,14 @@
 """Typed configs: frozen dataclasses checked by their annotations, ``key=value`` overrides, dict/JSON, save/load, hash.
 
-Any frozen dataclass whose annotations use ``int``, ``float``, ``bool``, ``str``,
-``Literal[...]``, ``X | None``, ``tuple[X, ...]``, ``tuple[X, Y]`` or another such dataclass
-(a *section*) is a config. A config calls :func:`validate_fields` in ``__post_init__`` and
-raises :class:`ConfigError` for bad values; an optional class attribute ``_section`` names it
-in messages (``model.d_model``)::
-
-    cfg = apply_overrides(cfg, ["optim.lr=0.01", "steps=40"])   # new, validated copy
-    save_config(cfg, run_dir / "config.json")                   # atomic: temp file + rename
-    assert load_config(type(cfg), run_dir / "config.json") == cfg
-    config_hash(cfg, exclude=("run.steps",))                    # short, stable across processes
-
-Override keys are dotted (``optim.lr``) or bare (``lr``) when the bare name is a field of
-exactly one section; unknown keys are rejected with their close matches. Values: ints,
-floats, ``true/false``, ``none``, strings, tuples written ``0.9,0.95`` or ``(0.9, 0.95)``.
+A config is a frozen dataclass of ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``,
+``X | None``, ``tuple[...]`` fields or nested configs (sections); its ``__post_init__`` calls
+:func:`validate_fields` and raises :class:`ConfigError`; an optional ``_section`` class
+attribute names it in messages. Override keys are dotted (``optim.lr``) or bare (``lr``) when
+unique; unknown keys are rejected with their close matches. ``save_config`` writes atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -34,7 +26,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar,
 __all__ = [
     "ConfigError", "check", "did_you_mean", "field_types", "parse_value", "coerce_value", "validate_fields",
     "leaf_keys", "parse_override", "apply_overrides", "to_dict", "from_dict", "to_json", "save_config",
-    "load_config", "config_hash",
+    "load_config", "config_hash", "PathLike",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -93,6 +85,15 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _first_member(union: Any, attempt: Callable[[Any], Any], error: str) -> Any:
+    """``attempt(member)`` for the first non-None member of ``union`` that accepts the value."""
+    for arg in typing.get_args(union):
+        if arg is not type(None):
+            with contextlib.suppress(ConfigError):
+                return attempt(arg)
+    raise ConfigError(error)
+
+
 @functools.lru_cache(maxsize=None)
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotations of a config class (cached)."""
@@ -108,17 +109,10 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
         check(value is None, f"{where}: expected None, got {value!r}")
         return None
     if _is_union(tp):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        if value is None and type(None) in typing.get_args(tp):
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce_value(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
+        return _first_member(tp, lambda arg: coerce_value(value, arg, where),
+                             f"{where}: expected {_describe(tp)}, got {value!r}")
     origin = typing.get_origin(tp)
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -163,16 +157,12 @@ def _unquote(text: str) -> str:
 
 
 def _parse_int(raw: str, where: str, text: str) -> int:
-    try:
+    with contextlib.suppress(ValueError):
         return int(raw.replace("_", ""), 10)
-    except ValueError:
-        pass
-    try:
+    with contextlib.suppress(ValueError):
         number = float(raw)
-    except ValueError:
-        number = math.nan
-    if math.isfinite(number) and number.is_integer():  # 1e3 -> 1000
-        return int(number)
+        if math.isfinite(number) and number.is_integer():  # 1e3 -> 1000
+            return int(number)
     raise ConfigError(f"{where}: cannot parse {text!r} as an int")
 
 
@@ -181,17 +171,10 @@ def parse_value(text: str, tp: Any, where: str) -> Any:
     raw = text.strip()
     low = raw.lower()
     if _is_union(tp):
-        args = typing.get_args(tp)
-        if low in _NONE and type(None) in args:
+        if low in _NONE and type(None) in typing.get_args(tp):
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return parse_value(raw, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: cannot parse {text!r} as {_describe(tp)}")
+        return _first_member(tp, lambda arg: parse_value(raw, arg, where),
+                             f"{where}: cannot parse {text!r} as {_describe(tp)}")
     origin = typing.get_origin(tp)
     if origin is Literal:
         value: Any = _unquote(raw)
