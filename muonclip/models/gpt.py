@@ -358,6 +358,24 @@ class GPT(nn.Module):
         """One :class:`QKClipLayerSpec` per layer, naming this model's own parameters."""
         return [block.attn.qk_clip_spec(f"blocks.{i}.attn") for i, block in enumerate(self.blocks)]
 
+    def head_blocks(self, include_output: bool = False) -> dict[str, tuple[int, int]]:
+        """Per-head layout for per-head Muon (``build_param_groups(head_blocks=...)``): name ->
+        ``(dim, head width)``. q/k/v (MLA: q and kv_b, per head ``[nope | rope]`` and
+        ``[k_nope | v]``) split rows; with ``include_output``, o_proj splits columns."""
+        out = {}
+        for i, block in enumerate(self.blocks):
+            attn, prefix = block.attn, f"blocks.{i}.attn"
+            if isinstance(attn, MultiHeadLatentAttention):
+                rows = {attn.q_weight_name: attn.nope + attn.rope, "kv_b_proj": attn.nope + attn.v_dim}
+                out_width = attn.v_dim
+            else:
+                rows = dict.fromkeys(("q_proj", "k_proj", "v_proj"), attn.head_dim)
+                out_width = attn.head_dim
+            out.update({f"{prefix}.{name}.weight": (0, width) for name, width in rows.items()})
+            if include_output:
+                out[f"{prefix}.o_proj.weight"] = (1, out_width)
+        return out
+
     def param_roles(self) -> dict[str, str]:
         """``named_parameters()`` name -> role: "embedding", "lm_head", "norm", "bias" or "matrix".
 

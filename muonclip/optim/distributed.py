@@ -39,7 +39,7 @@ __all__ = [
     "COMM", "CommStats", "DistContext", "ShardRows", "all_gather_owned", "all_reduce_", "all_reduce_max",
     "context",
     "gather_to_owners", "is_dtensor", "local", "matrix_cost", "partition_by_flops", "row_ranges",
-    "scatter_from_owners", "shard_row_views",
+    "scatter_from_owners", "shard_row_views", "zeros_rows_like",
 ]
 
 
@@ -91,6 +91,22 @@ def is_dtensor(t) -> bool:
 def local(t: Tensor) -> Tensor:
     """The tensor this rank holds: a DTensor's local shard (sharing storage), else ``t``."""
     return t.to_local() if is_dtensor(t) else t
+
+
+def zeros_rows_like(p: Tensor, shape: Sequence[int]) -> Tensor:
+    """fp32 zeros of global ``shape`` whose dim 0 is ``p``'s dim 0, placed like ``p``: a DTensor
+    on p's mesh with p's placement (a ``Shard(0)`` parameter's row block i holds state rows i),
+    else a plain tensor on p's device. For per-row optimizer state (NorMuon)."""
+    shape = tuple(shape)
+    if not is_dtensor(p):
+        return torch.zeros(shape, dtype=torch.float32, device=p.device)
+    from torch.distributed.tensor import DTensor
+
+    rows = local(p).shape[0] if is_row_sharded(p) else shape[0]
+    block = torch.zeros((rows,) + shape[1:], dtype=torch.float32, device=local(p).device)
+    stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
+    return DTensor.from_local(block, p.device_mesh, p.placements, run_check=False, shape=torch.Size(shape),
+                              stride=stride)
 
 
 @dataclass(frozen=True)
@@ -154,12 +170,15 @@ def row_ranges(n_rows: int, world_size: int) -> list[tuple[int, int]]:
 
 
 # -- partition -------------------------------------------------------------------------------
-def matrix_cost(shape: Sequence[int], steps: int = 5, impl: str = "auto", expert_stack: bool = False) -> int:
+def matrix_cost(shape: Sequence[int], steps: int = 5, impl: str = "auto", expert_stack: bool = False,
+                head_block: tuple[int, int] | None = None,
+                coeffs: Sequence[tuple[float, float, float]] | None = None) -> int:
     """Newton-Schulz FLOPs for one parameter of ``shape`` (a declared expert stack: per expert;
-    any other >=3-D tensor: flattened, as :func:`functional.matrix_dims` says)."""
-    batch, n, m = muon_math.matrix_dims(shape, expert_stack)
-    gram = {"auto": muon_math.gram_is_cheaper(n, m, steps), "gram": True, "direct": False}[impl]
-    return batch * muon_math.ns_flops(n, m, steps, gram=gram)
+    any other >=3-D tensor: flattened, as :func:`functional.matrix_dims` says; a per-head
+    layout: per block). ``coeffs`` (the schedule) sets the steps and marks cubic iterations."""
+    batch, n, m = muon_math.block_dims(shape, expert_stack, head_block)
+    gram = {"auto": muon_math.gram_is_cheaper(n, m, steps, coeffs), "gram": True, "direct": False}[impl]
+    return batch * muon_math.ns_flops(n, m, steps, gram=gram, coeffs=coeffs)
 
 
 def partition_by_flops(costs: Sequence[int], world_size: int) -> list[int]:

@@ -12,25 +12,48 @@ functions, in this order::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from .orthogonalizers import (
+    NS5_COEFFS,
+    ORTHOGONALIZERS,
+    POLAR_EXPRESS_COEFFS,
+    Coeffs,
+    Orthogonalizer,
+    OrthogonalizerSpec,
+    coefficient_schedule,
+    resolve_orthogonalizer,
+)
+from .shapes import (
+    HeadBlock,
+    _merge_blocks,
+    _split_blocks,
+    as_matrix_batch,
+    block_dims,
+    effective_head_block,
+    matrix_dims,
+)
 
 __all__ = [
     "NS5_COEFFS",
     "POLAR_EXPRESS_COEFFS",
     "ORTHOGONALIZERS",
     "Orthogonalizer",
+    "resolve_orthogonalizer",
     "UPDATE_SCALES",
     "RMS_MATCH_FACTOR",
     "coefficient_schedule",
     "newton_schulz",
     "orthogonalize",
     "update_scale",
+    "direction_scale",
     "as_matrix_batch",
     "matrix_dims",
+    "block_dims",
+    "effective_head_block",
     "muon_momentum_",
     "muon_directions",
     "apply_updates_",
@@ -39,53 +62,6 @@ __all__ = [
     "gram_is_cheaper",
     "ns_flops",
 ]
-
-Coeffs = tuple[float, float, float]
-
-# Quintic Newton-Schulz coefficients (a, b, c) of p(x) = a x + b x^3 + c x^5, the same at every
-# iteration. Keller Jordan's Muon (2024), used unchanged by Moonlight (arXiv 2502.16982) and
-# Kimi K2 (arXiv 2507.20534, Alg. 1). They trade exactness for speed: singular values land in
-# roughly [0.7, 1.2] instead of exactly 1, which is intended.
-NS5_COEFFS: tuple[Coeffs, ...] = ((3.4445, -4.7750, 2.0315),)
-
-# Polar Express (Amsel et al., arXiv 2505.16932, Alg. 1 and its reference code): a different
-# minimax-optimal quintic per iteration for the interval [1e-3, 1]. The schedule has 8 entries;
-# the 8th (1.875, -1.25, 0.375) is the fixed point that every later iteration repeats. All but
-# that last one are divided by a safety factor (a/1.01, b/1.01^3, c/1.01^5) so round-off cannot
-# push singular values past the fixed point, and the input is normalised by 1.01 ||G||_F.
-_PE_RAW: tuple[Coeffs, ...] = (
-    (8.28721201814563, -23.595886519098837, 17.300387312530933),
-    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
-    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
-    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
-    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
-    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
-    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
-    (1.875, -1.25, 0.375),
-)
-_PE_SAFETY = 1.01
-POLAR_EXPRESS_COEFFS: tuple[Coeffs, ...] = tuple(
-    (a / _PE_SAFETY, b / _PE_SAFETY**3, c / _PE_SAFETY**5) for a, b, c in _PE_RAW[:-1]
-) + (_PE_RAW[-1],)
-
-
-@dataclass(frozen=True)
-class Orthogonalizer:
-    """A named quintic schedule: iteration i uses ``coeffs[i]``; past the end the last entry
-    repeats. The input is divided by ``norm_safety * ||G||_F`` before the first iteration."""
-
-    coeffs: tuple[Coeffs, ...]
-    norm_safety: float = 1.0
-    source: str = ""
-
-    def schedule(self, steps: int) -> tuple[Coeffs, ...]:
-        return self.coeffs[:steps] + (self.coeffs[-1],) * max(0, steps - len(self.coeffs))
-
-
-ORTHOGONALIZERS: dict[str, Orthogonalizer] = {
-    "ns5": Orthogonalizer(NS5_COEFFS, 1.0, "Keller Jordan's Muon; Kimi K2 arXiv 2507.20534 Alg. 1"),
-    "polar_express": Orthogonalizer(POLAR_EXPRESS_COEFFS, _PE_SAFETY, "Amsel et al. arXiv 2505.16932 Alg. 1"),
-}
 
 # Moonlight (arXiv 2502.16982, Sec. 2.2): scale the orthogonalised update by
 # 0.2 * sqrt(max(n, m)) so its RMS matches AdamW's typical ~0.2, letting AdamW's lr and
@@ -99,18 +75,6 @@ UPDATE_SCALES = ("rms_match", "original")
 _SAFE_NORM = 1e-15
 
 
-def coefficient_schedule(method: str, steps: int) -> tuple[Coeffs, ...]:
-    """The ``steps`` per-iteration coefficients of a named orthogonaliser."""
-    return _orthogonalizer(method).schedule(steps)
-
-
-def _orthogonalizer(method: str) -> Orthogonalizer:
-    try:
-        return ORTHOGONALIZERS[method]
-    except KeyError:
-        raise ValueError(f"unknown orthogonaliser {method!r}; expected one of {tuple(ORTHOGONALIZERS)}") from None
-
-
 def update_scale(n: int, m: int, mode: str = "rms_match") -> float:
     """Scale applied to an orthogonalised (n x m) update."""
     if mode == "rms_match":
@@ -120,42 +84,37 @@ def update_scale(n: int, m: int, mode: str = "rms_match") -> float:
     raise ValueError(f"unknown update_scale {mode!r}; expected one of {UPDATE_SCALES}")
 
 
-def matrix_dims(shape: Sequence[int], expert_stack: bool = False) -> tuple[int, int, int]:
-    """``(batch, n, m)`` of the matrices a Muon parameter of ``shape`` is orthogonalised as.
+def direction_scale(shape: Sequence[int], expert_stack: bool = False, head_block: HeadBlock | None = None,
+                    mode: str = "rms_match") -> float:
+    """The update scale of a parameter: :func:`update_scale` of the blocks it is orthogonalised
+    in (all blocks of a parameter have the same size, so one number)."""
+    _, n, m = block_dims(shape, expert_stack, head_block)
+    return update_scale(n, m, mode)
 
-    2-D: one (n, m) matrix. A declared expert stack (E, n, m): E matrices. Any other >=3-D
-    tensor (Conv1d (out, in, k), Conv2d (out, in, kh, kw), ...) is one (out, in*k...) matrix,
-    so the update scale sees the true fan-in (KellerJordan/Muon #63). Shape alone cannot tell
-    a Conv1d weight from an expert stack, so stacks must be declared.
+
+def ns_flops(n: int, m: int, steps: int = 5, gram: bool = False,
+             coeffs: Sequence[Coeffs] | None = None) -> int:
+    """FLOPs of `steps` Newton-Schulz iterations on one matrix (n <= m after orientation).
+
+    ``coeffs`` (if given) sets the steps and marks cubic iterations (c = 0), which skip the
+    A^2 (direct) or R^2 (Gram) product.
     """
-    shape = tuple(shape)
-    if len(shape) < 2:
-        raise ValueError(f"Muon needs a >=2-D tensor, got shape {shape}")
-    if expert_stack:
-        if len(shape) != 3:
-            raise ValueError(f"an expert stack must be 3-D (experts, n, m), got shape {shape}")
-        return shape[0], shape[1], shape[2]
-    return 1, shape[0], math.prod(shape[1:])
-
-
-def as_matrix_batch(t: Tensor, expert_stack: bool = False) -> Tensor:
-    """View a Muon parameter/gradient as a batch of matrices (B, n, m); see :func:`matrix_dims`."""
-    return t.reshape(matrix_dims(t.shape, expert_stack))
-
-
-def ns_flops(n: int, m: int, steps: int = 5, gram: bool = False) -> int:
-    """FLOPs of `steps` quintic iterations on one matrix (n <= m after orientation)."""
     n, m = min(n, m), max(n, m)
+    if coeffs is not None:
+        steps = len(coeffs)
+        quintic = sum(1 for _, _, c in coeffs if c != 0)
+    else:
+        quintic = steps
     if gram:
-        # R0 = X X^T and the final Q X0 (2 n^2 m each), then per iteration R^2, Q <- P Q and
-        # R <- P R P (first Q is P itself; the last R update is skipped).
-        n3_products = steps + (steps - 1) + 2 * (steps - 1)
+        # R0 = X X^T and the final Q X0 (2 n^2 m each), then per iteration R^2 (quintic only),
+        # Q <- P Q and R <- P R P (first Q is P itself; the last R update is skipped).
+        n3_products = quintic + (steps - 1) + 2 * (steps - 1)
         return 4 * n * n * m + 2 * n**3 * n3_products
-    return steps * (4 * n * n * m + 2 * n**3)
+    return steps * 4 * n * n * m + quintic * 2 * n**3
 
 
-def gram_is_cheaper(n: int, m: int, steps: int = 5) -> bool:
-    return ns_flops(n, m, steps, gram=True) < ns_flops(n, m, steps, gram=False)
+def gram_is_cheaper(n: int, m: int, steps: int = 5, coeffs: Sequence[Coeffs] | None = None) -> bool:
+    return ns_flops(n, m, steps, gram=True, coeffs=coeffs) < ns_flops(n, m, steps, gram=False, coeffs=coeffs)
 
 
 def _normalize(X: Tensor, safety: float = 1.0) -> Tensor:
@@ -174,10 +133,11 @@ def _normalize(X: Tensor, safety: float = 1.0) -> Tensor:
 
 
 def _quintic_direct(X: Tensor, coeffs: Sequence[Coeffs]) -> Tensor:
-    """X <- a X + (b A + c A^2) X with A = X X^T; X is a wide batch (B, n, m), n <= m."""
+    """X <- a X + (b A + c A^2) X with A = X X^T; X is a wide batch (B, n, m), n <= m.
+    A cubic iteration (c = 0) skips the A^2 product."""
     for a, b, c in coeffs:
         A = torch.bmm(X, X.mT)
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c) if c != 0 else A.mul_(b)
         X = torch.baddbmm(X, B, X, beta=a, alpha=1.0)
     return X
 
@@ -196,7 +156,7 @@ def _quintic_gram(X0: Tensor, coeffs: Sequence[Coeffs]) -> Tensor:
     Q = None
     last = len(coeffs) - 1
     for i, (a, b, c) in enumerate(coeffs):
-        P = torch.baddbmm(R, R, R, beta=b, alpha=c).add_(eye, alpha=a)
+        P = (torch.baddbmm(R, R, R, beta=b, alpha=c) if c != 0 else R * b).add_(eye, alpha=a)
         Q = P if Q is None else torch.bmm(P, Q)
         if i != last:
             R = torch.bmm(P, torch.bmm(R, P))
@@ -234,7 +194,7 @@ def newton_schulz(
         X = X.mT
     n, m = X.shape[-2:]
     low_precision = dtype in (torch.bfloat16, torch.float16)
-    choice = {"auto": not low_precision and gram_is_cheaper(n, m, len(coeffs)), "gram": True, "direct": False}
+    choice = {"auto": not low_precision and gram_is_cheaper(n, m, coeffs=coeffs), "gram": True, "direct": False}
     if impl not in choice:
         raise ValueError(f"unknown impl {impl!r}; expected 'auto', 'gram' or 'direct'")
     X = _normalize(X, norm_safety).to(dtype)
@@ -245,10 +205,11 @@ def newton_schulz(
     return X.to(out_dtype).reshape(shape)
 
 
-def orthogonalize(G: Tensor, method: str = "ns5", steps: int = 5, *, impl: str = "auto",
-                  dtype: torch.dtype | None = None) -> Tensor:
-    """Orthogonalise with a named method from :data:`ORTHOGONALIZERS`."""
-    spec = _orthogonalizer(method)
+def orthogonalize(G: Tensor, method: OrthogonalizerSpec = "ns5", steps: int | None = None, *,
+                  impl: str = "auto", dtype: torch.dtype | None = None) -> Tensor:
+    """Orthogonalise with a named method from :data:`ORTHOGONALIZERS` or custom coefficients
+    (``steps`` None: the method's own number of iterations)."""
+    spec = resolve_orthogonalizer(method)
     return newton_schulz(G, coeffs=spec.schedule(steps), impl=impl, dtype=dtype, norm_safety=spec.norm_safety)
 
 
@@ -270,47 +231,65 @@ def muon_directions(
     shapes: Sequence[Sequence[int]],
     expert_flags: Sequence[bool] | None = None,
     *,
-    method: str = "ns5",
-    steps: int = 5,
+    method: OrthogonalizerSpec = "ns5",
+    steps: int | None = 5,
     scale_mode: str = "rms_match",
     impl: str = "auto",
     dtype: torch.dtype | None = None,
+    head_blocks: Sequence[HeadBlock | None] | None = None,
+    scaled: bool = True,
 ) -> list[Tensor]:
     """Scaled Muon directions ``s(n, m) NS(U)`` (float32, shaped like ``shapes``).
 
     Matrices of the same (sorted) size are orthogonalised in one batched call, tall ones
     transposed to wide. ``expert_flags[i]`` declares update ``i`` a stack of experts
     (orthogonalised per slice); other >=3-D tensors are flattened (see :func:`matrix_dims`).
+    ``head_blocks[i] = (dim, width)`` (see :func:`effective_head_block`) orthogonalises each
+    block of ``width`` rows (dim 0) or columns (dim 1) on its own, scaled by the block's
+    ``s(n', m')``. ``scaled=False`` returns the unscaled ``NS(U)`` (NorMuon scales later).
     """
-    flags = list(expert_flags) if expert_flags is not None else [False] * len(updates)
-    mats = [u.reshape(matrix_dims(s, e)) for u, s, e in zip(updates, shapes, flags, strict=False)]
+    count = len(updates)
+    flags = list(expert_flags) if expert_flags is not None else [False] * count
+    blocks = list(head_blocks) if head_blocks is not None else [None] * count
+    full = [u.reshape(matrix_dims(s, e)) for u, s, e in zip(updates, shapes, flags, strict=True)]
+    mats = [_split_blocks(x, b) for x, b in zip(full, blocks, strict=True)]
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, mat in enumerate(mats):
         n, m = mat.shape[-2:]
         by_size.setdefault((min(n, m), max(n, m)), []).append(i)
-    spec = _orthogonalizer(method)
+    spec = resolve_orthogonalizer(method)
     coeffs = spec.schedule(steps)
-    directions: list[Tensor | None] = [None] * len(mats)
+    directions: list[Tensor | None] = [None] * count
     for members in by_size.values():
         wide = [mats[i] if mats[i].shape[-2] <= mats[i].shape[-1] else mats[i].mT for i in members]
         batch = torch.cat(wide, dim=0) if len(wide) > 1 else wide[0]
         # The last iteration is linear in (a, b, c): scaling them applies the update scale for
         # free instead of another pass over every matrix.
-        scale = update_scale(*mats[members[0]].shape[-2:], scale_mode)
+        scale = update_scale(*mats[members[0]].shape[-2:], scale_mode) if scaled else 1.0
         a, b, c = coeffs[-1]
-        scaled = coeffs[:-1] + ((a * scale, b * scale, c * scale),)
-        out = newton_schulz(batch, coeffs=scaled, impl=impl, dtype=dtype, norm_safety=spec.norm_safety)
+        scaled_coeffs = coeffs[:-1] + ((a * scale, b * scale, c * scale),)
+        out = newton_schulz(batch, coeffs=scaled_coeffs, impl=impl, dtype=dtype, norm_safety=spec.norm_safety)
         for i, block in zip(members, out.split([w.shape[0] for w in wide]), strict=True):
             block = block.mT if mats[i].shape[-2] > mats[i].shape[-1] else block
-            directions[i] = block.reshape(shapes[i])
+            directions[i] = _merge_blocks(block, blocks[i], *full[i].shape[-2:]).reshape(shapes[i])
     return directions  # type: ignore[return-value]
 
 
-def apply_updates_(params: list[Tensor], directions: list[Tensor], lr: float, weight_decay: float) -> None:
+def apply_updates_(params: list[Tensor], directions: list[Tensor], lr: float, weight_decay: float,
+                   cautious: bool = False) -> None:
     """W <- W (1 - lr wd) - lr D, in fp32 whatever W's dtype.
 
-    The decay uses the base lr, not the RMS-scaled one (Moonlight Sec. 2.2).
+    The decay uses the base lr, not the RMS-scaled one (Moonlight Sec. 2.2). ``cautious``:
+    Cautious Weight Decay (Chen et al., arXiv 2510.12402, Alg. 1), x <- x - lr (u + wd I(u x >= 0) x):
+    the decay only reaches entries where the update D and the weight W agree in sign (or one is 0).
     """
+    if cautious and weight_decay:
+        for p, d in zip(params, directions, strict=True):
+            w = p if p.dtype == torch.float32 else p.float()
+            w.mul_(_cautious_decay(d, w, lr * weight_decay)).add_(d, alpha=-lr)
+            if w is not p:
+                p.copy_(w)
+        return
     full = [i for i, p in enumerate(params) if p.dtype == torch.float32]
     if full:
         ps = [params[i] for i in full]
@@ -326,20 +305,32 @@ def apply_updates_(params: list[Tensor], directions: list[Tensor], lr: float, we
             p.copy_(w)
 
 
+def _cautious_decay(update: Tensor, w: Tensor, decay: float) -> Tensor:
+    """Per-entry decay factor of Cautious Weight Decay (arXiv 2510.12402, Alg. 1): 1 - decay
+    where update * w >= 0, else exactly 1. ``update`` is the step's direction (W -= lr update)."""
+    keep = torch.ones((), dtype=w.dtype, device=w.device)
+    return torch.where(update * w >= 0, torch.full_like(keep, 1.0 - decay), keep)
+
+
 def adamw_update_(p: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: float, *, lr: float,
-                  betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+                  betas: tuple[float, float], eps: float, weight_decay: float, cautious: bool = False) -> None:
     """One AdamW step on one (local) tensor; ``step`` counts from 1. Moments are fp32.
 
     The same operations, in the same order, as torch.optim.AdamW's single-tensor path, so the
-    two agree bit for bit in fp32.
+    two agree bit for bit in fp32. ``cautious``: Cautious Weight Decay (arXiv 2510.12402), the
+    decay only where the update m_hat / (sqrt(v_hat) + eps) -- whose sign is exp_avg's after this
+    step's update -- and the weight agree in sign.
     """
     beta1, beta2 = betas
     full = p.dtype in (torch.float32, torch.float64)
     w = p if full else p.float()
     grad = grad if full else grad.float()
-    w.mul_(1 - lr * weight_decay)
+    if not cautious:
+        w.mul_(1 - lr * weight_decay)
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    if cautious:
+        w.mul_(_cautious_decay(exp_avg, w, lr * weight_decay))
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     step_size = lr / bias_correction1
@@ -355,10 +346,11 @@ def muon_update(
     *,
     momentum: float = 0.95,
     nesterov: bool = True,
-    method: str = "ns5",
-    ns_steps: int = 5,
+    method: OrthogonalizerSpec = "ns5",
+    ns_steps: int | None = 5,
     scale_mode: str = "rms_match",
     expert_stack: bool = False,
+    head_block: HeadBlock | None = None,
     dtype: torch.dtype | None = None,
 ) -> Tensor:
     """The scaled Muon direction for one parameter (not yet multiplied by -lr).
@@ -369,5 +361,5 @@ def muon_update(
     """
     (u,) = muon_momentum_([momentum_buffer], [grad.float()], momentum, nesterov)
     (d,) = muon_directions([u], [grad.shape], [expert_stack], method=method, steps=ns_steps,
-                           scale_mode=scale_mode, dtype=dtype)
+                           scale_mode=scale_mode, dtype=dtype, head_blocks=[head_block])
     return d

@@ -10,6 +10,8 @@ from torch.optim import Optimizer
 
 from . import distributed
 from . import functional as muon_math
+from .normuon import NORMUON_BETA2, normuon_rescale_, normuon_rows_, row_views, second_moment_shape
+from .orthogonalizers import OrthogonalizerSpec, resolve_orthogonalizer
 from .precision import NS_PRECISIONS, resolve_ns_dtype
 from .qk_clip import (
     GQA_MODES,
@@ -52,12 +54,39 @@ class MuonClip(Optimizer):
           for each Muon matrix W (n x m) with gradient G:
             M  <- mu M + G
             U  <- G + mu M                    (Nesterov; else U <- M)
-            O  <- NS(U)                        (quintic Newton-Schulz, wide orientation)
-            W  <- W (1 - eta lambda) - eta s(n, m) O,   s = 0.2 sqrt(max(n, m))  ("rms_match")
-          for each AdamW param: torch.optim.AdamW's update (betas, eps, decoupled decay)
+            O  <- NS(U)                        (Newton-Schulz schedule "orthogonalizer", wide
+                                                orientation; per head block if "head_blocks")
+            if normuon:                         (NorMuon, arXiv 2510.05491; per output row i)
+              v_i <- b2 v_i + (1 - b2) mean_j O_ij^2
+              O   <- O / (sqrt(v) + 1e-10), rescaled to the Frobenius norm it had
+            D  <- s(n', m') O,   s = 0.2 sqrt(max(n', m'))  ("rms_match"; n' x m' the block)
+            W  <- W - eta (D + lambda c W)     c = 1, or c = [D W >= 0] entrywise when
+                                                cautious_weight_decay (arXiv 2510.12402)
+          for each AdamW param: torch.optim.AdamW's update (betas, eps, decoupled decay;
+                                cautious: decay only where m_t W >= 0)
           if tau:                               (after the update, with this step's forward)
             for each attention head h with max logit S_h > tau:
               gamma_h <- tau / S_h; rescale q_h, k_h so that S_h becomes gamma_h S_h
+
+    Group options (any param group may override the constructor's value):
+
+    * ``orthogonalizer``: a name from :data:`muonclip.optim.orthogonalizers.ORTHOGONALIZERS`
+      (``"ns5"`` default, ``"polar_express"``, ``"newton_schulz_cubic"``, ``"you_6step"``,
+      ``"cans"``, ``"deepseek_v4"``) or custom coefficients ``((a, b, c), ...)``, one triple
+      per iteration. ``ns_steps`` None runs the schedule's own length (5, 6 for you_6step, 10
+      for deepseek_v4, the number of triples for custom); an explicit count truncates the
+      schedule or repeats its last entry.
+    * ``cautious_weight_decay`` (Muon and AdamW groups): decay only entries where the update
+      and the weight agree in sign (``>= 0``, as the paper's Alg. 1).
+    * ``normuon``, ``normuon_beta2`` (0.95, no bias correction): Muon groups; the per-row
+      state ``normuon_second_moment`` is (out, 1), or (E, n, 1) for an expert stack.
+    * ``head_blocks`` (Muon groups; one entry per parameter, None or ``(dim, head_width)``;
+      :func:`muonclip.build_param_groups` fills it from ``head_blocks=model.head_blocks()``):
+      orthogonalise each head's rows (dim 0: q/k/v) or columns (dim 1: o) on its own, and
+      ``heads_per_block = g`` groups of g neighbouring heads (g = 2: head pairs). The scale
+      is per block: with ``"rms_match"`` each block's update keeps RMS ~0.2, so the lr carries
+      over unchanged; with ``"original"``, sqrt(max(1, n'/m')) changes (an o_proj split into
+      H column blocks of (d, d/H) gets sqrt(H) instead of 1), so retune the lr.
 
     Param groups carry ``"algorithm": "muon" | "adamw"``. A plain iterable of tensors makes
     every tensor a Muon parameter. Build groups by name with
@@ -119,14 +148,18 @@ class MuonClip(Optimizer):
         momentum: float = 0.95,
         nesterov: bool = True,
         weight_decay: float = 0.1,
-        ns_steps: int = 5,
+        ns_steps: int | None = None,
         *,
-        orthogonalizer: str = "ns5",
+        orthogonalizer: OrthogonalizerSpec = "ns5",
         update_scale: str = "rms_match",
         ns_impl: str = "auto",
         ns_precision: str = "auto",
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
+        cautious_weight_decay: bool = False,
+        normuon: bool = False,
+        normuon_beta2: float = NORMUON_BETA2,
+        heads_per_block: int = 1,
         qk_clip_tau: float | None = None,
         qk_clip_spec: Sequence[QKClipLayerSpec] | None = None,
         max_logits_fn: Callable[[], Sequence[Tensor]] | None = None,
@@ -141,17 +174,8 @@ class MuonClip(Optimizer):
             raise ValueError(f"Invalid momentum: {momentum}")
         if weight_decay < 0.0:
             raise ValueError(f"Invalid weight_decay: {weight_decay}")
-        if ns_steps < 1:
-            raise ValueError(f"Invalid ns_steps: {ns_steps}")
-        if orthogonalizer not in muon_math.ORTHOGONALIZERS:
-            raise ValueError(f"Unknown orthogonalizer {orthogonalizer!r}; "
-                             f"choose from {tuple(muon_math.ORTHOGONALIZERS)}")
-        if update_scale not in muon_math.UPDATE_SCALES:
-            raise ValueError(f"Unknown update_scale {update_scale!r}; choose from {muon_math.UPDATE_SCALES}")
         if ns_impl not in NS_IMPLS:
             raise ValueError(f"Unknown ns_impl {ns_impl!r}; choose from {NS_IMPLS}")
-        if ns_precision not in NS_PRECISIONS:
-            raise ValueError(f"Unknown ns_precision {ns_precision!r}; choose from {NS_PRECISIONS}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"Invalid betas: {betas}")
         if eps < 0.0:
@@ -169,8 +193,11 @@ class MuonClip(Optimizer):
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
             ns_steps=ns_steps, orthogonalizer=orthogonalizer, update_scale=update_scale,
             ns_precision=ns_precision, betas=tuple(betas), eps=eps, algorithm="muon",
+            cautious_weight_decay=cautious_weight_decay, normuon=normuon, normuon_beta2=normuon_beta2,
+            heads_per_block=heads_per_block,
         )
         super().__init__(params, defaults)
+        self.register_load_state_dict_post_hook(MuonClip._fill_group_defaults)
 
         self.ns_impl = ns_impl
         self.qk_clip_tau = qk_clip_tau
@@ -199,12 +226,21 @@ class MuonClip(Optimizer):
         super().add_param_group(param_group)
         self._validate_group(self.param_groups[-1])
 
+    @staticmethod
+    def _fill_group_defaults(opt: "MuonClip") -> None:
+        """After ``load_state_dict``: groups saved before an option existed get its default."""
+        for group in opt.param_groups:
+            for key, value in opt.defaults.items():
+                group.setdefault(key, value)
+            opt._validate_group(group)
+
     def _validate_group(self, group: dict) -> None:
         algo = group.get("algorithm", "muon")
         if algo not in ALGORITHMS:
             raise ValueError(f"Unknown algorithm {algo!r} in param group; choose from {ALGORITHMS}")
         if group.get("ns_precision", "auto") not in NS_PRECISIONS:
             raise ValueError(f"Unknown ns_precision {group['ns_precision']!r}; choose from {NS_PRECISIONS}")
+        self._validate_options(group)
         names = group.get("param_names")
         if names is not None and len(names) != len(group["params"]):
             raise ValueError("param_names must name every parameter of its group")
@@ -223,6 +259,47 @@ class MuonClip(Optimizer):
             if algo == "muon" and stack and p.ndim != 3 and not isinstance(stacks, bool):
                 raise ValueError(f"{label} is declared an expert stack but has shape {tuple(p.shape)}; "
                                  "expert stacks are 3-D (experts, n, m)")
+        self._head_blocks(group)  # raises, naming the parameter, when a layout does not tile it
+
+    @staticmethod
+    def _validate_options(group: dict) -> None:
+        """The group-level options, each checked with a message naming it."""
+        resolve_orthogonalizer(group.get("orthogonalizer", "ns5"))  # ValueError names "orthogonalizer"
+        steps = group.get("ns_steps")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"Invalid ns_steps: {steps} (an int >= 1, or None for the schedule's own length)")
+        if group.get("update_scale", "rms_match") not in muon_math.UPDATE_SCALES:
+            raise ValueError(f"Unknown update_scale {group['update_scale']!r}; choose from {muon_math.UPDATE_SCALES}")
+        for key in ("cautious_weight_decay", "normuon"):
+            if not isinstance(group.get(key, False), bool):
+                raise ValueError(f"{key} must be a bool, got {group[key]!r}")
+        beta2 = group.get("normuon_beta2", NORMUON_BETA2)
+        if isinstance(beta2, bool) or not isinstance(beta2, (int, float)) or not 0.0 <= beta2 < 1.0:
+            raise ValueError(f"normuon_beta2 must be in [0, 1), got {beta2!r}")
+        g = group.get("heads_per_block", 1)
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+            raise ValueError(f"heads_per_block must be an int >= 1, got {g!r}")
+        blocks = group.get("head_blocks")
+        if blocks is not None:
+            if group.get("algorithm", "muon") != "muon":
+                raise ValueError("head_blocks applies to Muon groups only")
+            if isinstance(blocks, (str, bytes)) or len(blocks) != len(group["params"]):
+                raise ValueError("head_blocks must list one entry (None or (dim, head_width)) per parameter")
+
+    def _head_blocks(self, group: dict) -> list[tuple[int, int] | None]:
+        """Per parameter: the (dim, block width) it is orthogonalised in, or None (whole)."""
+        blocks = group.get("head_blocks") or [None] * len(group["params"])
+        out = []
+        for i, (p, stack, block) in enumerate(zip(group["params"], _expert_flags(group), blocks, strict=True)):
+            if block is not None and (isinstance(block, (str, bytes)) or len(block) != 2):
+                raise ValueError(f"head_blocks entry of {self._label(group, i)} must be None or (dim, head_width), "
+                                 f"got {block!r}")
+            try:
+                out.append(muon_math.effective_head_block(p.shape, stack, None if block is None else tuple(block),
+                                                          group.get("heads_per_block", 1)))
+            except ValueError as exc:
+                raise ValueError(f"head_blocks of {self._label(group, i)}: {exc}") from None
+        return out
 
     @staticmethod
     def _label(group: dict, i: int) -> str:
@@ -240,16 +317,24 @@ class MuonClip(Optimizer):
         return out
 
     # -- state ----------------------------------------------------------------------------
-    def _init_state(self, p: Tensor, group: dict) -> dict:
-        """The state of ``p`` (created on first use: fp32, shaped and sharded like ``p``)."""
+    def _init_state(self, p: Tensor, group: dict, expert_stack: bool = False) -> dict:
+        """The state of ``p`` (created on first use: fp32, shaped and sharded like ``p``).
+
+        Muon: ``momentum_buffer``, plus ``normuon_second_moment`` (per row of p, sharded like
+        p's rows) in a NorMuon group -- also added later if a group turns NorMuon on.
+        AdamW: ``step``, ``exp_avg``, ``exp_avg_sq``.
+        """
         state = self.state[p]
-        if not state:
-            if group.get("algorithm", "muon") == "muon":
+        if group.get("algorithm", "muon") == "muon":
+            if not state:
                 state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
-            else:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+            if group.get("normuon") and "normuon_second_moment" not in state:
+                state["normuon_second_moment"] = distributed.zeros_rows_like(
+                    p, second_moment_shape(p.shape, expert_stack))
+        elif not state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
         return state
 
     def init_state(self) -> None:
@@ -260,8 +345,8 @@ class MuonClip(Optimizer):
         fresh optimizer before ``get_optimizer_state_dict`` / ``set_optimizer_state_dict``.
         """
         for group in self.param_groups:
-            for p in group["params"]:
-                self._init_state(p, group)
+            for p, stack in zip(group["params"], _expert_flags(group), strict=True):
+                self._init_state(p, group, stack)
 
     # -- step -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -370,44 +455,84 @@ class MuonClip(Optimizer):
 
         Single process: each group's matrices are orthogonalised where they are. Distributed:
         each matrix's owner orthogonalises it (shards are gathered to it first) and the
-        directions travel back to every rank that holds the matrix.
+        directions travel back to every rank that holds the matrix; NorMuon then runs where
+        the rows are (see :meth:`_normuon`).
         """
-        work = []  # (group, params, local momentum-mixed updates, expert flags)
-        for group, mask in zip(self.param_groups, active, strict=False):
+        work = []  # (group, params, local momentum-mixed updates, expert flags, head blocks)
+        for group, mask in zip(self.param_groups, active, strict=True):
             if group.get("algorithm", "muon") != "muon":
                 continue
-            params = [p for p, ok in zip(group["params"], mask, strict=False) if ok]
-            flags = [f for f, ok in zip(_expert_flags(group), mask, strict=False) if ok]
-            if not params:
+            keep = [i for i, ok in enumerate(mask) if ok]
+            if not keep:
                 continue
-            bufs = [distributed.local(self._init_state(p, group)["momentum_buffer"]) for p in params]
+            all_flags, all_blocks = _expert_flags(group), self._head_blocks(group)
+            params = [group["params"][i] for i in keep]
+            flags = [all_flags[i] for i in keep]
+            blocks = [all_blocks[i] for i in keep]
+            bufs = [distributed.local(self._init_state(p, group, f)["momentum_buffer"])
+                    for p, f in zip(params, flags, strict=True)]
             grads = [distributed.local(p.grad).float() for p in params]
             updates = muon_math.muon_momentum_(bufs, grads, group["momentum"], group["nesterov"])
-            work.append((group, params, updates, flags))
+            work.append((group, params, updates, flags, blocks))
         if ctx is not None:
             if work:
                 self._muon_distributed(work, ctx)
             return
-        for group, params, updates, flags in work:
-            directions = self._directions(group, params, updates, flags)
-            muon_math.apply_updates_(params, directions, group["lr"], group["weight_decay"])
+        for group, params, updates, flags, blocks in work:
+            directions = self._directions(group, params, updates, flags, blocks)
+            self._apply(group, params, self._normuon(group, params, directions, flags, blocks, None))
+
+    def _schedule(self, group: dict) -> tuple[tuple[float, float, float], ...]:
+        return resolve_orthogonalizer(group["orthogonalizer"]).schedule(group.get("ns_steps"))
 
     def _directions(self, group: dict, params: list[Tensor], updates: list[Tensor],
-                    flags: list[bool]) -> list[Tensor]:
+                    flags: list[bool], blocks: list) -> list[Tensor]:
+        """s NS(U) (or the unscaled NS(U) in a NorMuon group, scaled after the row normalisation)."""
         return muon_math.muon_directions(
             updates, [p.shape for p in params], flags, method=group["orthogonalizer"],
-            steps=group["ns_steps"], scale_mode=group["update_scale"], impl=self.ns_impl,
-            dtype=self._ns_dtype(group, params[0]))
+            steps=len(self._schedule(group)), scale_mode=group["update_scale"], impl=self.ns_impl,
+            dtype=self._ns_dtype(group, params[0]), head_blocks=blocks, scaled=not group.get("normuon", False))
+
+    def _normuon(self, group: dict, params: list[Tensor], directions: list[Tensor], flags: list[bool],
+                 blocks: list, ctx: distributed.DistContext | None) -> list[Tensor]:
+        """NorMuon on (the local rows of) unscaled directions, then the update scale; identity
+        outside NorMuon groups. Row statistics are local; under FSDP2 the two Frobenius sums of
+        each row-sharded matrix are summed over ranks in one all-reduce per group."""
+        if not group.get("normuon", False):
+            return directions
+        normed, sums, reduce = [], [], []
+        for k, (p, d, stack) in enumerate(zip(params, directions, flags, strict=True)):
+            v = distributed.local(self._init_state(p, group, stack)["normuon_second_moment"])
+            rows, v_rows = row_views(d, v, stack)
+            out, sq_ortho, sq_normed = normuon_rows_(rows, v_rows, group["normuon_beta2"])
+            normed.append(out)
+            sums.append([sq_ortho, sq_normed])
+            if ctx is not None and distributed.is_row_sharded(p) and not stack:
+                reduce.append(k)
+        if reduce:
+            flat = distributed.all_reduce_(torch.cat([t for k in reduce for t in sums[k]]), "sum", ctx)
+            for i, k in enumerate(reduce):
+                sums[k] = [flat[2 * i:2 * i + 1], flat[2 * i + 1:2 * i + 2]]
+        return [normuon_rescale_(out, *sq).mul_(muon_math.direction_scale(p.shape, stack, block,
+                                                                           group["update_scale"])).reshape(d.shape)
+                for out, sq, p, d, stack, block in zip(normed, sums, params, directions, flags, blocks, strict=True)]
+
+    @staticmethod
+    def _apply(group: dict, params: list[Tensor], directions: list[Tensor]) -> None:
+        locals_ = [distributed.local(p) for p in params]
+        muon_math.apply_updates_(locals_, [d.view(t.shape) for d, t in zip(directions, locals_, strict=True)],
+                                 group["lr"], group["weight_decay"], group.get("cautious_weight_decay", False))
 
     def _muon_distributed(self, work: list, ctx: distributed.DistContext) -> None:
-        items = [(gi, p, u, f) for gi, (_, params, updates, flags) in enumerate(work)
-                 for p, u, f in zip(params, updates, flags, strict=False)]
+        items = [(gi, p, u, f, b) for gi, (_, params, updates, flags, blocks) in enumerate(work)
+                 for p, u, f, b in zip(params, updates, flags, blocks, strict=True)]
         groups = [w[0] for w in work]
-        costs = [distributed.matrix_cost(p.shape, groups[gi]["ns_steps"], self.ns_impl, f)
-                 for gi, p, _, f in items]
+        costs = [distributed.matrix_cost(p.shape, len(self._schedule(groups[gi])), self.ns_impl, f, b,
+                                         self._schedule(groups[gi]))
+                 for gi, p, _, f, b in items]
         owners = distributed.partition_by_flops(costs, ctx.world_size)
-        sharded = [j for j, (_, p, _, _) in enumerate(items) if distributed.is_row_sharded(p)]
-        replicated = [j for j, (_, p, _, _) in enumerate(items) if not distributed.is_row_sharded(p)]
+        sharded = [j for j, item in enumerate(items) if distributed.is_row_sharded(item[1])]
+        replicated = [j for j, item in enumerate(items) if not distributed.is_row_sharded(item[1])]
         # Full update matrices on their owners: replicas already hold them, shards are gathered.
         full = {j: items[j][2] for j in replicated if owners[j] == ctx.rank}
         if sharded:
@@ -419,25 +544,26 @@ class MuonClip(Optimizer):
             js = [j for j in sorted(full) if items[j][0] == gi]
             if js:
                 outs = self._directions(group, [items[j][1] for j in js], [full[j] for j in js],
-                                        [items[j][3] for j in js])
-                directions.update(zip(js, outs, strict=False))
+                                        [items[j][3] for j in js], [items[j][4] for j in js])
+                directions.update(zip(js, outs, strict=True))
         # Every rank gets the directions of what it holds, then applies them.
         local_dir: dict[int, Tensor] = {}
         if replicated:
             flat = distributed.all_gather_owned(
                 {k: directions[j] for k, j in enumerate(replicated) if j in directions},
                 [owners[j] for j in replicated], [items[j][1].numel() for j in replicated], ctx)
-            local_dir.update(zip(replicated, flat, strict=False))
+            local_dir.update(zip(replicated, flat, strict=True))
         if sharded:
             blocks = distributed.scatter_from_owners(
                 {k: directions[j] for k, j in enumerate(sharded) if j in directions},
                 [items[j][1].shape for j in sharded], [owners[j] for j in sharded], ctx)
-            local_dir.update(zip(sharded, blocks, strict=False))
+            local_dir.update(zip(sharded, blocks, strict=True))
         for gi, group in enumerate(groups):
             js = [j for j in range(len(items)) if items[j][0] == gi]
-            locals_ = [distributed.local(items[j][1]) for j in js]
-            muon_math.apply_updates_(locals_, [local_dir[j].view(t.shape) for j, t in zip(js, locals_, strict=False)],
-                                     group["lr"], group["weight_decay"])
+            params = [items[j][1] for j in js]
+            dirs = [local_dir[j].view(distributed.local(p).shape) for j, p in zip(js, params, strict=True)]
+            dirs = self._normuon(group, params, dirs, [items[j][3] for j in js], [items[j][4] for j in js], ctx)
+            self._apply(group, params, dirs)
 
     def _adamw_group(self, group: dict, mask: list[bool]) -> None:
         for p, ok in zip(group["params"], mask, strict=False):
@@ -448,7 +574,8 @@ class MuonClip(Optimizer):
             muon_math.adamw_update_(
                 distributed.local(p), distributed.local(p.grad), distributed.local(state["exp_avg"]),
                 distributed.local(state["exp_avg_sq"]), state["step"].item(), lr=group["lr"],
-                betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"])
+                betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
+                cautious=group.get("cautious_weight_decay", False))
 
     def _qk_clip(self, gammas: list[Tensor], logits: list[Tensor]) -> QKClipStats:
         params: dict = self._params_by_name()

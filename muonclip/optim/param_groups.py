@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -116,6 +116,7 @@ def build_param_groups(
     adamw_lr: float | None = None,
     adamw_weight_decay: float | None = None,
     expert_stacks: str | None = EXPERT_STACK_PATTERN,
+    head_blocks: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[dict]:
     """Param groups for :class:`MuonClip`, each with ``algorithm`` and ``param_names``.
 
@@ -127,8 +128,18 @@ def build_param_groups(
     With the default ``update_scale="rms_match"`` Muon and AdamW share lr and weight decay
     (Moonlight); ``adamw_lr`` / ``adamw_weight_decay`` override them for the AdamW group.
     Empty groups are dropped. Print the assignment with :func:`describe_param_groups`.
+
+    ``head_blocks`` (e.g. ``model.head_blocks()``) maps parameter names to their per-head
+    layout ``(dim, head_width)``; the Muon group then carries ``head_blocks``, one entry per
+    parameter (None for the others), and :class:`MuonClip` orthogonalises those per head (see
+    its ``heads_per_block``). Every name must be a Muon parameter of ``model``.
     """
     plan = assign_params(model, rules)
+    if head_blocks is not None:
+        muon_names = {n for n, _, a, _ in plan if a == "muon"}
+        stray = sorted(set(head_blocks) - muon_names)
+        if stray:
+            raise ValueError(f"head_blocks names parameters that are not Muon parameters of the model: {stray[:5]}")
     groups = []
     adamw_lr = lr if adamw_lr is None else adamw_lr
     adamw_weight_decay = weight_decay if adamw_weight_decay is None else adamw_weight_decay
@@ -148,6 +159,10 @@ def build_param_groups(
             group["expert_stacks"] = [is_expert_stack(n, p, expert_stacks) for n, p, _ in members]
             group["reasons"] = [f"{r} (expert stack, per expert)" if e else r
                                 for r, e in zip(group["reasons"], group["expert_stacks"], strict=False)]
+            if head_blocks is not None:
+                group["head_blocks"] = [head_blocks.get(n) for n, _, _ in members]
+                group["reasons"] = [f"{r} (per head: dim {b[0]}, width {b[1]})" if b else r
+                                    for r, b in zip(group["reasons"], group["head_blocks"], strict=True)]
         groups.append(group)
     return groups
 

@@ -1,4 +1,8 @@
-"""A slow, obviously correct float64 MuonClip/AdamW step, for parity tests of the fast paths."""
+"""A slow, obviously correct float64 MuonClip/AdamW step, for parity tests of the fast paths.
+
+Written without the fast path's helpers where they carry the logic under test: heads are cut
+out by explicit slicing, NorMuon and Cautious Weight Decay follow the papers' formulas.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,10 +10,13 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .functional import ORTHOGONALIZERS, matrix_dims, update_scale
+from .functional import update_scale
+from .orthogonalizers import OrthogonalizerSpec, resolve_orthogonalizer
+from .shapes import matrix_dims
 
 __all__ = [
     "reference_orthogonalize", "reference_polar_express", "reference_muon_step", "reference_adamw_step",
+    "reference_normuon",
 ]
 
 
@@ -30,14 +37,42 @@ def _ref_ns_matrix(G: Tensor, coeffs: Sequence[tuple[float, float, float]], norm
     return X.T if transposed else X
 
 
-def reference_orthogonalize(G: Tensor, method: str = "ns5", steps: int = 5, *,
-                            expert_stack: bool = False) -> Tensor:
+def reference_orthogonalize(G: Tensor, method: OrthogonalizerSpec = "ns5", steps: int | None = 5, *,
+                            expert_stack: bool = False, head_block: tuple[int, int] | None = None) -> Tensor:
     """Float64 orthogonalisation of a 2-D tensor, a declared expert stack (per slice) or any
-    other >=3-D tensor (flattened to (out, in*k...))."""
-    spec = ORTHOGONALIZERS[method]
+    other >=3-D tensor (flattened to (out, in*k...)). ``head_block = (dim, width)``: each block
+    of ``width`` rows (dim 0) or columns (dim 1) of every matrix on its own."""
+    spec = resolve_orthogonalizer(method)
     coeffs = spec.schedule(steps)
     mats = G.reshape(matrix_dims(G.shape, expert_stack))
-    return torch.stack([_ref_ns_matrix(m, coeffs, spec.norm_safety) for m in mats]).reshape(G.shape)
+    out = torch.zeros(mats.shape, dtype=torch.float64)
+    for b, mat in enumerate(mats):
+        if head_block is None:
+            out[b] = _ref_ns_matrix(mat, coeffs, spec.norm_safety)
+            continue
+        dim, width = head_block
+        for start in range(0, mat.shape[dim], width):
+            if dim == 0:
+                out[b, start:start + width] = _ref_ns_matrix(mat[start:start + width], coeffs, spec.norm_safety)
+            else:
+                out[b, :, start:start + width] = _ref_ns_matrix(mat[:, start:start + width], coeffs, spec.norm_safety)
+    return out.reshape(G.shape)
+
+
+def reference_normuon(ortho: Tensor, v: Tensor, *, beta2: float = 0.95, eps: float = 1e-10,
+                      expert_stack: bool = False) -> tuple[Tensor, Tensor]:
+    """NorMuon (Li et al., arXiv 2510.05491; official ``normuon_update``) in float64, matrix by
+    matrix: v <- beta2 v + (1 - beta2) mean_cols(O^2); O / (sqrt(v) + eps), rescaled to ||O||_F.
+    ``v`` is (out, 1), or (E, n, 1) for an expert stack. Returns (new update, new v)."""
+    mats = ortho.double().reshape(matrix_dims(ortho.shape, expert_stack))
+    v_mats = v.double().reshape(mats.shape[0], mats.shape[1], 1)
+    outs, vs = [], []
+    for mat, vm in zip(mats, v_mats, strict=True):
+        vm = beta2 * vm + (1 - beta2) * (mat * mat).mean(dim=1, keepdim=True)
+        hat = mat / (vm.sqrt() + eps)
+        outs.append(hat * mat.norm() / (hat.norm() + eps))
+        vs.append(vm)
+    return torch.stack(outs).reshape(ortho.shape), torch.stack(vs).reshape(v.shape)
 
 
 # Amsel et al., arXiv 2505.16932, Alg. 1 and its reference code, transcribed in float64 with
@@ -74,28 +109,44 @@ def reference_polar_express(G: Tensor, steps: int) -> Tensor:
 def reference_muon_step(
     param: Tensor, grad: Tensor, buf: Tensor, *, lr: float, momentum: float = 0.95,
     nesterov: bool = True, weight_decay: float = 0.0, scale_mode: str = "rms_match",
-    method: str = "ns5", steps: int = 5, expert_stack: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """Returns (new_param, new_buf) in float64; inputs are not modified."""
+    method: OrthogonalizerSpec = "ns5", steps: int | None = 5, expert_stack: bool = False,
+    head_block: tuple[int, int] | None = None, cautious: bool = False,
+    normuon_v: Tensor | None = None, normuon_beta2: float = 0.95,
+) -> tuple[Tensor, ...]:
+    """Returns (new_param, new_buf), plus the new NorMuon state when ``normuon_v`` is given, in
+    float64; inputs are not modified. ``head_block`` is the effective (dim, block width)."""
     g = grad.double()
     buf = momentum * buf.double() + g
     u = g + momentum * buf if nesterov else buf
-    ortho = reference_orthogonalize(u, method, steps, expert_stack=expert_stack)
+    ortho = reference_orthogonalize(u, method, steps, expert_stack=expert_stack, head_block=head_block)
+    new_v = None
+    if normuon_v is not None:
+        ortho, new_v = reference_normuon(ortho, normuon_v, beta2=normuon_beta2, expert_stack=expert_stack)
     _, n, m = matrix_dims(param.shape, expert_stack)
-    new = param.double() * (1 - lr * weight_decay) - lr * update_scale(n, m, scale_mode) * ortho
-    return new, buf
+    if head_block is not None:
+        n, m = (head_block[1], m) if head_block[0] == 0 else (n, head_block[1])
+    update = update_scale(n, m, scale_mode) * ortho
+    w = param.double()
+    mask = (update * w >= 0).double() if cautious else torch.ones_like(w)
+    new = w - lr * (update + weight_decay * mask * w)
+    return (new, buf) if new_v is None else (new, buf, new_v)
 
 
 def reference_adamw_step(
     param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int, *, lr: float,
     betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
+    cautious: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """AdamW (Loshchilov & Hutter) in float64; ``step`` counts from 1."""
+    """AdamW (Loshchilov & Hutter) in float64; ``step`` counts from 1. ``cautious``: Cautious
+    Weight Decay (arXiv 2510.12402, Alg. 1), x <- x - lr (u + wd I(u x >= 0) x)."""
     b1, b2 = betas
     g = grad.double()
     m = b1 * exp_avg.double() + (1 - b1) * g
     v = b2 * exp_avg_sq.double() + (1 - b2) * g * g
     m_hat = m / (1 - b1**step)
     v_hat = v / (1 - b2**step)
-    new = param.double() * (1 - lr * weight_decay) - lr * m_hat / (v_hat.sqrt() + eps)
+    update = m_hat / (v_hat.sqrt() + eps)
+    w = param.double()
+    mask = (update * w >= 0).double() if cautious else torch.ones_like(w)
+    new = w - lr * (update + weight_decay * mask * w)
     return new, m, v
