@@ -3,9 +3,12 @@
 * :mod:`.presets` -- the presets (dragon, guardrail, spectra, lifecycle, efficiency) and
   ``register_presets()``, which adds them to the lab's registry; ``STORY_RUNS``,
   ``STORY_ALIASES`` and ``QUICK_OVERRIDES``;
-* :mod:`.results` -- pure functions from metrics rows to the reported numbers;
-* :mod:`.figures` -- plot functions (data in, matplotlib Figure out; imported lazily);
-* :mod:`.report` -- ``muonclip reproduce``: runs the presets and writes ``docs/results.md``.
+* :mod:`.results` -- every reported number, once, as a pure function of run data (used by
+  docs/results.md and the story's report.html alike);
+* :mod:`.runner` -- runs cached by config hash (``ensure_run``) and the reproduction's plan;
+* :mod:`.tradeoff` -- the trade-off experiment the story draws (cached like the runs);
+* :mod:`.report` -- ``muonclip reproduce``: runs the :mod:`.sections` and writes
+  ``docs/results.md`` (:mod:`.markdown`); figures come from :mod:`muonclip.viz.charts`.
 """
 from . import presets, results
 from .presets import QUICK_OVERRIDES, STORY_ALIASES, STORY_RUNS, register_presets

@@ -1,19 +1,41 @@
-"""Run a config once and reuse it: runs are cached by config hash, interrupted ones resumed."""
+"""Run a config once and reuse it: runs are cached by config hash, interrupted ones resumed.
+
+:func:`ensure_run` (lab runs) and :func:`ensure_sae_compare` (Adam vs Muon SAEs on a run) are
+how both the reproduction and the story get what they report; :class:`Runner` is the
+reproduction's plan on top of them (preset + optimizer + overrides, quick or full).
+"""
 from __future__ import annotations
 
+import shlex
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from ..lab import TrainConfig, apply_overrides, config_hash, get_preset
 from ..lab.checkpoint import CheckpointError
-from ..lab.config import TrainConfig, config_hash
+from ..lab.rundir import RunData, is_complete, load_run
 from ..lab.train import train
+from ..sae import compare as sae_compare
+from ..sae.config import SAEConfig, sae_config_hash
+from . import presets
 
-__all__ = ["run_dir_for", "ensure_run"]
+__all__ = ["run_dir_for", "cached_run", "ensure_run", "ensure_sae_compare", "Run", "Runner", "train_command"]
 
 
 def run_dir_for(cfg: TrainConfig, cache_dir: str | Path, label: str) -> Path:
     """``cache_dir/LABEL-HASH``: a changed config never reuses a stale run."""
     return Path(cache_dir) / f"{label}-{config_hash(cfg)}"
+
+
+def cached_run(cfg: TrainConfig, cache_dir: str | Path, label: str) -> Path | None:
+    """A complete run of ``cfg`` in ``cache_dir``: ``LABEL-HASH`` first, else any ``*-HASH``
+    (the same config trained under another label, e.g. by the story into a shared cache)."""
+    own = run_dir_for(cfg, cache_dir, label)
+    if is_complete(own):
+        return own
+    others = sorted(Path(cache_dir).glob(f"*-{config_hash(cfg)}")) if Path(cache_dir).is_dir() else []
+    return next((d for d in others if d.is_dir() and is_complete(d)), None)
 
 
 def ensure_run(cfg: TrainConfig, cache_dir: str | Path, label: str, *, progress: bool | None = None,
@@ -23,11 +45,12 @@ def ensure_run(cfg: TrainConfig, cache_dir: str | Path, label: str, *, progress:
     A cached run counts only if its ``summary.json`` exists (it is written last). A run that
     was interrupted resumes from its checkpoint; one whose checkpoint is unreadable restarts.
     """
-    run_dir = run_dir_for(cfg, cache_dir, label)
-    if (run_dir / "summary.json").exists():
+    cached = cached_run(cfg, cache_dir, label)
+    if cached is not None:
         if log:
-            log(f"reusing cached run {run_dir}")
-        return run_dir
+            log(f"reusing cached run {cached}")
+        return cached
+    run_dir = run_dir_for(cfg, cache_dir, label)
     resume = (run_dir / "checkpoint.pt").exists()
     try:
         train(cfg, run_dir, resume=resume, progress=progress, log=log)
@@ -36,3 +59,84 @@ def ensure_run(cfg: TrainConfig, cache_dir: str | Path, label: str, *, progress:
             raise
         train(cfg, run_dir, resume=False, progress=progress, log=log)
     return run_dir
+
+
+def ensure_sae_compare(run_dir: str | Path, cfg: SAEConfig, cache_dir: str | Path, *,
+                       log: Callable[[str], None] | None = None,
+                       train_log: Callable[[str], None] | None = None) -> tuple[Path, dict]:
+    """``(CACHE/sae-RUN-HASH, result)`` of Adam vs Muon SAEs trained on ``run_dir``'s residual
+    stream (:func:`muonclip.sae.compare.run_compare`), computed unless cached for this run and
+    SAE config. ``log`` gets one line; ``train_log`` the training's own progress (default: none)."""
+    out = Path(cache_dir) / f"sae-{Path(run_dir).name}-{sae_config_hash(cfg)}"
+    if (out / "compare.json").exists():
+        if log:
+            log(f"reusing cached SAE comparison {out.name}")
+        return out, sae_compare.load_compare(out)
+    if log:
+        log(f"training Adam and Muon SAEs on {Path(run_dir).name}")
+    result = sae_compare.run_compare(run_dir, cfg, out, progress=False, log=train_log or (lambda m: None),
+                                     tensorboard=False)
+    return out, result
+
+
+def train_command(preset: str, optimizer: str, overrides: list[str], out: str) -> str:
+    """The exact ``muonclip train`` command that reproduces one run."""
+    parts = ["python", "-m", "muonclip", "train", "--preset", preset, "--optimizer", optimizer]
+    for o in overrides:
+        parts += ["--set", o]
+    parts += ["--out", out]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+@dataclass
+class Run:
+    """One run of the reproduction: how it was asked for (preset, optimizer, overrides, the
+    resulting config) and what it measured (:class:`~muonclip.lab.rundir.RunData`)."""
+
+    label: str
+    preset: str
+    optimizer: str
+    overrides: list[str]
+    cfg: Any
+    data: RunData
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.data.rows
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data.run_dir
+
+    @property
+    def tau(self) -> float:
+        return self.cfg.optim.qk_clip_tau
+
+
+class Runner:
+    """The reproduction's runs, trained or reused once each: ``quick`` adds the presets'
+    ``QUICK_OVERRIDES`` and prefixes the labels with ``quick-``."""
+
+    def __init__(self, cache: Path, quick: bool, log: Callable[[str], None]):
+        self.cache, self.quick, self.log = Path(cache), quick, log
+        self.runs: dict[str, Run] = {}
+
+    def get(self, label: str, preset: str, optimizer: str, overrides: list[str] | None = None,
+            *, quick_key: str | None = None) -> Run:
+        overrides = list(overrides or [])
+        if self.quick:
+            overrides = overrides + presets.QUICK_OVERRIDES[quick_key or preset]
+            label = f"quick-{label}"
+        if label in self.runs:
+            return self.runs[label]
+        cfg = apply_overrides(get_preset(preset), [f"optim.optimizer={optimizer}", *overrides])
+        t0 = time.perf_counter()
+        self.log(f"[reproduce] {label}: {preset} / {optimizer} {' '.join(overrides)}")
+        data = load_run(ensure_run(cfg, self.cache, label, progress=False, log=self.log), label)
+        self.log(f"[reproduce] {label}: done in {time.perf_counter() - t0:.0f} s ({len(data.rows)} steps)")
+        run = Run(label, preset, optimizer, overrides, cfg, data)
+        self.runs[label] = run
+        return run
+
+    def command(self, run: Run) -> str:
+        return train_command(run.preset, run.optimizer, run.overrides, f"runs/{run.label}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .pipeline import StoryResult, run_story
+from .report import report_sections
+
 __all__ = ["settings", "make_story", "show"]
 
 
@@ -19,18 +22,14 @@ def settings() -> dict:
     }
 
 
-def make_story(quick: bool, out, cache):
+def make_story(quick: bool, out, cache) -> StoryResult:
     """Run (or reuse) the story; returns :class:`muonclip.story.pipeline.StoryResult`."""
-    from .pipeline import run_story
-
     return run_story(out, cache_dir=cache, quick=quick, progress=False)
 
 
 def show(result, section: str) -> None:
     """Display one section of the report (text with its numbers and figures) in the notebook."""
-    from IPython.display import HTML, display
-
-    from .report import report_sections
+    from IPython.display import HTML, display  # lazy: IPython is there only inside a notebook kernel
 
     sections = report_sections(result.out_dir, result.numbers)
     display(HTML(sections.get(section, f"<p>(no section {section!r})</p>")))

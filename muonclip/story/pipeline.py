@@ -1,11 +1,13 @@
-"""``muonclip story``: train (or reuse) the story's runs, draw every figure, write the report.
+"""``muonclip story``: get the story's runs, draw every figure, write the report.
 
     result = run_story("runs/story", cache_dir="runs/cache", quick=True)
     print(result.report)
 
-Runs are cached by config hash (:func:`muonclip.reproduce.ensure_run`), so a second call
-with the same plan only re-draws. Progress goes to stderr: an overall bar plus one line per
-run or figure.
+The story plans, reads and draws: its runs and the trade-off experiment are trained by
+:mod:`muonclip.reproduce` (:func:`~muonclip.reproduce.runner.ensure_run`,
+:func:`~muonclip.reproduce.tradeoff.ensure_tradeoff`) and cached by config hash, so a second
+call with the same plan only re-draws. Progress goes to stderr: an overall bar plus one line
+per run or figure.
 """
 from __future__ import annotations
 
@@ -18,9 +20,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..lab import apply_overrides
+from ..lab.io import atomic_write_text
+from ..lab.rundir import load_run
+from ..reproduce import tradeoff
+from ..reproduce.runner import ensure_run, ensure_sae_compare
+from ..sae import QUICK
+from ..sae.config import sae_config_hash
+from ..viz.style import fmt_g
+from .figures import FIGURES
+from .report import write_report
+from .runs import story_plan
+
 __all__ = ["StoryResult", "run_story", "STORY_FILES"]
 
-# Every file a complete story writes (l0.png only when the SAE package is present).
+# Every file a complete story writes (plus l0.png when the SAE chapter is drawn).
 STORY_FILES = (
     "adamw_singular_distortion.gif", "adam_vs_muon.gif", "spectral_entropy.png", "singular_values_goal.gif",
     "dragon.png", "dragon.gif", "rogue_heads.png", "guardrail.gif", "qk_clip_lifecycle.gif",
@@ -44,24 +62,12 @@ class StoryResult:
 
 
 def _sae_stage(runs: dict, cache_dir: Path, quick: bool, log: Callable[[str], None]):
-    """Adam vs Muon SAEs on the guardrail run's activations (cached); None when unavailable."""
-    try:
-        from ..lab.config import apply_overrides
-        from ..sae import QUICK
-        from ..sae.compare import run_compare
-        from ..sae.config import sae_config_hash
-    except ImportError:
-        return None, None, None
+    """Adam vs Muon SAEs on the guardrail run's activations (cached)."""
     source = runs.get("guardrail") or runs.get("dragon")
     cfg = QUICK
     if quick:
         cfg = apply_overrides(QUICK, ["steps=150", "n_tokens=16384", "n_eval_tokens=2048"])
-    out = cache_dir / f"sae-{source.run_id}-{sae_config_hash(cfg)}"
-    if not (out / "compare.json").exists():
-        log(f"training Adam and Muon SAEs on {source.run_id}")
-        run_compare(source.run_dir, cfg, out, progress=False, log=lambda m: None, tensorboard=False)
-    else:
-        log(f"reusing cached SAEs {out.name}")
+    out, _ = ensure_sae_compare(source.run_dir, cfg, cache_dir, log=log)
     dirs = {opt: out / opt for opt in ("adam", "muon") if (out / opt / "metrics.jsonl").exists()}
     prov = f"SAE {out.name} on run {source.run_id} | config {sae_config_hash(cfg)} | git {source.git_sha[:12]}"
     info = {"label": "sae", "roles": ["sae"], "run_id": out.name, "config_hash": sae_config_hash(cfg),
@@ -79,8 +85,6 @@ def run_story(out_dir: str | Path = "runs/story", *, cache_dir: str | Path = "ru
     machine, two threads of these small models stall whenever another process takes a core;
     None keeps torch's setting). Restored afterwards.
     """
-    import torch
-
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -92,15 +96,6 @@ def run_story(out_dir: str | Path = "runs/story", *, cache_dir: str | Path = "ru
 
 
 def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryResult:
-    from tqdm.auto import tqdm
-
-    from ..reproduce.runner import ensure_run
-    from . import tradeoff as T
-    from .figures import FIGURES
-    from .report import write_report
-    from .rundata import load_run
-    from .runs import story_plan
-
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -136,13 +131,13 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
         bar.update(1)
 
     bar.set_description("story: trade-off experiment")
-    tcfg = T.QUICK if quick else T.FULL
-    say(f"trade-off experiment (tool selection, tau {tcfg.tau:g} vs no clip, {tcfg.steps} steps x 2)")
+    tcfg = tradeoff.QUICK if quick else tradeoff.FULL
+    say(f"trade-off experiment (tool selection, tau {fmt_g(tcfg.tau)} vs no clip, {tcfg.steps} steps x 2)")
     t0 = time.perf_counter()
     git_sha = next(iter(runs.values())).git_sha if runs else None
     tbar = tqdm(total=2 * tcfg.steps, desc="trade-off", unit="step", disable=not show, leave=False,
                 dynamic_ncols=True)
-    tradeoff_result, tradeoff_dir = T.ensure_tradeoff(tcfg, cache_dir, git_sha=git_sha, progress=tbar.update)
+    tradeoff_result, tradeoff_dir = tradeoff.ensure_tradeoff(tcfg, cache_dir, git_sha=git_sha, progress=tbar.update)
     tbar.close()
     timings["tradeoff"] = time.perf_counter() - t0
     plan_info.append({"label": "tradeoff", "roles": ["tradeoff"], "run_id": tradeoff_dir.name,
@@ -222,12 +217,16 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
     return StoryResult(out_dir, report, numbers, files, errors, timings)
 
 
+# The code the figures and their numbers come from: changed code redraws every figure.
+_DRAWING_CODE = ("viz/*.py", "story/*.py", "reproduce/results.py", "lab/rundir.py")
+
+
 def _code_digest() -> str:
-    """Digest of the drawing code (viz/ and story/): figures drawn by other code are redrawn."""
+    """Digest of the drawing code (:data:`_DRAWING_CODE`)."""
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent.parent
-    for folder in ("viz", "story"):
-        for path in sorted((root / folder).glob("*.py")):
+    for pattern in _DRAWING_CODE:
+        for path in sorted(root.glob(pattern)):
             h.update(path.name.encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -254,14 +253,10 @@ def _previous(out_dir: Path, key: str) -> dict:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from ..lab.io import atomic_write_text
-
     atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:
-    import numpy as np
-
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

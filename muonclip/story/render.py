@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 from matplotlib.animation import Animation, PillowWriter
 from matplotlib.figure import Figure

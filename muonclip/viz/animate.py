@@ -12,7 +12,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.animation import FuncAnimation
 
-from .plots import COLORS, _finish, color_for, draw_dragon, draw_max_logit_panel, new_figure
+from .plots import draw_dragon, draw_max_logit_panel, finish, new_figure
+from .style import COLORS, color_for, fmt, fmt_pct
 
 __all__ = [
     "MIN_FRAMES", "frame_indices", "animate_spectrum_surface", "animate_spectra_side_by_side",
@@ -40,9 +41,11 @@ def frame_indices(n_points: int, frames: int) -> np.ndarray:
 
 
 def animate_spectrum_surface(steps: np.ndarray, values: np.ndarray, *, title: str, zlabel: str = "singular value",
-                             provenance=None, frames: int = 24, color: str = COLORS["adamw"]) -> FuncAnimation:
+                             top_over_median: Sequence[float] | None = None, provenance=None, frames: int = 24,
+                             color: str = COLORS["adamw"]) -> FuncAnimation:
     """3-D surface of singular values (index x step x value), revealed snapshot by snapshot
-    while the camera turns."""
+    while the camera turns. ``top_over_median[i]`` (σ_max / median σ of snapshot i) goes in
+    the title when given."""
     steps = np.asarray(steps)
     values = np.asarray(values, dtype=np.float64)  # [S, k]
     S, k = values.shape
@@ -66,21 +69,23 @@ def animate_spectrum_surface(steps: np.ndarray, values: np.ndarray, *, title: st
         ax.set_ylabel("step")
         ax.set_zlabel(zlabel)
         ax.view_init(elev=28, azim=-65 + 35 * f / max(1, len(idx) - 1))
-        ratio = values[n - 1, 0] / max(float(np.median(values[n - 1])), 1e-12)
-        ax.set_title(f"{title}\nstep {steps[n - 1]}: σ_max = {ratio:.1f} x median σ", fontsize=10)
+        ratio = "" if top_over_median is None else f": σ_max = {fmt(float(top_over_median[n - 1]), 1)} x median σ"
+        ax.set_title(f"{title}\nstep {steps[n - 1]}{ratio}", fontsize=10)
         return ()
 
     update(0)
-    _finish(fig, provenance)
+    finish(fig, provenance)
     return _animation(fig, update, len(idx))
 
 
 def animate_spectra_side_by_side(steps: np.ndarray, panels: Sequence[tuple[str, np.ndarray]], *, title: str,
                                  normalise: str = "max", ylabel: str | None = None, provenance=None,
-                                 frames: int = 24, reference: float | None = None) -> FuncAnimation:
+                                 frames: int = 24, reference: float | None = None,
+                                 entropies: Sequence[Sequence[float]] | None = None) -> FuncAnimation:
     """One panel per run (``(label, values [S, k])``, same snapshot steps), showing the sorted
     singular values at each snapshot. ``normalise="max"``: σ/σ_max; ``"mean"``: σ/mean(σ)
-    (a perfectly flat spectrum is then 1 everywhere)."""
+    (a perfectly flat spectrum is then 1 everywhere). ``entropies[panel][i]``, the normalised
+    spectral entropy of snapshot i, goes in the panel titles when given."""
     steps = np.asarray(steps)
     S = min(v.shape[0] for _, v in panels)
     n_frames = max(frames, MIN_FRAMES)
@@ -95,14 +100,13 @@ def animate_spectra_side_by_side(steps: np.ndarray, panels: Sequence[tuple[str, 
         return v / max(float(d), 1e-12)
 
     top = max(float(norm(v[i]).max()) for _, v in panels for i in range(S)) * 1.1
-    from ..story.analysis import normalized_entropy  # lazy: keeps viz importable on its own
 
     def update(f: int):
         lo = int(np.floor(pos[f]))
         hi = min(lo + 1, S - 1)
         w = float(pos[f] - lo)
         near = hi if w >= 0.5 else lo
-        for ax, (label, vals) in zip(axes, panels):
+        for j, (ax, (label, vals)) in enumerate(zip(axes, panels, strict=True)):
             ax.cla()
             v = (1 - w) * norm(vals[lo]) + w * norm(vals[hi])
             k = v.size
@@ -110,8 +114,8 @@ def animate_spectra_side_by_side(steps: np.ndarray, panels: Sequence[tuple[str, 
             ax.plot(np.arange(1, k + 1), v, color=color_for(label), lw=1.6, drawstyle="steps-mid")
             if reference is not None:
                 ax.axhline(reference, color=COLORS["tau"], ls=":", lw=1)
-            h = float(normalized_entropy(vals[near])[0])
-            ax.set_title(f"{label}\nentropy {h:.3f} at step {steps[near]} (1 = flat)", fontsize=10)
+            h = "" if entropies is None else f"entropy {fmt(float(entropies[j][near]), 3)} "
+            ax.set_title(f"{label}\n{h}at step {steps[near]}" + (" (1 = flat)" if h else ""), fontsize=10)
             ax.set_ylim(0, top)
             ax.set_xlabel("index i (sorted)")
             ax.grid(alpha=0.25)
@@ -122,7 +126,7 @@ def animate_spectra_side_by_side(steps: np.ndarray, panels: Sequence[tuple[str, 
         return ()
 
     update(0)
-    _finish(fig, provenance)
+    finish(fig, provenance)
     return _animation(fig, update, n_frames)
 
 
@@ -139,11 +143,11 @@ def animate_dragon(steps: np.ndarray, values: np.ndarray, tau: float, *,
         ax.cla()
         n = int(idx[f])
         draw_dragon(ax, steps, values, tau, upto=n, reference=reference, ymax=ymax)
-        ax.set_title(f"{title} - step {steps[n - 1]}: max logit {values[n - 1]:.1f}", fontsize=10)
+        ax.set_title(f"{title} - step {steps[n - 1]}: max logit {fmt(float(values[n - 1]), 1)}", fontsize=10)
         return ()
 
     update(0)
-    _finish(fig, provenance)
+    finish(fig, provenance)
     return _animation(fig, update, len(idx))
 
 
@@ -167,7 +171,7 @@ def animate_max_logit(steps: np.ndarray, values: np.ndarray, *, tau: float | Non
         n = int(idx[f])
         ax.cla()
         draw_max_logit_panel(ax, steps, values, tau=tau, upto=n, label=label, ghost=ghost, phases=phases, ymax=ymax)
-        ax.set_title(f"{title} - step {steps[n - 1]}: max logit {values[n - 1]:.1f}", fontsize=10)
+        ax.set_title(f"{title} - step {steps[n - 1]}: max logit {fmt(float(values[n - 1]), 1)}", fontsize=10)
         if axl is not None:
             axl.cla()
             ls, lv, ylabel = lower
@@ -183,7 +187,7 @@ def animate_max_logit(steps: np.ndarray, values: np.ndarray, *, tau: float | Non
         return ()
 
     update(0)
-    _finish(fig, provenance)
+    finish(fig, provenance)
     return _animation(fig, update, len(idx))
 
 
@@ -214,8 +218,8 @@ def animate_tradeoff(result: Mapping, *, provenance=None, frames: int = 24) -> F
             ax.set_xticklabels(probe_tokens, rotation=90, fontsize=6)
             ax.set_ylim(0, 1)
             layer, head = cur.get("best_head", ("?", "?"))
-            ax.set_title(f"{arm['label']}\nstep {cur['step']}: acc {cur['accuracy']:.0%}, "
-                         f"max logit {cur['max_logit']:.1f}", fontsize=9)
+            ax.set_title(f"{arm['label']}\nstep {cur['step']}: acc {fmt_pct(cur['accuracy'], 0)}, "
+                         f"max logit {fmt(cur['max_logit'], 1)}", fontsize=9)
             ax.set_ylabel(f"attention from '?' (layer {layer}, head {head})", fontsize=8)
             ax2 = axes[1, j]
             ax2.cla()
@@ -233,5 +237,5 @@ def animate_tradeoff(result: Mapping, *, provenance=None, frames: int = 24) -> F
         return ()
 
     update(0)
-    _finish(fig, provenance)
+    finish(fig, provenance)
     return _animation(fig, update, len(idx))

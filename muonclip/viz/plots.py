@@ -1,4 +1,4 @@
-"""Static figures of the story. Every function takes data and returns a matplotlib Figure.
+"""Static figures of the story: every function takes data and returns a matplotlib Figure.
 
 Nothing here reads or writes files: figures are built with the object-oriented API on an
 Agg canvas (no pyplot state), and saved by :mod:`muonclip.story.render`. Each figure can
@@ -13,30 +13,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from .style import COLORS, color_for, fmt, fmt_g
+
 __all__ = [
-    "COLORS", "new_figure", "add_provenance", "color_for",
+    "new_figure", "add_provenance", "finish", "decorate",
     "plot_max_logits", "plot_loss_vs_tokens", "plot_spectral_entropy", "plot_dragon", "draw_dragon",
     "plot_rogue_heads", "draw_max_logit_panel", "plot_tradeoff_summary",
 ]
 
-COLORS = {"adamw": "#1f6fb4", "muon": "#d62728", "muonclip": "#2a9d3a", "tau": "#444444",
-          "safe": "#d9f2d9", "danger": "#f9d6d5", "keyword": "#e08a00", "distractor": "#7f7f7f"}
-
-
-def color_for(name: str) -> str:
-    """Color of an optimizer (or a label containing its name)."""
-    low = name.lower()
-    for key in ("muonclip", "adamw", "muon"):
-        if key in low:
-            return COLORS[key]
-    if "clip" in low or "guard" in low or "life" in low:
-        return COLORS["muonclip"]
-    return "#555555"
-
-
-def new_figure(width: float = 8.0, height: float = 4.5, dpi: int = 100) -> Figure:
+def new_figure(width: float = 8.0, height: float = 4.5, dpi: int = 100, layout: str | None = None) -> Figure:
     """A Figure on its own Agg canvas (works the same in scripts, tests and notebooks)."""
-    fig = Figure(figsize=(width, height), dpi=dpi)
+    fig = Figure(figsize=(width, height), dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -52,10 +39,22 @@ def add_provenance(fig: Figure, text: str | Sequence[str] | None) -> Figure:
     return fig
 
 
-def _finish(fig: Figure, provenance, bottom: float | None = None) -> Figure:
+def finish(fig: Figure, provenance, bottom: float | None = None) -> Figure:
+    """Tight layout that leaves room for the provenance footer, then the footer."""
     n = 0 if not provenance else (1 if isinstance(provenance, str) else len(provenance))
     fig.tight_layout(rect=(0, bottom if bottom is not None else 0.02 + 0.022 * n, 1, 1))
     return add_provenance(fig, provenance)
+
+
+def decorate(ax, xlabel: str, ylabel: str, title: str = "", *, legend: bool = True, fontsize: float | None = None,
+             grid: float = 0.3, which: str = "major") -> None:
+    """Axis labels, title, a light grid and (unless ``legend=False``) the legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=grid, which=which)
+    if legend:
+        ax.legend(fontsize=fontsize)
 
 
 # ------------------------------------------------------------------------------ K2-style charts
@@ -70,15 +69,11 @@ def plot_max_logits(series: Mapping[str, tuple[np.ndarray, np.ndarray]], *, tau:
     for label, (steps, vals) in series.items():
         ax.plot(steps, vals, label=label, color=color_for(label), lw=1.6)
     if tau is not None:
-        ax.axhline(tau, color=COLORS["tau"], ls="--", lw=1, label=f"tau = {tau:g}")
+        ax.axhline(tau, color=COLORS["tau"], ls="--", lw=1, label=f"tau = {fmt_g(tau)}")
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("max logit (all heads)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    return _finish(fig, provenance)
+    decorate(ax, "step", "max logit (all heads)", title, fontsize=8, which="both")
+    return finish(fig, provenance)
 
 
 def plot_loss_vs_tokens(series: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -91,12 +86,8 @@ def plot_loss_vs_tokens(series: Mapping[str, tuple[np.ndarray, np.ndarray]],
         ax.plot(tokens, loss, label=f"{label} (train, smoothed)", color=color_for(label), lw=1.4)
     for label, (tokens, vloss) in (val or {}).items():
         ax.plot(tokens, vloss, "o", ms=4, color=color_for(label), label=f"{label} (val)")
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _finish(fig, provenance)
+    decorate(ax, "tokens", "loss (nats/token)", title, fontsize=8)
+    return finish(fig, provenance)
 
 
 def plot_spectral_entropy(series: Mapping[str, tuple[np.ndarray, list[str], np.ndarray]], *,
@@ -111,12 +102,8 @@ def plot_spectral_entropy(series: Mapping[str, tuple[np.ndarray, list[str], np.n
         for j in range(ent.shape[1]):
             ax.plot(steps, ent[:, j], color=c, lw=0.6, alpha=0.35)
         ax.plot(steps, ent.mean(axis=1), color=c, lw=2.4, label=f"{label}: mean of {len(names)} matrices")
-    ax.set_xlabel("step")
-    ax.set_ylabel("normalised spectral entropy H(σ)/ln k")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _finish(fig, provenance)
+    decorate(ax, "step", "normalised spectral entropy H(σ)/ln k", title, fontsize=8)
+    return finish(fig, provenance)
 
 
 # ------------------------------------------------------------------------------ the dragon
@@ -134,7 +121,7 @@ def draw_dragon(ax, steps: np.ndarray, values: np.ndarray, tau: float, *, upto: 
     ax.text(steps[0], tau * 0.5, "safe zone", fontsize=9, color="#2a7a2a", va="center")
     ax.text(steps[-1], min(top * 0.95, tau + (top - tau) * 0.9), "danger zone ", fontsize=9, color="#b02020",
             va="center", ha="right")
-    ax.text(steps[-1], tau, f" tau = {tau:g}", fontsize=8, va="bottom", ha="right", color=COLORS["tau"])
+    ax.text(steps[-1], tau, f" tau = {fmt_g(tau)}", fontsize=8, va="bottom", ha="right", color=COLORS["tau"])
     if reference is not None:
         rs, rv, rl = reference
         k = np.searchsorted(rs, steps[n - 1], side="right")
@@ -156,7 +143,7 @@ def plot_dragon(steps: np.ndarray, values: np.ndarray, tau: float, *,
     ax = fig.add_subplot()
     draw_dragon(ax, np.asarray(steps), np.asarray(values), tau, reference=reference)
     ax.set_title(title)
-    return _finish(fig, provenance)
+    return finish(fig, provenance)
 
 
 # ------------------------------------------------------------------------------ rogue heads
@@ -186,10 +173,10 @@ def plot_rogue_heads(head_logits: np.ndarray, layer: int, step: int, tau: float 
     colors = [COLORS["muon"] if a else "#9aa5b1" for a in above]
     ax1.bar(range(H), vals, color=colors)
     for h, v in enumerate(vals):
-        ax1.text(h, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+        ax1.text(h, v, fmt(float(v), 1), ha="center", va="bottom", fontsize=8)
     if tau is not None:
         ax1.axhline(tau, color=COLORS["tau"], ls="--", lw=1)
-        ax1.text(H - 0.5, tau, f"tau = {tau:g}", ha="right", va="bottom", fontsize=8)
+        ax1.text(H - 0.5, tau, f"tau = {fmt_g(tau)}", ha="right", va="bottom", fontsize=8)
     ax1.set_xticks(range(H))
     ax1.set_xlabel(f"head of layer {layer}")
     ax1.set_ylabel("max pre-softmax logit")
@@ -198,7 +185,7 @@ def plot_rogue_heads(head_logits: np.ndarray, layer: int, step: int, tau: float 
                   fontsize=10)
     fig.suptitle(f"Rogue heads{(' - ' + run_label) if run_label else ''} ({why})" if why else "Rogue heads",
                  fontsize=10)
-    return _finish(fig, provenance)
+    return finish(fig, provenance)
 
 
 # ------------------------------------------------------------------------------ guardrail / lifecycle panels
@@ -223,7 +210,7 @@ def draw_max_logit_panel(ax, steps: np.ndarray, values: np.ndarray, *, tau: floa
         k = np.searchsorted(gs, steps[n - 1], side="right")
         ax.plot(gs[:k], gv[:k], color=color_for(gl), lw=1.2, alpha=0.45, label=gl)
     if tau is not None:
-        ax.axhline(tau, color=COLORS["tau"], ls="--", lw=1, label=f"tau = {tau:g}")
+        ax.axhline(tau, color=COLORS["tau"], ls="--", lw=1, label=f"tau = {fmt_g(tau)}")
     ax.plot(steps[:n], values[:n], color=color, lw=1.8, label=label)
     ax.plot([steps[n - 1]], [values[n - 1]], "o", color=color, ms=5)
     ax.set_xlim(steps[0], steps[-1])
@@ -248,14 +235,10 @@ def plot_tradeoff_summary(result: Mapping, *, provenance=None) -> Figure:
         ax1.plot(steps, [s["keyword_attention"] for s in snaps], color=c, lw=1.8, label=f"{arm['label']}: keyword")
         ax1.plot(steps, [s["distractor_attention"] for s in snaps], color=c, lw=1.2, ls="--",
                  label=f"{arm['label']}: each distractor")
-    ax0.set_title("tool-selection accuracy (held-out prompts)", fontsize=10)
-    ax0.set_xlabel("step")
     ax0.set_ylim(-0.02, 1.02)
-    ax0.grid(alpha=0.3)
-    ax0.legend(fontsize=8)
-    ax1.set_title("attention from the answer position", fontsize=10)
-    ax1.set_xlabel("step")
+    decorate(ax0, "step", "", "", fontsize=8)
+    ax0.set_title("tool-selection accuracy (held-out prompts)", fontsize=10)
     ax1.set_ylim(0, 1)
-    ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=7)
-    return _finish(fig, provenance)
+    decorate(ax1, "step", "", "", fontsize=7)
+    ax1.set_title("attention from the answer position", fontsize=10)
+    return finish(fig, provenance)

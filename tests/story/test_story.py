@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from muonclip.story import tradeoff as T
-from muonclip.story.pipeline import STORY_FILES, run_story
-from muonclip.story.runs import REQUIRED_ROLES, story_plan
+pytest.importorskip("matplotlib")
+from muonclip.lab.rundir import load_run  # noqa: E402
+from muonclip.reproduce import tradeoff  # noqa: E402
+from muonclip.story.pipeline import STORY_FILES, run_story  # noqa: E402
+from muonclip.story.runs import REQUIRED_ROLES, story_plan  # noqa: E402
 
 # The first test to use the shared quick story pays for training it.
 pytestmark = pytest.mark.timeout(1200)
@@ -47,8 +49,6 @@ def test_gifs_are_animations_and_pngs_carry_provenance(quick_story):
 
 
 def test_numbers_come_from_the_runs(quick_story):
-    from muonclip.story.rundata import load_run
-
     result, out, cache = quick_story
     numbers = json.loads((out / "numbers.json").read_text())
     plan = {p["label"]: p for p in numbers["plan"]}
@@ -84,7 +84,7 @@ def test_second_story_reuses_runs_and_figures(quick_story, monkeypatch, tmp_path
         return wrapper
 
     monkeypatch.setattr(runner, "train", counted("train", runner.train))
-    monkeypatch.setattr(T, "run_tradeoff", counted("tradeoff", T.run_tradeoff))
+    monkeypatch.setattr(tradeoff, "run_tradeoff", counted("tradeoff", tradeoff.run_tradeoff))
     monkeypatch.setattr(sae_compare, "run_compare", counted("sae", sae_compare.run_compare))
     for spec in figures.FIGURES:
         monkeypatch.setattr(spec, "fn", counted(f"figure:{spec.key}", spec.fn))
@@ -103,15 +103,7 @@ def test_second_story_reuses_runs_and_figures(quick_story, monkeypatch, tmp_path
         assert numbers_again.get(spec.key) == numbers.get(spec.key), spec.key
 
     # the count does see a launch: a trade-off missing from a cache is computed
-    tiny = dataclasses.replace(T.QUICK, steps=6, snapshot_every=3, n_eval=32, n_probe=8, d_model=16)
-    T.ensure_tradeoff(tiny, tmp_path)
+    tiny = dataclasses.replace(tradeoff.QUICK, steps=6, snapshot_every=3, n_eval=32, n_probe=8, d_model=16)
+    tradeoff.ensure_tradeoff(tiny, tmp_path)
     assert started == ["tradeoff"]
 
-
-def test_tradeoff_is_deterministic():
-    cfg = dataclasses.replace(T.QUICK, steps=6, snapshot_every=3, n_eval=32, n_probe=8, d_model=16)
-    a, b = T.run_arm(cfg, clip=True), T.run_arm(cfg, clip=True)
-    assert a == b
-    assert len(a["snapshots"]) == 3
-    s = a["snapshots"][-1]
-    assert 0 <= s["keyword_attention"] <= 1 and 0 <= s["accuracy"] <= 1

@@ -1,4 +1,4 @@
-"""A real trade-off experiment: does a low QK-Clip tau hurt a task that needs sharp attention?
+"""The trade-off experiment: does a low QK-Clip tau hurt a task that needs sharp attention?
 
 The task is synthetic tool selection. A prompt is ``seq_len`` tokens: distractor words and
 exactly one keyword, then a query marker ``?``. Keyword ``i`` means tool ``i``; at the marker
@@ -9,10 +9,11 @@ Two arms train the same tiny GPT from the same init on the same batches: MuonCli
 tau and vanilla Muon (no clip). At snapshot steps we measure, on fixed probe prompts, the
 softmax attention from the marker position (``model.attention_logits`` softmaxed) to the
 keyword and to each distractor, held-out accuracy, and the max logit. The conclusion is
-whatever these numbers show; :func:`summarize` states it.
+whatever these numbers show; :func:`muonclip.reproduce.results.tradeoff_summary` states it.
 
-Deterministic: seeded init, seeded batches, single-threaded math is not required (results
-are cached by config hash in the story's cache directory).
+Deterministic: seeded init, seeded batches, single-threaded math is not required. Results
+are cached by config hash (``CACHE/tradeoff-HASH/result.json``) like the lab runs; the story
+asks for them through :func:`ensure_tradeoff` and only draws them.
 """
 from __future__ import annotations
 
@@ -25,26 +26,37 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
-__all__ = ["TradeoffConfig", "QUICK", "FULL", "make_prompts", "run_arm", "run_tradeoff", "ensure_tradeoff",
-           "summarize"]
+from ..lab.io import atomic_write_json
+from ..models import GPT, GPTConfig
+from ..optim import MuonClip, build_param_groups
+from ..viz.style import fmt_g
+
+__all__ = ["TradeoffConfig", "QUICK", "FULL", "make_prompts", "run_arm", "run_tradeoff", "ensure_tradeoff"]
 
 
 @dataclass(frozen=True)
 class TradeoffConfig:
+    """The task, the model, the training of both arms and what is measured; :meth:`hash` names the cache."""
+
+    # the task
     n_tools: int = 8
     n_distractors: int = 48
     seq_len: int = 16           # prompt words before the "?" marker
+    # the model
     d_model: int = 32
     n_layer: int = 2
     n_head: int = 4
+    # training (both arms)
     batch_size: int = 64
     steps: int = 400
+    # the optimizers: Muon for the hidden matrices, AdamW for the rest; QK-Clip in one arm
     lr: float = 0.02
     adamw_lr: float = 3e-3
     weight_decay: float = 0.0
     tau: float = 2.0            # the "low" tau of the clipped arm
+    # measurement
     snapshot_every: int = 20
     n_probe: int = 64
     n_eval: int = 512
@@ -66,20 +78,13 @@ QUICK = dataclasses.replace(FULL, steps=160, snapshot_every=10, n_eval=256)
 QUERY = 0
 
 
-def tool_id(cfg: TradeoffConfig, i: int) -> int:
-    return 1 + i
-
-
-def keyword_id(cfg: TradeoffConfig, i: int) -> int:
-    return 1 + cfg.n_tools + i
-
-
 def token_names(cfg: TradeoffConfig) -> list[str]:
     names = ["?"] + [f"T{i}" for i in range(cfg.n_tools)] + [f"K{i}" for i in range(cfg.n_tools)]
     return names + [f"d{i}" for i in range(cfg.n_distractors)]
 
 
-def make_prompts(cfg: TradeoffConfig, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_prompts(cfg: TradeoffConfig, n: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(idx [n, seq_len+1], target tool token [n], keyword position [n])``."""
     first_d = 1 + 2 * cfg.n_tools
     words = torch.randint(first_d, first_d + cfg.n_distractors, (n, cfg.seq_len), generator=generator)
@@ -91,9 +96,6 @@ def make_prompts(cfg: TradeoffConfig, n: int, generator: torch.Generator) -> tup
 
 
 def _build(cfg: TradeoffConfig, clip: bool):
-    from ..models import GPT, GPTConfig
-    from ..optim import MuonClip, build_param_groups
-
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, seq_len=cfg.seq_len + 1))
@@ -156,7 +158,7 @@ def run_arm(cfg: TradeoffConfig, clip: bool, *, progress: Callable[[int], None] 
     for step in range(1, cfg.steps + 1):
         idx, target, _ = make_prompts(cfg, cfg.batch_size, g_train)
         logits, _ = model(idx)
-        loss = F.cross_entropy(logits[:, -1, :], target)
+        loss = functional.cross_entropy(logits[:, -1, :], target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -175,7 +177,7 @@ def run_tradeoff(cfg: TradeoffConfig, *, progress: Callable[[int], None] | None 
     """Both arms; a JSON-able result with the probe prompt 0 for pictures."""
     t0 = time.perf_counter()
     arms = []
-    for clip, optimizer, label in ((True, "muonclip", f"MuonClip (tau = {cfg.tau:g})"),
+    for clip, optimizer, label in ((True, "muonclip", f"MuonClip (tau = {fmt_g(cfg.tau)})"),
                                    (False, "muon", "Muon (no clip)")):
         arm = run_arm(cfg, clip, progress=progress)
         arms.append({"label": label, "optimizer": optimizer, "clip": clip, **arm})
@@ -202,38 +204,6 @@ def ensure_tradeoff(cfg: TradeoffConfig, cache_dir: str | Path, *, git_sha: str 
     result["run_id"] = run_dir.name
     result["git_sha"] = git_sha
     run_dir.mkdir(parents=True, exist_ok=True)
-    from ..lab.io import atomic_write_json
-
     atomic_write_json(path, result)
     return result, run_dir
 
-
-def summarize(result: dict) -> dict:
-    """Final numbers of each arm and a one-sentence conclusion drawn from them."""
-    out = {}
-    for arm in result["arms"]:
-        last = arm["snapshots"][-1]
-        reach = next((s["step"] for s in arm["snapshots"] if s["accuracy"] >= 0.9), None)
-        out[arm["optimizer"]] = {
-            "label": arm["label"], "accuracy": last["accuracy"], "keyword_attention": last["keyword_attention"],
-            "distractor_attention": last["distractor_attention"], "margin": last["margin"],
-            "max_logit": last["max_logit"], "steps_to_90": reach, "loss": last["loss"], "clipped_steps": arm.get("clipped_steps", 0),
-            "peak_max_logit": max(s["max_logit"] for s in arm["snapshots"]),
-        }
-    c, m = out.get("muonclip"), out.get("muon")
-    if c and m:
-        d_acc = c["accuracy"] - m["accuracy"]
-        if abs(d_acc) < 0.02:
-            acc = f"accuracy was the same ({c['accuracy']:.1%} with the clip, {m['accuracy']:.1%} without)"
-        else:
-            acc = (f"accuracy was {'lower' if d_acc < 0 else 'higher'} with the clip "
-                   f"({c['accuracy']:.1%} vs {m['accuracy']:.1%})")
-        d_margin = c["margin"] - m["margin"]
-        if abs(d_margin) < 0.05:
-            att = f"attention on the keyword was about as sharp (margin {c['margin']:.2f} vs {m['margin']:.2f})"
-        else:
-            att = (f"attention on the keyword was {'flatter' if d_margin < 0 else 'sharper'} with the clip "
-                   f"(keyword weight {c['keyword_attention']:.2f} vs {m['keyword_attention']:.2f}; "
-                   f"margin over a distractor {c['margin']:.2f} vs {m['margin']:.2f})")
-        out["conclusion"] = f"At tau = {result['config']['tau']:g}, {acc}; {att}."
-    return out

@@ -1,0 +1,87 @@
+"""docs/results.md and report.html, made from the same quick runs, print the same numbers.
+
+Every number report.html shares with results.md carries ``data-q="KEY"``; this test reads each
+one and finds the same text in results.md's tables (written by ``muonclip reproduce --quick``
+from the story's run cache, so both read the very same run directories).
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+# The first test to use the shared quick story pays for training it.
+pytestmark = pytest.mark.timeout(1200)
+
+pytest.importorskip("matplotlib")
+
+
+def _tables(md: str) -> dict[str, dict[str, str]]:
+    """``{section title: {quantity: value}}`` of the two-column tables of results.md."""
+    out: dict[str, dict[str, str]] = {}
+    title = ""
+    for line in md.splitlines():
+        if line.startswith("## "):
+            title = line[3:]
+            out[title] = {}
+        m = re.fullmatch(r"\| (.+?) \| (.+?) \|", line)
+        if m and title:
+            out[title][m.group(1)] = m.group(2)
+    return out
+
+
+def _part(value: str, i: int) -> str:
+    """The i-th number of a cell like ``85 / 300 of 300`` or ``32 / 32 (100.0%)``."""
+    return re.findall(r"[-+]?[\d,]*\.?\d+(?:e[-+]\d+)?", value)[i]
+
+
+# report.html key -> (results.md section, quantity, which number of the cell)
+WHERE = {
+    "dragon.muon.start": ("The dragon", "Muon: max logit at step 1 / peak / final", 0),
+    "dragon.muon.peak": ("The dragon", "Muon: max logit at step 1 / peak / final", 1),
+    "dragon.muon.final": ("The dragon", "Muon: max logit at step 1 / peak / final", 2),
+    "dragon.muon.growth": ("The dragon", "Muon: growth factor (peak / step 1)", 0),
+    "dragon.adamw.peak": ("The dragon", "AdamW: max logit at step 1 / peak / final", 1),
+    "dragon.adamw.final": ("The dragon", "AdamW: max logit at step 1 / peak / final", 2),
+    "dragon.muon.final_val": ("The dragon", "Muon: final val loss", 0),
+    "dragon.adamw.final_val": ("The dragon", "AdamW: final val loss", 0),
+    "guardrail.tau": ("The guardrail", "tau", 0),
+    "guardrail.first_clip": ("The guardrail", "first clip / last clip (step)", 0),
+    "guardrail.steps": ("The guardrail", "first clip / last clip (step)", 2),
+    "guardrail.clip_steps": ("The guardrail", "steps with a clip", 0),
+    "guardrail.max_after_first_clip": ("The guardrail", "peak max logit after the first clip", 0),
+    "guardrail.heads_ever": ("The guardrail", "heads ever clipped", 0),
+    "guardrail.heads_total": ("The guardrail", "heads ever clipped", 1),
+    "guardrail.final_val": ("The guardrail", "final val loss: MuonClip / Muon / AdamW", 0),
+    "lifecycle.tau": ("The lifecycle", "tau", 0),
+    "lifecycle.first_clip": ("The lifecycle", "first clip / last clip (step)", 0),
+    "lifecycle.last_clip": ("The lifecycle", "first clip / last clip (step)", 1),
+    "lifecycle.steps": ("The lifecycle", "first clip / last clip (step)", 2),
+    "lifecycle.final_over_tau": ("The lifecycle", "final max logit / tau", 0),
+    "lifecycle.heads_ever": ("The lifecycle", "heads ever clipped", 0),
+    "lifecycle.heads_total": ("The lifecycle", "heads ever clipped", 1),
+}
+
+
+def test_results_md_and_report_html_print_the_same_numbers(quick_story, tmp_path):
+    from muonclip.reproduce.report import main
+
+    result, out, cache = quick_story
+    assert result.ok, result.errors
+    md_path = main(only=["dragon", "guardrail", "lifecycle"], quick=True, cache=cache, out=tmp_path,
+                   determinism=False, log=lambda m: None)
+    tables = _tables(md_path.read_text(encoding="utf-8"))
+    html = (out / "report.html").read_text(encoding="utf-8")
+    shown = re.findall(r'<span (?:class="num" )?data-q="([^"]+)">([^<]*)</span>', html)
+    unknown = sorted({key for key, _ in shown} - set(WHERE))
+    assert not unknown, f"report.html names numbers this test does not know: {unknown}"
+    compared = set()
+    for key, text in shown:
+        prefix, quantity, i = WHERE[key]
+        section = next(t for title, t in tables.items() if title.startswith(prefix))
+        assert text == _part(section[quantity], i), (key, text, section[quantity])
+        compared.add(key)
+    # the shared quantities of the dragon, guardrail and lifecycle chapters are all compared
+    assert {"dragon.muon.peak", "dragon.muon.growth", "dragon.muon.start", "guardrail.heads_ever",
+            "guardrail.first_clip", "guardrail.max_after_first_clip", "guardrail.final_val", "lifecycle.first_clip",
+            "lifecycle.last_clip", "lifecycle.final_over_tau", "lifecycle.heads_ever"} <= compared
