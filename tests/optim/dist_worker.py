@@ -44,6 +44,26 @@ def make_optimizer(model: GPT) -> MuonClip:
                     qk_clip_spec=model.qk_clip_spec(), max_logits_fn=model.max_logits)
 
 
+# The 2026 options all at once (tests/optim/test_distributed.py): a custom two-iteration
+# schedule, Cautious Weight Decay on both algorithms, NorMuon (its per-row state is sharded
+# like the rows under FSDP2: gate/up have 45 rows, 23 + 22) and per-head q/k/v/o blocks.
+VARIANT_COEFFS = ((3.0, -3.2, 1.2), (2.0, -1.5, 0.5))
+VARIANT_STATE = "blocks.0.mlp.gate_proj.weight"
+
+
+def make_variant_optimizer(model: GPT) -> MuonClip:
+    groups = build_param_groups(model, lr=0.02, weight_decay=0.1, adamw_lr=3e-3,
+                                head_blocks=model.head_blocks(include_output=True))
+    return MuonClip(groups, lr=0.02, weight_decay=0.1, qk_clip_tau=TAU, qk_clip_spec=model.qk_clip_spec(),
+                    max_logits_fn=model.max_logits, orthogonalizer=VARIANT_COEFFS, cautious_weight_decay=True,
+                    normuon=True, normuon_beta2=0.9)
+
+
+def _second_moment(model: GPT, opt: MuonClip) -> torch.Tensor:
+    v = opt.state[dict(model.named_parameters())[VARIANT_STATE]]["normuon_second_moment"]
+    return (v.full_tensor() if optim_dist.is_dtensor(v) else v).detach().clone()
+
+
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1000 + step)
     b = torch.randint(0, CFG["vocab_size"], (BATCH, CFG["seq_len"] + 1), generator=g)
@@ -81,6 +101,14 @@ def reference() -> dict:
     opt = make_optimizer(model)
     clipped = run_steps(model, opt, 0, STEPS)
     return {"params": full_params(model), "clipped": clipped}
+
+
+def reference_variants() -> dict:
+    """The same for :func:`make_variant_optimizer`."""
+    model = make_model()
+    opt = make_variant_optimizer(model)
+    clipped = run_steps(model, opt, 0, STEPS)
+    return {"params": full_params(model), "clipped": clipped, "second_moment": _second_moment(model, opt)}
 
 
 # -- scenarios ------------------------------------------------------------------------------
@@ -319,9 +347,52 @@ def scenario_dcp_sched(rank: int, world: int, outdir: Path) -> dict:
     return out
 
 
+def scenario_ddp_variants(rank: int, world: int) -> dict:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = make_model()
+    ddp = DDP(model)
+    opt = make_variant_optimizer(model)
+    clipped = run_steps(ddp, opt, 0, STEPS, rank, world)
+    return {"params": full_params(model), "clipped": clipped, "second_moment": _second_moment(model, opt)}
+
+
+def scenario_fsdp_variants(rank: int, world: int, outdir: Path) -> dict:
+    """FSDP2 with every option: 3 steps, a torch.distributed.checkpoint save, 2 more steps; then
+    a fresh model and optimizer resume from the checkpoint and take the same 2 steps."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    ckpt = outdir / "dcp_variants_ckpt"
+    model = _fsdp(make_model())
+    opt = make_variant_optimizer(model)
+    clipped = run_steps(model, opt, 0, 3, rank, world)
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(ckpt))
+    dist.barrier()
+    clipped += run_steps(model, opt, 3, STEPS, rank, world)
+    v = opt.state[dict(model.named_parameters())[VARIANT_STATE]]["normuon_second_moment"]
+    out = {"params": full_params(model), "clipped": clipped, "second_moment": _second_moment(model, opt),
+           "second_moment_placements": str(v.placements) if optim_dist.is_dtensor(v) else None,
+           "second_moment_local_rows": optim_dist.local(v).shape[0]}
+    model2 = _fsdp(make_model(seed=123))
+    opt2 = make_variant_optimizer(model2)
+    opt2.init_state()
+    msd2, osd2 = get_state_dict(model2, opt2)
+    state = {"model": msd2, "optim": osd2}
+    dcp.load(state, checkpoint_id=str(ckpt))
+    set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    run_steps(model2, opt2, 3, STEPS, rank, world)
+    out["resumed"] = full_params(model2)
+    out["resumed_second_moment"] = _second_moment(model2, opt2)
+    return out
+
+
 SCENARIOS = {"ddp": scenario_ddp, "fsdp": scenario_fsdp, "none_grad": scenario_none_grad, "dcp": scenario_dcp,
-             "empty_shard": scenario_empty_shard, "dcp_sched": scenario_dcp_sched}
-_NEEDS_OUTDIR = {"dcp", "dcp_sched"}
+             "empty_shard": scenario_empty_shard, "dcp_sched": scenario_dcp_sched,
+             "ddp_variants": scenario_ddp_variants, "fsdp_variants": scenario_fsdp_variants}
+_NEEDS_OUTDIR = {"dcp", "dcp_sched", "fsdp_variants"}
 
 
 def _worker(rank: int, world: int, outdir: str, scenarios: list[str]) -> None:

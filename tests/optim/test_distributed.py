@@ -100,7 +100,7 @@ def _load(out: Path, name: str) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    return _run_worker(tmp_path_factory.mktemp("dist"), "ddp,fsdp,dcp")
+    return _run_worker(tmp_path_factory.mktemp("dist"), "ddp,fsdp,dcp,ddp_variants,fsdp_variants")
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +144,44 @@ def test_fsdp2_dcp_checkpoint_resumes_bit_exactly(runs):
         for name, p in r["continued"].items():
             assert torch.equal(p, r["resumed"][name]), name
         assert torch.equal(*r["momentum"])
+
+
+@pytest.fixture(scope="module")
+def ref_variants():
+    return W.reference_variants()
+
+
+def test_ddp_with_every_option_matches_single_process(runs, ref_variants):
+    """Custom schedule, Cautious Weight Decay, NorMuon and per-head blocks under DDP: the same
+    parameters as one process on the full batch, replicas bit-identical, and every rank keeps
+    the same NorMuon state (it normalises the gathered directions itself)."""
+    r0, r1 = _load(runs, "ddp_variants")
+    _assert_params_close(r0["params"], ref_variants["params"])
+    for name in r0["params"]:
+        assert torch.equal(r0["params"][name], r1["params"][name]), name
+    assert r0["clipped"] == r1["clipped"] == ref_variants["clipped"]
+    assert torch.equal(r0["second_moment"], r1["second_moment"])
+    torch.testing.assert_close(r0["second_moment"], ref_variants["second_moment"], rtol=1e-4, atol=1e-9)
+    assert ref_variants["second_moment"].shape == (CFG_D_FF, 1) and ref_variants["second_moment"].abs().min() > 0
+
+
+def test_fsdp2_with_every_option_matches_single_process_and_resumes(runs, ref_variants):
+    """The same under FSDP2: the NorMuon state is a Shard(0) DTensor whose row blocks match the
+    parameter's (23 + 22 rows), its Frobenius rescale sums over ranks, and a DCP resume into a
+    fresh model and optimizer continues bit for bit."""
+    r0, r1 = _load(runs, "fsdp_variants")
+    _assert_params_close(r0["params"], ref_variants["params"])
+    assert r0["clipped"] == r1["clipped"] == ref_variants["clipped"]
+    assert r0["second_moment_placements"] == "(Shard(dim=0),)"
+    assert (r0["second_moment_local_rows"], r1["second_moment_local_rows"]) == (23, 22)
+    torch.testing.assert_close(r0["second_moment"], ref_variants["second_moment"], rtol=1e-4, atol=1e-9)
+    for r in (r0, r1):
+        for name, p in r["params"].items():
+            assert torch.equal(p, r["resumed"][name]), name
+        assert torch.equal(r["second_moment"], r["resumed_second_moment"])
+
+
+CFG_D_FF = W.CFG["d_ff"]
 
 
 def test_grad_none_on_one_rank_does_not_hang(tmp_path):
