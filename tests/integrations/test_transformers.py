@@ -407,7 +407,8 @@ def test_gradient_accumulation_eval_pause_and_remove():
     model = make_model("llama", "sdpa")
     ref = Reference(model)
     handle = enable_qk_clip(model)
-    assert ml.eager_attention_forward is not orig_eager and ALL_ATTENTION_FUNCTIONS["sdpa"] is not orig_sdpa
+    assert model.config._attn_implementation == "muonclip_sdpa"  # the registered wrapper, by name
+    assert ml.eager_attention_forward is orig_eager and ALL_ATTENTION_FUNCTIONS["sdpa"] is orig_sdpa  # none patched
     b1, b2 = make_batch(seed=3), make_batch(seed=4, pad="left")
     refs = []
     for b in (b1, b2):
@@ -428,32 +429,117 @@ def test_gradient_accumulation_eval_pause_and_remove():
     with pytest.raises(RuntimeError, match="already enabled"):
         enable_qk_clip(model)
     handle.remove()
+    assert model.config._attn_implementation == "sdpa"
     assert ml.eager_attention_forward is orig_eager and ALL_ATTENTION_FUNCTIONS["sdpa"] is orig_sdpa
     handle.remove()  # idempotent
+    assert model.config._attn_implementation == "sdpa"
 
 
-def test_two_models_share_the_patches():
+def test_two_models_track_independently_and_restore():
     import transformers.models.llama.modeling_llama as ml
 
     orig = ml.eager_attention_forward
     m1, m2 = make_model("llama", "eager"), make_model("llama", "eager")
     h1, h2 = enable_qk_clip(m1), enable_qk_clip(m2)
+    assert m1.config._attn_implementation == m2.config._attn_implementation == "muonclip_eager"
     b = make_batch()
     with torch.no_grad():
         m1(**b)
     assert h1.observed_forwards == 1 and h2.observed_forwards == 0
     h1.remove()
+    assert m1.config._attn_implementation == "eager" and m2.config._attn_implementation == "muonclip_eager"
     with torch.no_grad():
         m2(**b)
     assert h2.observed_forwards == 1
     h2.remove()
-    assert ml.eager_attention_forward is orig
-    h3 = enable_qk_clip(m1)  # a dropped handle unregisters itself and restores the patches
-    assert ml.eager_attention_forward is not orig
+    assert m2.config._attn_implementation == "eager"
+    h3 = enable_qk_clip(m1)  # a dropped handle unregisters itself and restores the implementation
+    assert m1.config._attn_implementation == "muonclip_eager"
     del h3
     gc.collect()
-    assert ml.eager_attention_forward is orig
+    assert m1.config._attn_implementation == "eager"
     enable_qk_clip(m1).remove()
+    assert ml.eager_attention_forward is orig  # never patched
+
+
+def test_models_sharing_a_config_keep_it_switched_until_the_last_handle():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**{**COMMON, "num_key_value_heads": 2})
+    m1, m2 = LlamaForCausalLM(cfg).train(), LlamaForCausalLM(cfg).train()
+    assert m1.config is m2.config is cfg and cfg._attn_implementation == "sdpa"  # transformers keeps the object
+    b = make_batch()
+    h1, h2 = enable_qk_clip(m1), enable_qk_clip(m2)
+    assert cfg._attn_implementation == "muonclip_sdpa"
+    with torch.no_grad():
+        m1(**b), m2(**b)
+    assert h1.observed_forwards == h2.observed_forwards == 1
+    h1.remove()
+    assert cfg._attn_implementation == "muonclip_sdpa"  # m2 still needs it
+    with torch.no_grad():
+        m1(**b), m2(**b)  # m1's layers are no longer tracked: straight through
+    assert h2.observed_forwards == 2
+    h2.remove()
+    assert cfg._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_tracked_implementations_return_the_original_outputs(impl):
+    """muonclip_<impl> delegates to <impl> with the same mask: outputs bit for bit."""
+    for family in ("mistral", "deepseek_v3"):
+        model = make_model(family, impl)
+        batch = make_batch(pad="left")
+        with torch.no_grad():
+            want = model(**batch).logits
+            with enable_qk_clip(model) as handle:
+                assert model.config._attn_implementation == f"muonclip_{impl}"
+                assert f"muonclip_{impl}" in transformers.AttentionInterface()
+                assert f"muonclip_{impl}" in transformers.AttentionMaskInterface()
+                got = model(**batch).logits
+                assert handle.observed_forwards == 1
+            assert model.config._attn_implementation == impl
+            again = model(**batch).logits
+        assert torch.equal(got, want) and torch.equal(again, want)
+
+
+def test_switch_uses_set_attn_implementation():
+    model = make_model("llama", "eager")
+    calls, setter = [], model.set_attn_implementation
+
+    def spy(impl, *args, **kwargs):
+        calls.append(impl)
+        return setter(impl, *args, **kwargs)
+
+    model.set_attn_implementation = spy
+    with enable_qk_clip(model):
+        assert calls == [{"": "muonclip_eager"}]
+    assert calls == [{"": "muonclip_eager"}, {"": "eager"}] and model.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("family,impl", [("llama", "sdpa"), ("deepseek_v3", "eager")])
+def test_switch_without_set_attn_implementation_sets_the_config(family, impl, monkeypatch):
+    """A model without the public setter gets config._attn_implementation set directly."""
+    model = make_model(family, impl)
+    monkeypatch.delattr(transformers.PreTrainedModel, "set_attn_implementation")
+    assert not hasattr(model, "set_attn_implementation")
+    batch = make_batch()
+    ref = Reference(model)
+    with enable_qk_clip(model) as handle, torch.no_grad(), ref.capture():
+        assert model.config._attn_implementation == f"muonclip_{impl}"
+        model(**batch)
+        assert_close_logits(handle.max_logits(), ref.max_logits(batch["attention_mask"]))
+    assert model.config._attn_implementation == impl
+
+
+def test_implementation_switched_by_the_user_stops_tracking_and_is_kept():
+    model = make_model("llama", "sdpa")
+    handle = enable_qk_clip(model)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        model(**make_batch())
+    with pytest.raises(RuntimeError, match="no max logits recorded"):
+        handle.max_logits()
+    handle.remove()
+    assert model.config._attn_implementation == "eager"
 
 
 @pytest.mark.slow  # torch.compile of flex attention and its block mask: ~40 s on 2 cores
@@ -489,8 +575,10 @@ def test_wrapper_reads_positional_scaling_and_float_masks():
     future = ~torch.ones(7, 7, dtype=torch.bool).tril()
     mask = torch.zeros(2, 1, 7, 7).masked_fill(future, torch.finfo(torch.float32).min)
     with enable_qk_clip(model) as handle:
-        ml.eager_attention_forward(attn, q, k, k, mask, 0.5)  # scaling passed positionally
+        tracked = ALL_ATTENTION_FUNCTIONS["muonclip_eager"]  # the registered wrapper, delegating to ml's eager
+        out, _ = tracked(attn, q, k, k, mask, 0.5)  # scaling passed positionally
         got = handle._trackers[0].value
+    torch.testing.assert_close(out, ml.eager_attention_forward(attn, q, k, k, mask, 0.5)[0], rtol=0, atol=0)
     want = per_head_max_logits(q, k, 0.5, causal=True)
     torch.testing.assert_close(got, want)
 
@@ -505,6 +593,11 @@ def test_unsupported_models_are_refused():
     model.model.layers[0].self_attn.q_norm = torch.nn.LayerNorm(16)
     with pytest.raises(NotImplementedError, match="q_norm"):
         enable_qk_clip(model)
+    del model.model.layers[0].self_attn.q_norm
+    model.config._attn_implementation = "flash_attention_2"  # set directly: flash-attn needs a GPU
+    with pytest.raises(ValueError, match="not supported"):
+        enable_qk_clip(model)
+    assert model.config._attn_implementation == "flash_attention_2"
 
 
 # ------------------------------------------------------------------------------------------

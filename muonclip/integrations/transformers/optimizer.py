@@ -1,0 +1,45 @@
+"""The optimizer factory: MuonClip with Hugging Face parameter groups and a QK-Clip handle in one call."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import nn
+
+from ...optim.muonclip import MuonClip
+from ...optim.param_groups import Rule, build_param_groups
+from .handle import QKClipHandle, enable_qk_clip
+
+__all__ = ["make_muonclip_optimizer"]
+
+
+def make_muonclip_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.1,
+    qk_clip_tau: float | None = 100.0,
+    *,
+    rules: Sequence[Rule] | None = None,
+    adamw_lr: float | None = None,
+    adamw_weight_decay: float | None = None,
+    allow_untested: bool = False,
+    **kwargs: Any,
+) -> tuple[MuonClip, QKClipHandle | None]:
+    """``(MuonClip, handle)`` for a transformers model: Muon on hidden matrices, AdamW on
+    embeddings / lm_head (tied or not) / norms / biases, QK-Clip at ``qk_clip_tau`` after
+    every step with the max logits of all micro-batches since the previous step.
+
+    ``kwargs`` go to :class:`MuonClip` (momentum, gqa_mode, ...). With ``qk_clip_tau=None``
+    no tracking is installed and the handle is None. Call ``handle.remove()`` when done.
+    """
+    groups = build_param_groups(model, lr, weight_decay, rules=rules, adamw_lr=adamw_lr,
+                                adamw_weight_decay=adamw_weight_decay)
+    if qk_clip_tau is None:
+        return MuonClip(groups, lr=lr, weight_decay=weight_decay, **kwargs), None
+    handle = enable_qk_clip(model, allow_untested=allow_untested)
+    try:
+        opt = MuonClip(groups, lr=lr, weight_decay=weight_decay, qk_clip_tau=qk_clip_tau,
+                       qk_clip_spec=handle.spec(), max_logits_fn=handle.pop_max_logits, **kwargs)
+    except BaseException:
+        handle.remove()
+        raise
+    return opt, handle
