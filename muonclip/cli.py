@@ -96,7 +96,9 @@ def _cmd_sae(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     try:
         if args.resume:
-            if args.run or args.out or args.preset or args.quick or args.layer is not None or args.optimizer or args.kind:
+            conflicting = (args.run, args.out, args.preset, args.quick, args.layer is not None,
+                           args.optimizer, args.kind)
+            if any(conflicting):
                 raise ConfigError("--resume takes its config from the SAE directory; use only --set steps=N etc.")
             from .sae.train import resume_sae_config, train_sae
 
@@ -178,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--cache", default="runs/cache", metavar="DIR", help="run cache (default: runs/cache)")
     st.add_argument("--out", default="runs/story", metavar="DIR", help="output folder (default: runs/story)")
     st.add_argument("--no-sae", action="store_true", help="skip the sparse-autoencoder L0 chapter")
-    st.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default 1: steadiest on a shared machine)")
+    st.add_argument("--threads", type=int, metavar="N",
+                    help="torch CPU threads (default 1: steadiest on a shared machine)")
     st.set_defaults(func=_cmd_story)
     tr = sub.add_parser(
         "train", help="train a lab model (see `muonclip presets`)",

@@ -17,11 +17,12 @@ import json
 import math
 import os
 import re
-import secrets
 import types
 import typing
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar, Union
+
+from .io import atomic_write_text
 
 __all__ = [
     "ConfigError", "check", "did_you_mean", "field_types", "parse_value", "coerce_value", "validate_fields",
@@ -379,27 +380,10 @@ def config_hash(cfg: Any, length: int = 12, *, exclude: Iterable[str] = ()) -> s
     return hashlib.sha256(_canonical(data).encode("utf-8")).hexdigest()[:length]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file in ``path``'s folder (mode 0o666 minus the umask), fsync,
-    then ``os.replace`` it onto ``path``: readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_config(cfg: Any, path: PathLike) -> Path:
     """Write ``cfg`` as indented JSON, atomically (temp file + rename). Returns the path."""
     path = Path(path)
-    _atomic_write_text(path, to_json(cfg) + "\n")
+    atomic_write_text(path, to_json(cfg) + "\n")
     return path
 
 

@@ -1,4 +1,5 @@
 """CPU-scale training lab: corpora, tokenizers and run configuration."""
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .config import (
     ConfigError,
     DataCfg,
@@ -15,7 +16,6 @@ from .config import (
     to_dict,
 )
 from .data import DataError, TokenDataset, default_corpus, load_corpus, load_hf_dataset, load_text
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .presets import PRESET_DESCRIPTIONS, PRESETS, get_preset, list_presets, register_preset
 from .tokenizer import BPETokenizer, ByteTokenizer, TokenizerError, load_tokenizer, make_tokenizer
 

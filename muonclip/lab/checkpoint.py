@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .io import atomic_write_bytes
+from ..io import atomic_write_bytes
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
 

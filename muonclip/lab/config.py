@@ -255,12 +255,3 @@ def load_config(path: PathLike) -> TrainConfig:
 
 # The preset registry lives in muonclip.lab.presets. A few modules still import it from here;
 # PEP 562 keeps that working (a top-level import would be circular: presets builds on this module).
-_MOVED_TO_PRESETS = ("PRESETS", "PRESET_DESCRIPTIONS", "register_preset", "get_preset", "list_presets")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_PRESETS:
-        from . import presets
-
-        return getattr(presets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

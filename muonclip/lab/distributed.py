@@ -116,7 +116,7 @@ def max_across(tensors: list[Tensor], ctx: LabDist | None) -> list[Tensor]:
     sizes = [t.numel() for t in tensors]
     flat = torch.cat([t.reshape(-1).float() for t in tensors])
     dist.all_reduce(flat, op=dist.ReduceOp.MAX)
-    return [f.reshape(t.shape) for f, t in zip(flat.split(sizes), tensors)]
+    return [f.reshape(t.shape) for f, t in zip(flat.split(sizes), tensors, strict=False)]
 
 
 def rank0_first(fn: Callable[[], T], ctx: LabDist | None) -> T:

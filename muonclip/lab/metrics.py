@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_text
+from ..io import atomic_write_text
 from .rundir import read_metrics  # the reader lives with the other run-directory formats
 
 __all__ = ["METRIC_FIELDS", "PERIODIC_FIELDS", "MetricsLog", "read_metrics"]

@@ -14,14 +14,13 @@ it is imported only when a BPE tokenizer is trained or loaded.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Union
 
 import torch
 
-from .io import atomic_write_json, atomic_write_text, read_json
+from ..io import atomic_write_json, atomic_write_text, read_json
 
 __all__ = [
     "ByteTokenizer",

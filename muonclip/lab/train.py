@@ -23,13 +23,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..io import atomic_write_bytes, atomic_write_json
 from ..models import GPT
 from ..optim import MuonClip, build_param_groups
 from . import distributed as lab_dist
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, apply_overrides, config_hash, load_config, save_config, to_dict
 from .data import TokenDataset, load_corpus
-from .io import atomic_write_bytes, atomic_write_json
 from .metrics import MetricsLog
 from .schedule import lr_multiplier
 from .spectra import effective_rank, singular_values, spectral_entropy
@@ -278,7 +278,7 @@ def train(
             lr_hidden = next((g["lr"] for g in optimizer.param_groups if g.get("algorithm") == "muon"),
                              optimizer.param_groups[0]["lr"])
             with torch.no_grad():
-                sq = sum(float((p - b).pow(2).sum()) for p, b in zip(hidden, before))
+                sq = sum(float((p - b).pow(2).sum()) for p, b in zip(hidden, before, strict=False))
                 numel = sum(p.numel() for p in hidden)
                 update_rms = math.sqrt(sq / max(1, numel)) / lr_hidden if lr_hidden > 0 else 0.0
             tokens += x.numel() * world

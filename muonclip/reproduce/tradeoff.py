@@ -18,7 +18,6 @@ asks for them through :func:`ensure_tradeoff` and only draws them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from typing import Callable
 import torch
 from torch.nn import functional
 
-from ..lab.io import atomic_write_json
+from ..config import check, config_hash, validate_fields
+from ..io import atomic_write_json
 from ..models import GPT, GPTConfig
 from ..optim import MuonClip, build_param_groups
 from ..viz.style import fmt_g
@@ -39,6 +39,8 @@ __all__ = ["TradeoffConfig", "QUICK", "FULL", "make_prompts", "run_arm", "run_tr
 @dataclass(frozen=True)
 class TradeoffConfig:
     """The task, the model, the training of both arms and what is measured; :meth:`hash` names the cache."""
+
+    _section = "tradeoff"
 
     # the task
     n_tools: int = 8
@@ -62,13 +64,19 @@ class TradeoffConfig:
     n_eval: int = 512
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        for name in ("n_tools", "n_distractors", "seq_len", "d_model", "n_layer", "n_head", "batch_size", "steps",
+                     "snapshot_every", "n_probe", "n_eval"):
+            check(getattr(self, name) > 0, f"tradeoff.{name} must be positive, got {getattr(self, name)}")
+        check(self.tau > 0, f"tradeoff.tau must be positive, got {self.tau}")
+
     @property
     def vocab_size(self) -> int:
         return 1 + 2 * self.n_tools + self.n_distractors
 
     def hash(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return config_hash(self)
 
 
 FULL = TradeoffConfig()

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..lab.io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
 from .config import SAEConfig
 
 __all__ = ["run_compare", "write_compare", "load_compare", "compare_markdown", "COMPARE_ROWS"]

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..lab.io import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..lab.rundir import read_metrics
 from ..viz.charts import plot_l0
 from .config import load_sae_config

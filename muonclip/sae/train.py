@@ -14,21 +14,28 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
 
+from ..io import atomic_write_json
 from ..lab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..lab.config import ConfigError, apply_overrides
-from ..lab.io import atomic_write_json
 from ..lab.metrics import MetricsLog, read_metrics
 from ..lab.schedule import lr_multiplier
 from .activations import ActivationBuffer, build_buffer, load_buffer
-from .config import (RESUMABLE_KEYS, SAEConfig, load_sae_config, sae_config_hash, sae_state_hash, sae_to_dict,
-                     save_sae_config)
+from .config import (
+    RESUMABLE_KEYS,
+    SAEConfig,
+    load_sae_config,
+    sae_config_hash,
+    sae_state_hash,
+    sae_to_dict,
+    save_sae_config,
+)
 from .model import SparseAutoencoder
 
 __all__ = ["SAE_METRIC_FIELDS", "SUMMARY_FIELDS", "build_sae", "build_sae_optimizer", "train_sae", "run_sae",

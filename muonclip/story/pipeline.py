@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..io import atomic_write_text
 from ..lab import apply_overrides
-from ..lab.io import atomic_write_text
 from ..lab.rundir import load_run
 from ..reproduce import tradeoff
 from ..reproduce.runner import ensure_run, ensure_sae_compare

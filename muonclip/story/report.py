@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..lab.io import atomic_write_text
+from ..io import atomic_write_text
 from ..viz.style import DIGITS, fmt, fmt_g, fmt_pct
 
 __all__ = ["write_report", "build_html", "build_sections", "report_sections"]

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from muonclip.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from muonclip.lab.config import (
     ConfigError,
     DataCfg,
@@ -27,7 +28,6 @@ from muonclip.lab.config import (
     to_dict,
     to_json,
 )
-from muonclip.lab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from muonclip.lab.presets import PRESET_DESCRIPTIONS, PRESETS, get_preset, list_presets, register_preset
 
 # --------------------------------------------------------------------------- presets

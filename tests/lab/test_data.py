@@ -292,7 +292,7 @@ def test_val_batches_fixed_and_spread(ds):
     a = ds.val_batches(3, 4, 16)
     b = ds.val_batches(3, 4, 16)
     assert len(a) == 3
-    for (xa, ya), (xb, yb) in zip(a, b):
+    for (xa, ya), (xb, yb) in zip(a, b, strict=False):
         assert xa.shape == (4, 16)
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
         assert torch.equal(xa[:, 1:], ya[:, :-1])

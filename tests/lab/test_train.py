@@ -1,11 +1,9 @@
 """The training loop: each optimizer trains, the metrics schema, exact resume, kill -9, errors."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
