@@ -8,6 +8,10 @@ functions, in this order::
     updates = muon_momentum_(buffers, grads, momentum, nesterov)       # M <- mu M + G
     directions = muon_directions(updates, shapes, expert_flags, ...)   # s(n, m) NS(U)
     apply_updates_(params, directions, lr, weight_decay)                # W <- W(1-lr wd) - lr D
+
+with, between the last two in a NorMuon group, :func:`.normuon.normuon_directions_` (then
+``muon_directions(..., scaled=False)``). Schedules live in :mod:`.orthogonalizers`, the
+matrix views (flattening, expert stacks, per-head blocks) in :mod:`.shapes`.
 """
 from __future__ import annotations
 

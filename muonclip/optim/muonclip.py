@@ -10,7 +10,7 @@ from torch.optim import Optimizer
 
 from . import distributed
 from . import functional as muon_math
-from .normuon import NORMUON_BETA2, normuon_rescale_, normuon_rows_, row_views, second_moment_shape
+from .normuon import NORMUON_BETA2, normuon_directions_, second_moment_shape
 from .orthogonalizers import OrthogonalizerSpec, resolve_orthogonalizer
 from .precision import NS_PRECISIONS, resolve_ns_dtype
 from .qk_clip import (
@@ -495,27 +495,19 @@ class MuonClip(Optimizer):
 
     def _normuon(self, group: dict, params: list[Tensor], directions: list[Tensor], flags: list[bool],
                  blocks: list, ctx: distributed.DistContext | None) -> list[Tensor]:
-        """NorMuon on (the local rows of) unscaled directions, then the update scale; identity
-        outside NorMuon groups. Row statistics are local; under FSDP2 the two Frobenius sums of
-        each row-sharded matrix are summed over ranks in one all-reduce per group."""
+        """NorMuon and the update scale on (the local rows of) unscaled directions; identity
+        outside NorMuon groups. Under FSDP2 the Frobenius sums of row-sharded matrices are summed
+        over ranks (one all-reduce per group)."""
         if not group.get("normuon", False):
             return directions
-        normed, sums, reduce = [], [], []
-        for k, (p, d, stack) in enumerate(zip(params, directions, flags, strict=True)):
-            v = distributed.local(self._init_state(p, group, stack)["normuon_second_moment"])
-            rows, v_rows = row_views(d, v, stack)
-            out, sq_ortho, sq_normed = normuon_rows_(rows, v_rows, group["normuon_beta2"])
-            normed.append(out)
-            sums.append([sq_ortho, sq_normed])
-            if ctx is not None and distributed.is_row_sharded(p) and not stack:
-                reduce.append(k)
-        if reduce:
-            flat = distributed.all_reduce_(torch.cat([t for k in reduce for t in sums[k]]), "sum", ctx)
-            for i, k in enumerate(reduce):
-                sums[k] = [flat[2 * i:2 * i + 1], flat[2 * i + 1:2 * i + 2]]
-        return [normuon_rescale_(out, *sq).mul_(muon_math.direction_scale(p.shape, stack, block,
-                                                                           group["update_scale"])).reshape(d.shape)
-                for out, sq, p, d, stack, block in zip(normed, sums, params, directions, flags, blocks, strict=True)]
+        vs = [distributed.local(self._init_state(p, group, f)["normuon_second_moment"])
+              for p, f in zip(params, flags, strict=True)]
+        scales = [muon_math.direction_scale(p.shape, f, b, group["update_scale"])
+                  for p, f, b in zip(params, flags, blocks, strict=True)]
+        partial = [ctx is not None and distributed.is_row_sharded(p) and not f
+                   for p, f in zip(params, flags, strict=True)]
+        return normuon_directions_(directions, vs, flags, scales, group["normuon_beta2"], partial=partial,
+                                   sum_over_ranks=lambda t: distributed.all_reduce_(t, "sum", ctx))
 
     @staticmethod
     def _apply(group: dict, params: list[Tensor], directions: list[Tensor]) -> None:

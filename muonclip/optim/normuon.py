@@ -15,12 +15,13 @@ squares, :func:`normuon_rescale_` takes the (reduced) sums.
 from __future__ import annotations
 
 import math
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = ["NORMUON_BETA2", "NORMUON_EPS", "normuon_rows_", "normuon_rescale_", "normuon_", "second_moment_shape",
-           "row_views"]
+           "row_views", "normuon_directions_"]
 
 # Official NorMuon code (ShizukaKuze/NorMuon normuon.py): beta2 = 0.95 default, and 1e-10 both
 # under the root and in the Frobenius rescale. The paper reports beta2 = 0.95 throughout.
@@ -67,3 +68,30 @@ def row_views(direction: Tensor, v: Tensor, expert_stack: bool) -> tuple[Tensor,
         return direction, v  # already (E, n, m)
     rows = direction.shape[0]
     return direction.reshape(1, rows, math.prod(direction.shape[1:])), v.reshape(1, rows, 1)
+
+
+def normuon_directions_(directions: Sequence[Tensor], second_moments: Sequence[Tensor], expert_flags: Sequence[bool],
+                        scales: Sequence[float], beta2: float, *, partial: Sequence[bool] | None = None,
+                        sum_over_ranks: Callable[[Tensor], Tensor] | None = None) -> list[Tensor]:
+    """NorMuon on a group's unscaled (local) directions, then each one's update scale.
+
+    ``second_moments[i]`` (its local rows) is updated in place. ``partial[i]`` marks a
+    direction that holds only some rows of its matrix (FSDP2 row shard, not an expert stack):
+    the sums of squares of all those are concatenated and passed once to ``sum_over_ranks``
+    (an all-reduce SUM), so each matrix is rescaled by its global Frobenius norms.
+    """
+    partial = list(partial) if partial is not None else [False] * len(directions)
+    normed, sums = [], []
+    for d, v, stack in zip(directions, second_moments, expert_flags, strict=True):
+        out, sq_ortho, sq_normed = normuon_rows_(*row_views(d, v, stack), beta2)
+        normed.append(out)
+        sums.append([sq_ortho, sq_normed])
+    shared = [i for i, flag in enumerate(partial) if flag]
+    if shared:
+        if sum_over_ranks is None:
+            raise ValueError("row-sharded directions need sum_over_ranks")
+        flat = sum_over_ranks(torch.cat([t for i in shared for t in sums[i]]))
+        for k, i in enumerate(shared):
+            sums[i] = [flat[2 * k:2 * k + 1], flat[2 * k + 1:2 * k + 2]]
+    return [normuon_rescale_(out, *sq).mul_(scale).reshape(d.shape)
+            for out, sq, scale, d in zip(normed, sums, scales, directions, strict=True)]
