@@ -22,7 +22,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar, Union
 
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
 
 __all__ = [
     "ConfigError", "check", "did_you_mean", "field_types", "parse_value", "coerce_value", "validate_fields",
@@ -393,16 +393,7 @@ def load_config(cls: type[Config], path: PathLike, *, what: str = "config", hint
     shape). Errors name ``what`` and the path; ``hint`` is appended when the file is missing.
     ``build`` turns the parsed JSON into the config (default: :func:`from_dict` of ``cls``)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"no {what} at {path} (file not found){hint}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {what} file {path}: {exc}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{what} file {path} is not valid JSON: {exc}") from exc
+    data = read_json(path, ConfigError, what, hint)
     try:
         return build(data) if build is not None else from_dict(cls, data)
     except ConfigError as exc:

@@ -80,14 +80,14 @@ def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 2, sort_
     return atomic_write_text(path, text + "\n")
 
 
-def read_json(path: PathLike, error: type[Exception], what: str) -> Any:
+def read_json(path: PathLike, error: type[Exception], what: str, hint: str = "") -> Any:
     """Parse a UTF-8 JSON file, raising ``error`` with a message naming ``what`` and the path
-    when it is missing, unreadable or not JSON."""
+    when it is missing (then ``hint`` is appended), unreadable or not JSON."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise error(f"{what} file not found: {path}") from None
+        raise error(f"no {what} at {path} (file not found){hint}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"cannot read {what} file {path}: {exc}") from exc
     try:

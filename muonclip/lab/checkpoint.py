@@ -10,13 +10,20 @@ import torch
 
 from ..io import atomic_write_bytes
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CheckpointError", "checkpoint_due", "save_checkpoint", "load_checkpoint"]
 
 _MAGIC = b"MUONCLIP-CKPT-1\n"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt or from another run."""
+
+
+def checkpoint_due(step: int, every: int, end_step: int) -> bool:
+    """Whether the step just finished (``step`` counts from 0) takes a periodic checkpoint.
+
+    ``every = 0`` turns them off; the session's last step is left to the final checkpoint."""
+    return bool(every) and (step + 1) % every == 0 and step + 1 != end_step
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

@@ -27,7 +27,7 @@ from ..io import atomic_write_bytes, atomic_write_json
 from ..models import GPT
 from ..optim import MuonClip, build_param_groups
 from . import distributed as lab_dist
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, checkpoint_due, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, apply_overrides, config_hash, load_config, save_config, to_dict
 from .data import TokenDataset, load_corpus
 from .metrics import MetricsLog
@@ -317,7 +317,7 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", max_logit=f"{row['max_logit']:.1f}",
                                 tok_s=f"{row['tokens_per_s']:.0f}")
-            if r.checkpoint_every and (step + 1) % r.checkpoint_every == 0 and step + 1 != end_step:
+            if checkpoint_due(step, r.checkpoint_every, end_step):
                 checkpoint(step + 1)
         checkpoint(end_step)
     finally:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..io import atomic_write_json
-from ..lab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..lab.checkpoint import CheckpointError, checkpoint_due, load_checkpoint, save_checkpoint
 from ..lab.config import ConfigError, apply_overrides
 from ..lab.metrics import MetricsLog, read_metrics
 from ..lab.schedule import lr_multiplier
@@ -227,7 +227,7 @@ def _train_sae(cfg: SAEConfig, sae_dir: str | Path, buffer: ActivationBuffer | N
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(l0=f"{m['l0']:.1f}", fve=f"{m['fve']:.3f}")
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 != end_step:
+            if checkpoint_due(step, cfg.checkpoint_every, end_step):
                 checkpoint(step + 1)
         checkpoint(end_step)
     finally:
