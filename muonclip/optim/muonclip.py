@@ -139,6 +139,10 @@ class MuonClip(Optimizer):
         (KellerJordan/Muon #37).
       * QK-Clip all-reduces the max logits with MAX before computing gamma (ms-swift #9901)
         and scales the q/k rows each rank holds.
+      * NorMuon: owners send unscaled directions; each rank normalises the rows it holds, so
+        DDP replicas keep identical state and under FSDP2 the state is a ``Shard(0)`` DTensor
+        like the rows (one SUM all-reduce per group for the Frobenius rescale). Head blocks
+        are cut on the owner, which holds the whole matrix.
     """
 
     def __init__(
