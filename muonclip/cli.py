@@ -1,4 +1,9 @@
-"""The `muonclip` command line: subcommands for the demo, the benchmark and the lab."""
+"""The `muonclip` command line: subcommands for the demo, the benchmark and the lab.
+
+Each subcommand imports what it runs inside its handler, on purpose: `muonclip --help` and
+`muonclip presets` then start without loading the training, story or plotting stacks, and
+optional extras (matplotlib, transformers) load only for the subcommands that use them.
+"""
 from __future__ import annotations
 
 import argparse

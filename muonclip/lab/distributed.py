@@ -23,7 +23,11 @@ from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+
+from ..optim.distributed import all_reduce_max
 
 T = TypeVar("T")
 
@@ -57,8 +61,6 @@ def from_env() -> LabDist | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
-    import torch.distributed as dist
-
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group(backend=backend())
@@ -68,8 +70,6 @@ def from_env() -> LabDist | None:
 
 def shutdown(ctx: LabDist | None) -> None:
     if ctx is not None and ctx.owns_group:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -78,10 +78,8 @@ def wrap_model(model: torch.nn.Module, ctx: LabDist | None) -> torch.nn.Module:
     """DistributedDataParallel around ``model`` (gradients averaged over ranks), else ``model``."""
     if ctx is None:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     on_cuda = next(model.parameters()).is_cuda
-    return DDP(model, device_ids=[ctx.local_rank] if on_cuda else None)
+    return DistributedDataParallel(model, device_ids=[ctx.local_rank] if on_cuda else None)
 
 
 def shard_batch(x: Tensor, y: Tensor, ctx: LabDist | None) -> tuple[Tensor, Tensor]:
@@ -100,8 +98,6 @@ def mean_across(value: float, ctx: LabDist | None) -> float:
     """Mean of a per-rank scalar over ranks (e.g. the loss of equal-sized shards = global loss)."""
     if ctx is None:
         return value
-    import torch.distributed as dist
-
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t) / ctx.world_size
@@ -111,12 +107,7 @@ def max_across(tensors: list[Tensor], ctx: LabDist | None) -> list[Tensor]:
     """Elementwise max over ranks of a list of tensors (e.g. per-head max logits)."""
     if ctx is None or not tensors:
         return tensors
-    import torch.distributed as dist
-
-    sizes = [t.numel() for t in tensors]
-    flat = torch.cat([t.reshape(-1).float() for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.MAX)
-    return [f.reshape(t.shape) for f, t in zip(flat.split(sizes), tensors, strict=False)]
+    return all_reduce_max(tensors)
 
 
 def rank0_first(fn: Callable[[], T], ctx: LabDist | None) -> T:
@@ -124,8 +115,6 @@ def rank0_first(fn: Callable[[], T], ctx: LabDist | None) -> T:
     tokenizer, are read rather than rebuilt)."""
     if ctx is None:
         return fn()
-    import torch.distributed as dist
-
     if ctx.main:
         out = fn()
         dist.barrier()

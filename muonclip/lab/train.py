@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..io import atomic_write_bytes, atomic_write_json
 from ..models import GPT
@@ -101,15 +102,13 @@ def _git_sha() -> str | None:
 
 
 def run_info(cfg: TrainConfig) -> dict[str, Any]:
-    import numpy
-
     return {
         "git_sha": _git_sha(),
         "config_hash": config_hash(cfg),
         "seed": cfg.run.seed,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "numpy": np.__version__,
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
         "argv": sys.argv,
@@ -233,8 +232,6 @@ def train(
     use_bar = (sys.stderr.isatty() if progress is None else progress) and main
     bar = None
     if use_bar:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=r.steps, initial=start_step, desc=f"{o.optimizer}", unit="step", dynamic_ncols=True)
 
     def checkpoint(step: int) -> None:

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..lab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..lab.config import ConfigError, TrainConfig, config_hash, load_config
+from ..lab.train import build_model, load_dataset
 
 __all__ = ["load_run", "resolve_layer", "collect_activations", "ActivationBuffer", "build_buffer",
            "load_buffer", "residual_hook", "spliced_losses"]
@@ -29,8 +30,6 @@ def load_run(run_dir: str | Path) -> tuple[TrainConfig, torch.nn.Module, Any, di
     Raises :class:`ConfigError` when ``run_dir`` is not a run directory and
     :class:`CheckpointError` when it has no readable checkpoint.
     """
-    from ..lab.train import build_model, load_dataset
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist (train one with `muonclip train --out DIR`)")

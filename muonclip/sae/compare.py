@@ -22,6 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..io import atomic_write_json, atomic_write_text
 from .config import SAEConfig
+from .plots import save_l0_png
+from .train import run_sae
 
 __all__ = ["run_compare", "write_compare", "load_compare", "compare_markdown", "COMPARE_ROWS"]
 
@@ -44,8 +46,6 @@ def run_compare(run_dir: str | Path, cfg: SAEConfig, out_dir: str | Path, *,
                 log: Callable[[str], None] | None = None, tensorboard: bool = True) -> dict[str, Any]:
     """Train one SAE per optimizer on one shared activation buffer; write compare.json,
     compare.md and l0.png to ``out_dir``; return the result dict."""
-    from .train import run_sae
-
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -62,8 +62,6 @@ def write_compare(run_dir: str | Path, cfg: SAEConfig, out_dir: str | Path,
                   saes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Write compare.json, compare.md and l0.png for finished SAEs ``out_dir/<optimizer>``
     (``saes``: their summaries) trained from ``cfg`` on ``run_dir``; return the result."""
-    from .plots import save_l0_png
-
     out_dir = Path(out_dir)
     saes = dict(saes)
     first = next(iter(saes.values()))

@@ -20,13 +20,15 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..io import atomic_write_json
 from ..lab.checkpoint import CheckpointError, checkpoint_due, load_checkpoint, save_checkpoint
 from ..lab.config import ConfigError, apply_overrides
 from ..lab.metrics import MetricsLog, read_metrics
 from ..lab.schedule import lr_multiplier
-from .activations import ActivationBuffer, build_buffer, load_buffer
+from ..optim import MuonClip, Rule, build_param_groups
+from .activations import ActivationBuffer, build_buffer, load_buffer, load_run, spliced_losses
 from .config import (
     RESUMABLE_KEYS,
     SAEConfig,
@@ -87,9 +89,6 @@ def build_sae_optimizer(sae: SparseAutoencoder, cfg: SAEConfig) -> torch.optim.O
     AdamW group, routed by parameter name with :func:`muonclip.build_param_groups`."""
     if cfg.optimizer == "adam":
         return torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    from ..optim import MuonClip, build_param_groups
-    from ..optim.param_groups import Rule
-
     rules = (Rule(r"^(encoder|decoder)\.weight$", "muon", "SAE dictionary matrix"),
              Rule(r"\.bias$", "adamw", "SAE bias"))
     groups = build_param_groups(sae, lr=cfg.muon_lr_resolved, weight_decay=cfg.weight_decay, rules=rules,
@@ -182,8 +181,6 @@ def _train_sae(cfg: SAEConfig, sae_dir: str | Path, buffer: ActivationBuffer | N
     use_bar = sys.stderr.isatty() if progress is None else progress
     bar = None
     if use_bar:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=cfg.steps, initial=start_step, desc=f"sae {cfg.optimizer}", unit="step",
                    dynamic_ncols=True)
 
@@ -258,8 +255,6 @@ def _loss_recovered(sae: SparseAutoencoder, buffer: ActivationBuffer, source: di
     run_dir = source.get("run_dir")
     if not run_dir or not Path(run_dir).is_dir():
         return {}
-    from .activations import load_run, spliced_losses
-
     try:
         run_cfg, model, dataset, _ = load_run(run_dir)
     except (ConfigError, CheckpointError) as exc:
