@@ -230,9 +230,9 @@ def train(
     tracked = _tracked(model)
     end_step = r.steps if stop_after is None else min(r.steps, start_step + stop_after)
     use_bar = (sys.stderr.isatty() if progress is None else progress) and main
-    bar = None
-    if use_bar:
-        bar = tqdm(total=r.steps, initial=start_step, desc=f"{o.optimizer}", unit="step", dynamic_ncols=True)
+    # a disabled tqdm is a no-op with the same methods, so the loop never checks for a bar
+    bar = tqdm(total=r.steps, initial=start_step, desc=f"{o.optimizer}", unit="step", dynamic_ncols=True,
+               disable=not use_bar)
 
     def checkpoint(step: int) -> None:
         if not main:
@@ -310,16 +310,14 @@ def train(
                 val_loss = evaluate(model, val_batches)
                 row["val_loss"] = val_loss
             metrics.write(row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", max_logit=f"{row['max_logit']:.1f}",
-                                tok_s=f"{row['tokens_per_s']:.0f}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", max_logit=f"{row['max_logit']:.1f}",
+                            tok_s=f"{row['tokens_per_s']:.0f}")
             if checkpoint_due(step, r.checkpoint_every, end_step):
                 checkpoint(step + 1)
         checkpoint(end_step)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         metrics.close()
         lab_dist.shutdown(dctx)
     summary = {

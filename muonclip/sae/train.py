@@ -179,10 +179,8 @@ def _train_sae(cfg: SAEConfig, sae_dir: str | Path, buffer: ActivationBuffer | N
         group.setdefault("base_lr", group["lr"])
     end_step = cfg.steps if stop_after is None else min(cfg.steps, start_step + stop_after)
     use_bar = sys.stderr.isatty() if progress is None else progress
-    bar = None
-    if use_bar:
-        bar = tqdm(total=cfg.steps, initial=start_step, desc=f"sae {cfg.optimizer}", unit="step",
-                   dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=f"sae {cfg.optimizer}", unit="step", disable=not use_bar,
+               dynamic_ncols=True)
 
     def checkpoint(step: int) -> None:
         metrics.sync()
@@ -221,15 +219,13 @@ def _train_sae(cfg: SAEConfig, sae_dir: str | Path, buffer: ActivationBuffer | N
                    "lr": optimizer.param_groups[0]["lr"],
                    "time": prior_time + (time.perf_counter() - t_start)}
             metrics.write(row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(l0=f"{m['l0']:.1f}", fve=f"{m['fve']:.3f}")
+            bar.update(1)
+            bar.set_postfix(l0=f"{m['l0']:.1f}", fve=f"{m['fve']:.3f}")
             if checkpoint_due(step, cfg.checkpoint_every, end_step):
                 checkpoint(step + 1)
         checkpoint(end_step)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         metrics.close()
 
     rows = read_metrics(sae_dir / "metrics.jsonl")
