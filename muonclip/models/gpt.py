@@ -1,6 +1,8 @@
 """A small nanoGPT-style decoder-only transformer (RoPE, RMSNorm, SwiGLU) with exact per-head max logits.
 
-Shapes: B batch, T sequence, d = d_model, H query heads, Hkv key/value heads.
+Shapes: B batch, T sequence, d = d_model, H query heads, Hkv key/value heads. Slightly over
+~400 lines because GPTConfig (validated, documented field by field) lives here with the model,
+as in nanoGPT; attention and the max-logit kernels are in their own modules.
 
 Parameter names (stable, used by QK-Clip specs and param-group rules)::
 

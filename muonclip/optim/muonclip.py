@@ -1,4 +1,9 @@
-"""The MuonClip optimizer: Muon for hidden matrices, AdamW for the rest, QK-Clip after the step."""
+"""The MuonClip optimizer: Muon for hidden matrices, AdamW for the rest, QK-Clip after the step.
+
+Longer than ~400 lines because the class docstring (algorithm box, every option, the
+distributed contract) is a third of it; the math itself lives in functional.py, normuon.py,
+shapes.py, qk_clip.py and distributed.py, and this class only validates and dispatches.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
