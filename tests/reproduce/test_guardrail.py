@@ -1,0 +1,78 @@
+"""The K2-like guardrail candidate (``guardrail_k2``, issue #15 search; docs/guardrail-search.md):
+the *direction* of each effect on a shortened run (seeded, so deterministic).
+
+Shortened: batch 8 x T 64, 200 steps (the cosine schedule compressed to that length), tau 12.
+Against the same model and tau trained the dragon's way (no weight decay, constant lr), weight
+decay + cosine clips far fewer heads and leaves less one-step slack after the first clip.
+Measured (seed 0, 1 thread): 14/32 vs 31/32 heads ever clipped; max logit after the first clip
+1.255 vs 1.379 tau; about 40 s for both runs on the shared 2-core machine.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from muonclip.lab import apply_overrides, get_preset
+from muonclip.lab.rundir import read_metrics
+from muonclip.reproduce import presets, results
+from muonclip.reproduce.runner import ensure_run
+
+QUICK_TAU = 12.0
+QUICK = ["model.seq_len=64", "run.batch_size=8", "run.steps=200", "run.eval_every=100", "run.eval_batches=2",
+         f"optim.qk_clip_tau={QUICK_TAU:g}"]
+NO_DECAY = ["optim.weight_decay=0", "schedule.kind=constant", "schedule.warmup_steps=0"]
+
+
+def test_guardrail_k2_preset_is_k2_like():
+    cfg = get_preset("guardrail_k2")
+    assert cfg.optim.optimizer == "muonclip"
+    assert cfg.optim.weight_decay > 0 and cfg.schedule.kind == "cosine"  # as K2 had
+    assert cfg.model.qk_norm is False
+    assert cfg.optim.qk_clip_tau == presets.GUARDRAIL_K2_TAU
+    # more heads per layer than the dragon, so that a few heads can go rogue
+    assert cfg.model.n_head > get_preset("dragon").model.n_head
+    # dragon stays the steep no-decay preset
+    dragon = get_preset("dragon")
+    assert dragon.optim.weight_decay == 0 and dragon.schedule.kind == "constant"
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cache = tmp_path_factory.mktemp("guardrail_k2")
+    out = {}
+    try:
+        for label, extra in (("k2", []), ("no-decay", NO_DECAY)):
+            cfg = apply_overrides(get_preset("guardrail_k2"), [*QUICK, *extra])
+            run_dir = ensure_run(cfg, cache, label, progress=False, log=lambda m: None)
+            out[label] = read_metrics(run_dir / "metrics.jsonl")
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_guardrail_k2_clips_few_heads_and_holds_tau(quick_runs):
+    rows, steep = quick_runs["k2"], quick_runs["no-decay"]
+    for r in (rows, steep):
+        assert results.is_finite_run(r)
+        first = results.first_clip_step(r)
+        assert first is not None and first < len(r) - 20
+        # the logits grew well past their start before the guardrail engaged
+        assert QUICK_TAU > 10 * results.initial_max_logit(r)
+        # every clipped step clipped exactly the heads above tau in that step's forward
+        for row in r:
+            assert row["n_clipped"] == len(results.heads_above(row, QUICK_TAU))
+    n = results.n_heads(rows)
+    k2_heads = len(results.heads_ever_clipped(rows, QUICK_TAU))
+    steep_heads = len(results.heads_ever_clipped(steep, QUICK_TAU))
+    # weight decay + cosine: far fewer heads clipped than the no-decay recipe (measured 14 vs 31 of 32)
+    assert k2_heads <= n // 2
+    assert steep_heads >= 0.9 * n
+    assert k2_heads < steep_heads / 2
+    # ... and less one-step slack after the first clip (measured 1.255 vs 1.379 tau)
+    cap, steep_cap = results.max_after_first_clip(rows) / QUICK_TAU, results.max_after_first_clip(steep) / QUICK_TAU
+    assert 1.0 <= cap < 1.3
+    assert cap < steep_cap
+    # held: the last rows sit at or below ~tau, not at the pre-clip growth rate
+    assert rows[-1]["max_logit"] < 1.2 * QUICK_TAU
