@@ -1,11 +1,12 @@
-"""The K2-like guardrail candidate (``guardrail_k2``, issue #15 search; docs/guardrail-search.md):
-the *direction* of each effect on a shortened run (seeded, so deterministic).
+"""The K2-like ``guardrail`` preset (issue #15 search, docs/guardrail-search.md): the *direction*
+of each effect on a shortened run (seeded, so deterministic).
 
-Shortened: batch 8 x T 64, 200 steps (the cosine schedule compressed to that length), tau 12.
+Shortened: batch 8 x T 64, 200 steps (the cosine schedule compressed to that length), tau 20.
 Against the same model and tau trained the dragon's way (no weight decay, constant lr), weight
-decay + cosine clips far fewer heads and leaves less one-step slack after the first clip.
-Measured (seed 0, 1 thread): 14/32 vs 31/32 heads ever clipped; max logit after the first clip
-1.255 vs 1.379 tau; about 40 s for both runs on the shared 2-core machine.
+decay + cosine clips fewer heads, leaves less one-step slack after the first clip and ends at
+tau. Measured (seed 0, 1 thread): 12/32 vs 25/32 heads ever clipped; max logit after the first
+clip 1.189 vs 1.701 tau; last row 0.99 vs 1.10 tau; about 30 s for both runs on the shared
+2-core machine. (The full-size numbers are in the preset's comment and the doc.)
 """
 from __future__ import annotations
 
@@ -17,34 +18,34 @@ from muonclip.lab.rundir import read_metrics
 from muonclip.reproduce import presets, results
 from muonclip.reproduce.runner import ensure_run
 
-QUICK_TAU = 12.0
+QUICK_TAU = 20.0
 QUICK = ["model.seq_len=64", "run.batch_size=8", "run.steps=200", "run.eval_every=100", "run.eval_batches=2",
          f"optim.qk_clip_tau={QUICK_TAU:g}"]
 NO_DECAY = ["optim.weight_decay=0", "schedule.kind=constant", "schedule.warmup_steps=0"]
 
 
-def test_guardrail_k2_preset_is_k2_like():
-    cfg = get_preset("guardrail_k2")
-    assert cfg.optim.optimizer == "muonclip"
-    assert cfg.optim.weight_decay > 0 and cfg.schedule.kind == "cosine"  # as K2 had
-    assert cfg.model.qk_norm is False
-    assert cfg.optim.qk_clip_tau == presets.GUARDRAIL_K2_TAU
-    # more heads per layer than the dragon, so that a few heads can go rogue
-    assert cfg.model.n_head > get_preset("dragon").model.n_head
-    # dragon stays the steep no-decay preset
+def test_guardrail_preset_is_k2_like_and_dragon_stays_steep():
+    for name, tau in (("guardrail", presets.GUARDRAIL_TAU), ("guardrail_k2", presets.GUARDRAIL_K2_TAU)):
+        cfg = get_preset(name)
+        assert cfg.optim.optimizer == "muonclip" and cfg.optim.qk_clip_tau == tau
+        assert cfg.optim.weight_decay > 0 and cfg.schedule.kind == "cosine"  # as K2 had
+        assert cfg.model.qk_norm is False
+        # more heads per layer than the dragon, so that a few heads can go rogue
+        assert cfg.model.n_head > get_preset("dragon").model.n_head
     dragon = get_preset("dragon")
     assert dragon.optim.weight_decay == 0 and dragon.schedule.kind == "constant"
+    assert dragon.optim.optimizer == "muon"
 
 
 @pytest.fixture(scope="module")
 def quick_runs(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    cache = tmp_path_factory.mktemp("guardrail_k2")
+    cache = tmp_path_factory.mktemp("guardrail")
     out = {}
     try:
         for label, extra in (("k2", []), ("no-decay", NO_DECAY)):
-            cfg = apply_overrides(get_preset("guardrail_k2"), [*QUICK, *extra])
+            cfg = apply_overrides(get_preset("guardrail"), [*QUICK, *extra])
             run_dir = ensure_run(cfg, cache, label, progress=False, log=lambda m: None)
             out[label] = read_metrics(run_dir / "metrics.jsonl")
     finally:
@@ -52,7 +53,7 @@ def quick_runs(tmp_path_factory):
     return out
 
 
-def test_guardrail_k2_clips_few_heads_and_holds_tau(quick_runs):
+def test_guardrail_clips_fewer_heads_and_holds_tau(quick_runs):
     rows, steep = quick_runs["k2"], quick_runs["no-decay"]
     for r in (rows, steep):
         assert results.is_finite_run(r)
@@ -66,13 +67,14 @@ def test_guardrail_k2_clips_few_heads_and_holds_tau(quick_runs):
     n = results.n_heads(rows)
     k2_heads = len(results.heads_ever_clipped(rows, QUICK_TAU))
     steep_heads = len(results.heads_ever_clipped(steep, QUICK_TAU))
-    # weight decay + cosine: far fewer heads clipped than the no-decay recipe (measured 14 vs 31 of 32)
+    # weight decay + cosine: far fewer heads clipped than the no-decay recipe (measured 12 vs 25 of 32)
     assert k2_heads <= n // 2
-    assert steep_heads >= 0.9 * n
-    assert k2_heads < steep_heads / 2
-    # ... and less one-step slack after the first clip (measured 1.255 vs 1.379 tau)
-    cap, steep_cap = results.max_after_first_clip(rows) / QUICK_TAU, results.max_after_first_clip(steep) / QUICK_TAU
+    assert steep_heads >= 0.7 * n
+    assert k2_heads < 0.6 * steep_heads
+    # ... and less one-step slack after the first clip (measured 1.189 vs 1.701 tau)
+    cap = results.max_after_first_clip(rows) / QUICK_TAU
+    steep_cap = results.max_after_first_clip(steep) / QUICK_TAU
     assert 1.0 <= cap < 1.3
-    assert cap < steep_cap
-    # held: the last rows sit at or below ~tau, not at the pre-clip growth rate
-    assert rows[-1]["max_logit"] < 1.2 * QUICK_TAU
+    assert cap < steep_cap - 0.2
+    # held: the last row sits at tau (measured 0.99 tau; the no-decay run's 1.10 tau)
+    assert rows[-1]["max_logit"] < 1.05 * QUICK_TAU
