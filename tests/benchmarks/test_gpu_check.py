@@ -1,19 +1,12 @@
 """benchmarks/gpu_check.py runs its CUDA code paths at toy size on CPU, so it cannot rot unseen."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
-
 
 @pytest.fixture(scope="module")
-def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def gpu_check(load_benchmark):
+    return load_benchmark("gpu_check")
 
 
 def test_toy_run_prints_one_json_line_with_every_row(gpu_check, capsys):

@@ -1,19 +1,12 @@
 """benchmarks/orthogonalizers.py at toy size: one JSON line with every schedule, and its figure."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "orthogonalizers.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("orthogonalizers_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("orthogonalizers")
 
 
 def test_toy_run_reports_every_schedule_and_draws(bench, capsys, tmp_path):
