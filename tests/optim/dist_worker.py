@@ -132,6 +132,21 @@ def _fsdp(model: GPT) -> GPT:
     return model
 
 
+def _resume_fsdp(make_opt, ckpt):
+    """A differently initialised FSDP2 model and a fresh optimizer, loaded from a DCP checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model = _fsdp(make_model(seed=123))
+    opt = make_opt(model)
+    opt.init_state()
+    msd, osd = get_state_dict(model, opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(ckpt))
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return model, opt
+
+
 def scenario_fsdp(rank: int, world: int) -> dict:
     model = _fsdp(make_model())
     opt = make_optimizer(model)
@@ -212,7 +227,7 @@ def scenario_none_grad(rank: int, world: int) -> dict:
 def scenario_dcp(rank: int, world: int, outdir: Path) -> dict:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
     ckpt = outdir / "dcp_ckpt"
     model = _fsdp(make_model())
@@ -224,13 +239,7 @@ def scenario_dcp(rank: int, world: int, outdir: Path) -> dict:
     run_steps(model, opt, 3, STEPS, rank, world)
     continued = full_params(model)
     # Resume into a differently initialised model and a fresh optimizer.
-    model2 = _fsdp(make_model(seed=123))
-    opt2 = make_optimizer(model2)
-    opt2.init_state()
-    msd2, osd2 = get_state_dict(model2, opt2)
-    state = {"model": msd2, "optim": osd2}
-    dcp.load(state, checkpoint_id=str(ckpt))
-    set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    model2, opt2 = _resume_fsdp(make_optimizer, ckpt)
     run_steps(model2, opt2, 3, STEPS, rank, world)
     resumed = full_params(model2)
     m1 = opt.state[model.blocks[1].attn.q_proj.weight]["momentum_buffer"].full_tensor()
@@ -362,7 +371,7 @@ def scenario_fsdp_variants(rank: int, world: int, outdir: Path) -> dict:
     a fresh model and optimizer resume from the checkpoint and take the same 2 steps."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
     ckpt = outdir / "dcp_variants_ckpt"
     model = _fsdp(make_model())
@@ -376,13 +385,7 @@ def scenario_fsdp_variants(rank: int, world: int, outdir: Path) -> dict:
     out = {"params": full_params(model), "clipped": clipped, "second_moment": _second_moment(model, opt),
            "second_moment_placements": str(v.placements) if optim_dist.is_dtensor(v) else None,
            "second_moment_local_rows": optim_dist.local(v).shape[0]}
-    model2 = _fsdp(make_model(seed=123))
-    opt2 = make_variant_optimizer(model2)
-    opt2.init_state()
-    msd2, osd2 = get_state_dict(model2, opt2)
-    state = {"model": msd2, "optim": osd2}
-    dcp.load(state, checkpoint_id=str(ckpt))
-    set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    model2, opt2 = _resume_fsdp(make_variant_optimizer, ckpt)
     run_steps(model2, opt2, 3, STEPS, rank, world)
     out["resumed"] = full_params(model2)
     out["resumed_second_moment"] = _second_moment(model2, opt2)
