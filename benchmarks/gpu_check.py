@@ -5,7 +5,12 @@ On CUDA (the real check):
     layer) for MuonClip in each ns_precision, torch.optim.Muon and AdamW;
   * the bf16 and fp32 NS5 FLOP bounds from measured 4096^3 matmul rates;
   * tracked-over-plain forward time of the lab GPT at T=2048 (exact per-head max logits);
-  * 50 steps of the ``dragon`` preset on the device, with its max-logit growth.
+  * 50 steps of the ``dragon`` preset on the device, with its max-logit growth;
+  * correctness on the device: one MuonClip step against the same step on the CPU, NS
+    accuracy per precision against float64 NS5, QK-Clip landing the clipped heads' logit on
+    tau on the same batch, bf16 tracked max logits against the materialised ones, and a lab
+    run (``run.device``) killed and resumed from its checkpoint.
+Each section is isolated: one that fails records its error in the JSON and the rest still run.
 On CPU it runs the same code paths at toy size (d=64, 2 layers, T=64, 4 steps) so the tests
 keep it from rotting; those numbers say nothing about a GPU.
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -52,11 +58,17 @@ def shape_set(d: int, layers: int) -> list[tuple[int, int]]:
 
 
 def _params(shapes, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    params = [nn.Parameter((torch.randn(s, generator=g) * 0.02).to(device)) for s in shapes]
+    # drawn on the device itself: 1.2B CPU draws per optimizer would dominate the check
+    g = torch.Generator(device=device).manual_seed(seed)
+    params = [nn.Parameter(torch.randn(s, generator=g, device=device) * 0.02) for s in shapes]
     for p in params:
-        p.grad = torch.randn(p.shape, generator=g).to(device)
+        p.grad = torch.randn(p.shape, generator=g, device=device)
     return params
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def matmul_tflops(dtype: torch.dtype, n: int, device: torch.device) -> float:
@@ -66,12 +78,17 @@ def matmul_tflops(dtype: torch.dtype, n: int, device: torch.device) -> float:
 
 def optimizer_steps(sizes: dict, device: torch.device, repeats: int) -> dict:
     shapes = shape_set(sizes["d"], sizes["layers"])
-    opts = {f"muonclip_{p}": MuonClip(_params(shapes, device), lr=0.02, ns_precision=p)
-            for p in ("auto", "fp32", "bf16")}
-    opts["adamw"] = torch.optim.AdamW(_params(shapes, device), lr=3e-3, weight_decay=0.1)
+    makers = {f"muonclip_{p}": (lambda ps, p=p: MuonClip(ps, lr=0.02, ns_precision=p))
+              for p in ("auto", "fp32", "bf16")}
+    makers["adamw"] = lambda ps: torch.optim.AdamW(ps, lr=3e-3, weight_decay=0.1)
     if hasattr(torch.optim, "Muon"):
-        opts["torch_muon"] = torch.optim.Muon(_params(shapes, device), lr=0.02, weight_decay=0.1)
-    step_ms = {name: round(_median_ms(opt.step, device, repeats), 3) for name, opt in opts.items()}
+        makers["torch_muon"] = lambda ps: torch.optim.Muon(ps, lr=0.02, weight_decay=0.1)
+    step_ms = {}
+    for name, make in makers.items():  # one at a time: five 1.2B-parameter sets at once need ~90 GB
+        opt = make(_params(shapes, device))
+        step_ms[name] = round(_median_ms(opt.step, device, repeats), 3)
+        del opt
+        _free(device)
     ns5_flops = sum(muon_math.ns_flops(n, m) for n, m in shapes)
     rates = {str(dt).replace("torch.", ""): matmul_tflops(dt, sizes["matmul_n"], device)
              for dt in (torch.float32, torch.bfloat16)}
@@ -140,6 +157,108 @@ def dragon_run(sizes: dict, device: torch.device) -> dict:
             "loss_last": round(losses[-1], 4)}
 
 
+def correctness(sizes: dict, device: torch.device) -> dict:
+    """The device computes what the CPU does: one MuonClip step, NS accuracy per precision."""
+    from muonclip.optim.reference import reference_orthogonalize
+
+    shapes = [(64, 64), (256, 64), (64, 256), (96, 32)]
+    out: dict = {}
+    for precision in ("fp32", "bf16"):
+        cpu_params, dev_params = _params(shapes, torch.device("cpu")), []
+        for p in cpu_params:
+            q = nn.Parameter(p.detach().to(device))
+            q.grad = p.grad.to(device)
+            dev_params.append(q)
+        for ps in (cpu_params, dev_params):
+            MuonClip(ps, lr=0.02, weight_decay=0.1, ns_precision=precision).step()
+        # compared in units of the update (lr 0.02 x RMS-matched scale), not of the weights
+        diff = max(float((a.detach() - b.detach().cpu()).abs().max())
+                   for a, b in zip(cpu_params, dev_params, strict=True))
+        out[f"step_max_abs_diff_vs_cpu_{precision}"] = float(f"{diff:.3e}")
+    g = torch.Generator().manual_seed(1)
+    batch = torch.randn(8, 256, 1024, generator=g)
+    ref = reference_orthogonalize(batch, expert_stack=True)
+    for precision in ("fp32", "bf16"):
+        o = muon_math.newton_schulz(batch.to(device), dtype=resolve_ns_dtype(precision, device)).double().cpu()
+        out[f"ns5_rel_dist_to_fp64_{precision}"] = float(f"{float((o - ref).norm() / ref.norm()):.2e}")
+    return out
+
+
+def qk_clip_landing(device: torch.device, tau: float = 3.0) -> dict:
+    """After a clipping step, the clipped heads' max logit on the same batch is tau (the clip
+    acts on the step's own logits), measured on the device."""
+    from muonclip.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    # one layer: a clipped first layer would change a second layer's inputs, hence its logits
+    cfg = GPTConfig(vocab_size=256, d_model=64, n_layer=1, n_head=4, seq_len=64, mlp_ratio=4.0)
+    model = GPT(cfg).to(device)
+    with torch.no_grad():  # start above tau so the first step clips
+        for block in model.blocks:
+            block.attn.q_proj.weight.mul_(6.0)
+            block.attn.k_proj.weight.mul_(6.0)
+    from muonclip.optim import build_param_groups
+
+    opt = MuonClip(build_param_groups(model, lr=0.0, weight_decay=0.0), lr=0.0, weight_decay=0.0, qk_clip_tau=tau,
+                   qk_clip_spec=model.qk_clip_spec(), max_logits_fn=model.max_logits)
+    x = torch.randint(0, 256, (4, 64), device=device)
+    _, loss = model(x, x)
+    loss.backward()
+    before = torch.stack([m.detach().clone() for m in model.max_logits()])
+    opt.step()  # lr 0: only the clip moves the weights
+    with torch.no_grad():
+        model(x, x)
+    after = torch.stack(list(model.max_logits()))
+    clipped = before > tau
+    return {"tau": tau, "heads_clipped": int(clipped.sum()), "heads": int(clipped.numel()),
+            "max_before": round(float(before.max()), 4),
+            "clipped_after_max_rel_err": float(f"{float(((after[clipped] - tau).abs() / tau).max()):.2e}")
+            if clipped.any() else None,
+            "unclipped_unchanged": bool(torch.allclose(after[~clipped], before[~clipped], rtol=1e-5))}
+
+
+def bf16_tracking(sizes: dict, device: torch.device) -> dict:
+    """Exact per-head max logits from the bf16 flash route (CUDA) against the materialised logits."""
+    from muonclip.models import GPT, GPTConfig
+
+    cfg = GPTConfig(vocab_size=256, d_model=128, n_layer=2, n_head=4, seq_len=min(sizes["seq_len"], 512))
+    model = GPT(cfg).to(device=device, dtype=torch.bfloat16)
+    idx = torch.randint(0, 256, (2, cfg.seq_len), device=device)
+    with torch.no_grad():
+        model(idx)
+        tracked = torch.stack([m.float() for m in model.max_logits()])
+        reference = torch.stack([lg.float().amax(dim=(0, 2, 3)) for lg in model.attention_logits(idx, capped=False)])
+    return {"max_rel_diff": float(f"{float(((tracked - reference).abs() / reference.abs()).max()):.2e}")}
+
+
+def lab_resume(device: torch.device) -> dict:
+    """The lab's train loop on ``device`` (``run.device``): 20 steps in one go against 10, kill, resume 10."""
+    import tempfile
+
+    from muonclip.lab.config import apply_overrides
+    from muonclip.lab.presets import get_preset
+    from muonclip.lab.train import train
+
+    cfg = apply_overrides(get_preset("tiny"), [f"run.device={device}", "run.steps=20", "run.checkpoint_every=10"])
+    quiet = {"progress": False, "log": lambda _m: None}
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = train(cfg, f"{tmp}/whole", **quiet)
+        train(cfg, f"{tmp}/split", stop_after=10, **quiet)
+        split = train(cfg, f"{tmp}/split", resume=True, **quiet)
+    return {"final_loss_whole": whole["final_loss"], "final_loss_resumed": split["final_loss"],
+            "bit_exact": whole["final_loss"] == split["final_loss"]}
+
+
+def _section(result: dict, name: str, fn, *args) -> None:
+    """Run one section; its failure is recorded, not fatal."""
+    t0 = time.perf_counter()
+    try:
+        result[name] = fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the JSON must still come out
+        result[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    print(f"# {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--toy", action="store_true", help="toy sizes even on CUDA")
@@ -155,12 +274,16 @@ def main(argv: list[str] | None = None) -> dict:
         "sizes": sizes,
         "auto_precision": str(resolve_ns_dtype("auto", device)).replace("torch.", ""),
         "cpu_native_bf16": cpu_has_native_bf16(),
-        "optimizer": optimizer_steps(sizes, device, args.repeats),
-        "attention": attention_tracking(sizes, device, args.repeats),
     }
+    _section(result, "correctness", correctness, sizes, device)
+    _section(result, "qk_clip", qk_clip_landing, device)
+    _section(result, "bf16_tracking", bf16_tracking, sizes, device)
+    _section(result, "lab_resume", lab_resume, device)
+    _section(result, "optimizer", optimizer_steps, sizes, device, args.repeats)
+    _section(result, "attention", attention_tracking, sizes, device, args.repeats)
     if not args.skip_dragon:
-        result["dragon"] = dragon_run(sizes, device)
-    print(json.dumps(result))
+        _section(result, "dragon", dragon_run, sizes, device)
+    print(json.dumps(result), flush=True)
     return result
 
 

@@ -13,6 +13,7 @@ always hold ``mlp_ratio``, so the model they describe is the same).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -30,7 +31,9 @@ from ..config import (
     validate_fields,
 )
 from ..models import GPTConfig
+from ..optim import NS_PRECISIONS
 from ..optim import functional as optim_functional
+from ..optim.qk_clip import GRANULARITIES
 
 __all__ = [
     "ConfigError", "GPTConfig", "DataCfg", "OptimCfg", "ScheduleCfg", "RunCfg", "TrainConfig", "SECTIONS",
@@ -83,6 +86,8 @@ class DataCfg:
 _OPTIMIZER_CHOICES = {
     "ns_method": tuple(optim_functional.ORTHOGONALIZERS),
     "update_scale": tuple(optim_functional.UPDATE_SCALES),
+    "ns_precision": tuple(NS_PRECISIONS),
+    "qk_clip_granularity": tuple(GRANULARITIES),
 }
 
 
@@ -91,8 +96,13 @@ class OptimCfg:
     """Optimizer. ``lr`` is the Muon(Clip) learning rate for matrix parameters;
     ``ns_method`` is the optimizer's ``orthogonalizer`` (``ns5``, ``polar_express``);
     ``adamw_lr`` is the rate of the AdamW groups (embeddings, norms, biases, head) and of
-    the whole model when ``optimizer="adamw"``. ``qk_clip_tau`` matters only for
-    ``muonclip``. ``grad_clip=None`` disables gradient-norm clipping."""
+    the whole model when ``optimizer="adamw"``. ``qk_clip_tau`` and ``qk_clip_granularity``
+    (``head``, K2's; ``layer``, the naive ablation) matter only for ``muonclip``.
+    ``grad_clip=None`` disables gradient-norm clipping. The field options of
+    :class:`~muonclip.optim.MuonClip`: ``ns_precision`` (``auto`` picks bf16 where the device
+    computes it natively), ``normuon``, ``cautious_weight_decay`` (Muon and AdamW groups alike)
+    and ``muon_heads_per_block`` (0: whole matrices; g >= 1: q, k and v orthogonalised per
+    group of g heads, from ``GPT.head_blocks()``)."""
 
     _section = "optim"
 
@@ -109,6 +119,11 @@ class OptimCfg:
     qk_clip_tau: float = 100.0
     gqa_mode: GqaMode = "exact"
     grad_clip: float | None = None
+    ns_precision: str = "auto"
+    normuon: bool = False
+    cautious_weight_decay: bool = False
+    muon_heads_per_block: int = 0
+    qk_clip_granularity: str = "head"
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -119,6 +134,8 @@ class OptimCfg:
         check(all(0 <= b < 1 for b in self.betas), f"optim.betas must be in [0, 1); got {self.betas}")
         check(self.eps > 0, f"optim.eps must be > 0; got {self.eps}")
         check(self.qk_clip_tau > 0, f"optim.qk_clip_tau must be > 0; got {self.qk_clip_tau}")
+        check(self.muon_heads_per_block >= 0,
+              f"optim.muon_heads_per_block must be >= 0 (0: whole matrices); got {self.muon_heads_per_block}")
         check(self.grad_clip is None or self.grad_clip > 0,
               f"optim.grad_clip must be > 0 or None; got {self.grad_clip}")
         for name, choices in _OPTIMIZER_CHOICES.items():
@@ -151,7 +168,9 @@ class ScheduleCfg:
 @dataclass(frozen=True)
 class RunCfg:
     """Run length and cadence. ``*_every = 0`` turns that periodic action off (a loop may
-    still evaluate/checkpoint once at the end). ``seed`` seeds init and batches."""
+    still evaluate/checkpoint once at the end). ``seed`` seeds init and batches. ``device``: cpu,
+    cuda or cuda:N (under torchrun, cuda is each rank's local GPU); the model is always initialised
+    on the CPU, so every device starts from the same weights."""
 
     _section = "run"
 
@@ -173,7 +192,8 @@ class RunCfg:
         check(self.eval_batches >= 1, f"run.eval_batches must be >= 1; got {self.eval_batches}")
         for name in ("eval_every", "spectra_every", "checkpoint_every", "log_every"):
             check(getattr(self, name) >= 0, f"run.{name} must be >= 0; got {getattr(self, name)}")
-        check(bool(self.device), "run.device must not be empty")
+        check(bool(re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device)),
+              f"run.device must be cpu, cuda or cuda:N; got {self.device!r}")
 
 
 SECTIONS: dict[str, type] = {

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from ..config import ConfigError
 from ..optim.distributed import all_reduce_max
 
 T = TypeVar("T")
@@ -66,6 +67,22 @@ def from_env() -> LabDist | None:
         dist.init_process_group(backend=backend())
     return LabDist(rank=dist.get_rank(), world_size=dist.get_world_size(),
                    local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owns)
+
+
+def resolve_device(name: str, ctx: LabDist | None) -> torch.device:
+    """``run.device`` as a :class:`torch.device`: ``cpu``, ``cuda`` or ``cuda:N``. Under torchrun a
+    bare ``cuda`` is this rank's ``LOCAL_RANK`` GPU. Refuses CUDA where torch sees none."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"run.device={name!r}, but torch sees no CUDA device here "
+                              f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use run.device=cpu")
+        if device.index is None:
+            device = torch.device("cuda", ctx.local_rank if ctx is not None else torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise ConfigError(f"run.device={name!r}: the lab runs on cpu or cuda")
+    return device
 
 
 def shutdown(ctx: LabDist | None) -> None:

@@ -41,7 +41,9 @@ __all__ = ["train", "build_model", "build_optimizer", "load_dataset", "TRACKED_M
 # Matrices whose spectra are tracked in every layer (suffixes of parameter names).
 TRACKED_MATRICES = ("attn.q_proj.weight", "attn.k_proj.weight", "attn.o_proj.weight", "mlp.up_proj.weight")
 # Keys a resumed run may change: how long it runs and how often it logs/saves.
-RESUMABLE_KEYS = ("run.steps", "run.eval_every", "run.checkpoint_every", "run.spectra_every", "run.log_every")
+# The device too: a checkpoint holds CPU tensors, so a run may move between cpu and cuda.
+RESUMABLE_KEYS = ("run.steps", "run.eval_every", "run.checkpoint_every", "run.spectra_every", "run.log_every",
+                  "run.device")
 
 
 def build_model(cfg: TrainConfig) -> GPT:
@@ -55,9 +57,18 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     o = cfg.optim
     if o.optimizer == "adamw":
         groups = build_param_groups(model, lr=o.adamw_lr, weight_decay=o.weight_decay)
+        if o.cautious_weight_decay:
+            # torch.optim.AdamW has no cautious decay; MuonClip's AdamW groups do. The hidden
+            # matrices keep their lab role (``hidden``) for the update-RMS metric.
+            groups = [{k: v for k, v in g.items() if k not in ("expert_stacks", "head_blocks")}
+                      | {"algorithm": "adamw", "hidden": g["algorithm"] == "muon"} for g in groups]
+            return MuonClip(groups, lr=o.adamw_lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                            cautious_weight_decay=True)
         return torch.optim.AdamW(groups, lr=o.adamw_lr, betas=tuple(o.betas), eps=o.eps,
                                  weight_decay=o.weight_decay)
-    groups = build_param_groups(model, lr=o.lr, weight_decay=o.weight_decay, adamw_lr=o.adamw_lr)
+    head_blocks = model.head_blocks() if o.muon_heads_per_block else None
+    groups = build_param_groups(model, lr=o.lr, weight_decay=o.weight_decay, adamw_lr=o.adamw_lr,
+                                head_blocks=head_blocks)
     clip = o.optimizer == "muonclip"
     if clip and cfg.model.qk_norm:
         raise ConfigError("QK-norm and QK-Clip are alternatives: with model.qk_norm=true use "
@@ -68,7 +79,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
         qk_clip_tau=o.qk_clip_tau if clip else None,
         qk_clip_spec=model.qk_clip_spec() if clip else None,
         max_logits_fn=model.max_logits if clip else None,
-        gqa_mode=o.gqa_mode,
+        gqa_mode=o.gqa_mode, qk_clip_granularity=o.qk_clip_granularity, ns_precision=o.ns_precision,
+        normuon=o.normuon, cautious_weight_decay=o.cautious_weight_decay,
+        heads_per_block=max(1, o.muon_heads_per_block),
     )
 
 
@@ -121,7 +134,7 @@ def _tracked(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 def _hidden_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """The hidden matrices (Muon group; the same group under AdamW runs)."""
-    return [p for g in optimizer.param_groups if g.get("algorithm") == "muon" for p in g["params"]]
+    return [p for g in optimizer.param_groups if g.get("hidden", g.get("algorithm") == "muon") for p in g["params"]]
 
 
 def _grad_norm(params: list[torch.Tensor]) -> float:
@@ -152,7 +165,7 @@ class _Spectra:
     def add(self, step: int, name: str, kind: str, s: torch.Tensor) -> None:
         if not self.steps or self.steps[-1] != step:
             self.steps.append(step)
-        self.values.setdefault(f"{name}|{kind}", []).append(s.float().numpy())
+        self.values.setdefault(f"{name}|{kind}", []).append(s.float().cpu().numpy())
 
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
@@ -194,7 +207,8 @@ def train(
     torch.manual_seed(cfg.run.seed)
     dctx = lab_dist.from_env()  # None unless launched by torchrun with WORLD_SIZE > 1
     main = lab_dist.is_main(dctx)  # only rank 0 writes to run_dir
-    model = build_model(cfg)
+    device = lab_dist.resolve_device(cfg.run.device, dctx)
+    model = build_model(cfg).to(device)  # built on the CPU first: the same init on every device
     dataset = lab_dist.rank0_first(lambda: load_dataset(cfg, run_dir), dctx)  # one BPE training
     optimizer = build_optimizer(model, cfg)
     start_step, tokens, prior_time = 0, 0, 0.0
@@ -208,6 +222,8 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_step, tokens, prior_time = state["step"], state["tokens"], state["time"]
         if isinstance(optimizer, MuonClip):
             optimizer.skipped_steps = state.get("skipped_steps", 0)
@@ -224,7 +240,9 @@ def train(
     mult = lr_multiplier(s.kind, r.steps, s.warmup_steps, s.decay_fraction, s.min_lr_ratio)
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
-    val_batches = dataset.val_batches(r.eval_batches, r.batch_size, cfg.model.seq_len) if r.eval_every else []
+    val_batches = ([(x.to(device), y.to(device)) for x, y in dataset.val_batches(r.eval_batches, r.batch_size,
+                                                                                  cfg.model.seq_len)]
+                   if r.eval_every else [])
     params = [p for g in optimizer.param_groups for p in g["params"]]
     hidden = _hidden_params(optimizer)
     tracked = _tracked(model)
@@ -244,6 +262,7 @@ def train(
             "step": step, "tokens": tokens, "time": prior_time + (time.perf_counter() - t_start),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(), "data": dataset.state_dict(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "config_hash_model": _model_hash(cfg),
             "skipped_steps": getattr(optimizer, "skipped_steps", 0),
         })
@@ -260,6 +279,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * mult(step)
             x, y = lab_dist.shard_batch(*dataset.batch_at(step, r.batch_size, cfg.model.seq_len), dctx)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             _, loss = net(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -272,7 +292,7 @@ def train(
             before = [p.detach().clone() for p in hidden]
             tracked_before = {n: p.detach().clone() for n, p in tracked.items()} if spectra_step else {}
             optimizer.step()
-            lr_hidden = next((g["lr"] for g in optimizer.param_groups if g.get("algorithm") == "muon"),
+            lr_hidden = next((g["lr"] for g in optimizer.param_groups if g.get("hidden", g.get("algorithm") == "muon")),
                              optimizer.param_groups[0]["lr"])
             with torch.no_grad():
                 sq = sum(float((p - b).pow(2).sum()) for p, b in zip(hidden, before, strict=False))

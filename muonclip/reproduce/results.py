@@ -459,3 +459,36 @@ def tradeoff_summary(result: Mapping[str, Any]) -> dict:
                    f"margin over a distractor {fmt(c['margin'], 2)} vs {fmt(m['margin'], 2)})")
         out["conclusion"] = f"At tau = {fmt_g(result['config']['tau'])}, {acc}; {att}."
     return out
+
+
+# ----------------------------------------------------------------------------- field comparison (#16)
+
+
+def seed_stats(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean and half-range over seeds (``spread``: (max - min) / 2); missing values are
+    counted in ``missing`` (e.g. a seed that never reached the target loss)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return {"mean": sum(finite) / len(finite) if finite else None,
+            "spread": (max(finite) - min(finite)) / 2 if finite else None,
+            "values": [None if v is None else float(v) for v in values],
+            "missing": len(values) - len(finite)}
+
+
+def field_table(efficiency: Mapping[str, Sequence[Sequence[Row]]], dragon: Mapping[str, Sequence[Sequence[Row]]],
+                *, baseline: str = "adamw") -> dict[str, dict[str, Any]]:
+    """Per arm of the field comparison (:mod:`muonclip.reproduce.field`), over its seeds:
+    final validation loss; tokens to reach the baseline's mean final validation loss (and
+    that over the baseline's own tokens); and on ``dragon`` the peak max logit and its growth."""
+    target = seed_stats([final_val_loss(r) for r in efficiency[baseline]])["mean"]
+    base_tokens = seed_stats([tokens_to_reach(*val_curve(r), target) for r in efficiency[baseline]])["mean"]
+    out = {}
+    for name, runs in efficiency.items():
+        tokens = seed_stats([tokens_to_reach(*val_curve(r), target) if target is not None else None for r in runs])
+        row = {"seeds": len(runs), "final_val_loss": seed_stats([final_val_loss(r) for r in runs]),
+               "tokens_to_baseline": tokens,
+               "tokens_vs_baseline": (tokens["mean"] / base_tokens if tokens["mean"] and base_tokens else None)}
+        if dragon.get(name):
+            row["dragon_peak_max_logit"] = seed_stats([peak_max_logit(r) for r in dragon[name]])
+            row["dragon_growth"] = seed_stats([growth_factor(r) for r in dragon[name]])
+        out[name] = row
+    return out

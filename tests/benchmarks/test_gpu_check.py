@@ -21,5 +21,21 @@ def test_toy_run_prints_one_json_line_with_every_row(gpu_check, capsys):
     attention = result["attention"]
     # tracking is exact: the tracked max equals the materialised one
     assert attention["max_logit_tracked"] == pytest.approx(attention["max_logit_materialised"], rel=1e-4)
+    assert not [name for name, v in result.items() if isinstance(v, dict) and "error" in v]
+    assert result["qk_clip"]["heads_clipped"] > 0
+    assert result["qk_clip"]["clipped_after_max_rel_err"] < 1e-4 and result["qk_clip"]["unclipped_unchanged"]
+    assert result["lab_resume"]["bit_exact"]
+    assert result["correctness"]["ns5_rel_dist_to_fp64_fp32"] < 1e-4
     assert result["dragon"]["steps"] == gpu_check.TOY["dragon_steps"]
     assert result["dragon"]["loss_last"] < result["dragon"]["loss_first"]
+
+
+def test_a_failing_section_is_recorded_and_the_rest_still_run(gpu_check):
+    result = {}
+
+    def broken():
+        raise RuntimeError("no kernel for this input")
+
+    gpu_check._section(result, "broken", broken)
+    gpu_check._section(result, "fine", lambda: {"ok": 1})
+    assert result == {"broken": {"error": "RuntimeError: no kernel for this input"}, "fine": {"ok": 1}}
