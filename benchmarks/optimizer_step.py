@@ -165,7 +165,46 @@ def measure(args) -> dict:
     }
     if not args.skip_accuracy:
         result["accuracy"] = accuracy(["fp32", "bf16"])
+    if args.breakdown:
+        result["breakdown_ms"] = breakdown(args.repeats, ["fp32", "bf16"] if native else ["fp32"])
     return result
+
+
+def breakdown(repeats: int, precisions: list[str]) -> dict:
+    """Where one MuonClip step's time goes, per phase, on the same shape set (medians, interleaved):
+    the momentum update, the orthogonalisation per precision, the weight update, and the rate of
+    the batched products NS5 runs on (the bound assumes the 1024^3 rate)."""
+    shapes = shape_set()
+    g = torch.Generator().manual_seed(2)
+    grads = [torch.randn(s, generator=g) for s in shapes]
+    bufs = [torch.zeros(s) for s in shapes]
+    params = [torch.randn(s, generator=g) * 0.02 for s in shapes]
+    updates = muon_math.muon_momentum_(bufs, grads, 0.95, True)
+    wide = torch.randn(8, 256, 1024, generator=g)
+    phases = {
+        "momentum": lambda: muon_math.muon_momentum_(bufs, grads, 0.95, True),
+        "apply": lambda: muon_math.apply_updates_(params, updates, 0.02, 0.1),
+        **{f"ns_{p}": (lambda p=p: muon_math.muon_directions(updates, shapes, dtype=resolve_ns_dtype(p, "cpu")))
+           for p in precisions},
+    }
+    batched = {}
+    for p in precisions:
+        x = wide.to(resolve_ns_dtype(p, "cpu"))
+        phases[f"bmm_{p}"] = (lambda x=x: torch.bmm(x, x.mT))
+        batched[p] = 2 * 8 * 256 * 256 * 1024
+    times: dict[str, list[float]] = {k: [] for k in phases}
+    for fn in phases.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in phases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    out = {k: round(v, 2) for k, v in ms.items() if not k.startswith("bmm_")}
+    out["batched_bmm_gflops_8x256x1024x256"] = {p: round(batched[p] / (ms[f"bmm_{p}"] / 1e3) / 1e9, 1)
+                                                for p in precisions}
+    return out
 
 
 def _avx2_child(args) -> dict:
@@ -192,6 +231,8 @@ def main() -> None:
                     help="skip the second measurement in a child process capped to AVX2 (no native bf16)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads (0: torch's default); 1 avoids OpenMP thrashing on a shared machine")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the step's phases (momentum, NS per precision, update) and batched bmm rates")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
