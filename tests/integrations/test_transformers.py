@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import inspect
 import math
@@ -31,9 +32,11 @@ from muonclip import MuonClip  # noqa: E402
 from muonclip.integrations.transformers import (  # noqa: E402
     MuonClipCallback,
     enable_qk_clip,
+    head_blocks_for,
     make_muonclip_optimizer,
     per_head_max_logits,
 )
+from muonclip.optim.reference import reference_muon_step  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -689,3 +692,175 @@ def test_trainer_20_steps_loss_decreases(tmp_path):
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
     assert len(cb.history) == 20 and sum(h["n_clipped"] for h in cb.history) > 0
     assert any("qk_clip_max_logit" in e for e in trainer.state.log_history)
+
+
+# -- per-head Muon ----------------------------------------------------------------------------
+def _attn_layout(model):
+    """``(module prefix, {projection: (dim, head width, heads)})`` per attention layer, from the config."""
+    cfg = model.config
+    out = []
+    for i, layer in enumerate(model.model.layers):
+        a = layer.self_attn
+        if cfg.model_type == "deepseek_v3":
+            h, nope = cfg.num_attention_heads, cfg.qk_nope_head_dim
+            q = "q_proj" if cfg.q_lora_rank is None else "q_b_proj"
+            rows = {q: (0, nope + cfg.qk_rope_head_dim, h), "kv_b_proj": (0, nope + cfg.v_head_dim, h)}
+            rows["o_proj"] = (1, cfg.v_head_dim, h)
+        else:
+            hd, h, kv = a.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+            rows = {"q_proj": (0, hd, h), "k_proj": (0, hd, kv), "v_proj": (0, hd, kv), "o_proj": (1, hd, h)}
+        out.append((f"model.layers.{i}.self_attn", rows))
+    return out
+
+
+PER_HEAD_CASES = [("llama", {}), ("llama", {"head_dim": 8}), ("qwen2", {}), ("mistral", {}),
+                  ("deepseek_v3", {}), ("deepseek_v3", {"q_lora_rank": None, "v_head_dim": 6})]
+
+
+@pytest.mark.parametrize("family,overrides", PER_HEAD_CASES)
+@pytest.mark.parametrize("include_output", [False, True])
+def test_head_blocks_for_tiles_each_weight_by_heads(family, overrides, include_output):
+    """q heads for q, KV heads for GQA k/v, [nope | rope] and [k_nope | v] widths for MLA; each
+    width tiles its weight exactly; every name is a Muon parameter."""
+    model = make_model(family, **overrides)
+    layout = head_blocks_for(model, include_output)
+    params = dict(model.named_parameters())
+    expected = {}
+    for prefix, rows in _attn_layout(model):
+        for proj, (dim, width, heads) in rows.items():
+            if proj != "o_proj" or include_output:
+                expected[f"{prefix}.{proj}.weight"] = (dim, width)
+            if proj in ("k_proj", "v_proj"):
+                assert heads == model.config.num_key_value_heads < model.config.num_attention_heads  # GQA
+            w = params[f"{prefix}.{proj}.weight"]
+            assert w.shape[dim] % width == 0 and w.shape[dim] // width == heads, (proj, tuple(w.shape), width)
+    assert layout == expected
+    muon = next(g for g in muonclip.param_groups(model, head_blocks=layout) if g["algorithm"] == "muon")
+    assert sum(b is not None for b in muon["head_blocks"]) == len(layout)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "deepseek_v3"])
+def test_head_blocks_agree_with_the_qk_clip_spec(family):
+    """Both come from one per-module layout: the spec's per-head q/k strides are the head widths."""
+    model = make_model(family)
+    layout = head_blocks_for(model)
+    with enable_qk_clip(model) as h:
+        for spec in h.spec():
+            for block in spec.q + spec.k + spec.q_rope:
+                if block.param.endswith(".weight"):
+                    stride = block.width if block.stride is None else block.stride
+                    assert layout[block.param] == (0, stride)
+
+
+def test_head_blocks_for_lists_only_muon_parameters():
+    model = make_model("llama")
+    rules = [muonclip.optim.Rule(r"\.q_proj\.weight$", "adamw")]
+    layout = head_blocks_for(model, rules=rules)
+    assert layout and not any(".q_proj." in n for n in layout)
+    opt, handle = make_muonclip_optimizer(model, lr=0.02, qk_clip_tau=None, rules=rules, per_head_muon=1)
+    assert handle is None
+    muon = next(g for g in opt.param_groups if g["algorithm"] == "muon")
+    assert {n for n, b in zip(muon["param_names"], muon["head_blocks"], strict=True) if b} == set(layout)
+
+
+def test_head_blocks_for_refuses_unsupported_models():
+    model = make_model("llama")
+    model.config.model_type = "llama_like"
+    with pytest.raises(ValueError, match=r"not one of the tested .*'llama', 'mistral', 'qwen2', 'deepseek_v3'"):
+        head_blocks_for(model)
+    with pytest.raises(ValueError, match="allow_untested"):
+        make_muonclip_optimizer(model, lr=0.02, qk_clip_tau=None, per_head_muon=1)
+    assert head_blocks_for(model, allow_untested=True) == head_blocks_for(make_model("llama"))
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=VOCAB))
+    with pytest.raises(ValueError, match="tested"):
+        head_blocks_for(gpt2)
+    with pytest.raises(ValueError, match="no attention modules with a known head layout in GPT2LMHeadModel"):
+        head_blocks_for(gpt2, allow_untested=True)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"per_head_muon": -1}, "per_head_muon"), ({"per_head_muon": True}, "per_head_muon"),
+    ({"per_head_output": True}, "needs per_head_muon"),
+    ({"per_head_muon": 2, "heads_per_block": 2}, "not heads_per_block"),
+])
+def test_per_head_muon_option_is_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_muonclip_optimizer(make_model("llama"), lr=0.02, qk_clip_tau=None, **kwargs)
+
+
+def test_per_head_muon_is_off_by_default():
+    opt, handle = make_muonclip_optimizer(make_model("llama"), lr=0.02, qk_clip_tau=None)
+    muon = next(g for g in opt.param_groups if g["algorithm"] == "muon")
+    assert "head_blocks" not in muon and muon["heads_per_block"] == 1
+
+
+def _slices(w, dim, width):
+    return [w[i:i + width] if dim == 0 else w[:, i:i + width] for i in range(0, w.shape[dim], width)]
+
+
+@pytest.mark.parametrize("family", ["llama", "deepseek_v3"])
+@pytest.mark.parametrize("g", [1, 2])
+def test_per_head_muon_step_orthogonalises_each_head_block(family, g):
+    """One step equals a float64 Muon step on each block of g heads cut out by slicing (KV
+    projections with fewer heads than g are one block); other matrices stay whole."""
+    model = make_model(family)
+    lr, wd = 0.02, 0.1
+    opt, handle = make_muonclip_optimizer(model, lr=lr, weight_decay=wd, qk_clip_tau=None, per_head_muon=g,
+                                          per_head_output=True, ns_precision="fp32")
+    layout = head_blocks_for(model, include_output=True)
+    model(**make_batch()).loss.backward()
+    muon = next(grp for grp in opt.param_groups if grp["algorithm"] == "muon")
+    before = {n: (p.detach().clone(), p.grad.clone()) for n, p in zip(muon["param_names"], muon["params"],
+                                                                        strict=True)}
+    opt.step()
+    params = dict(model.named_parameters())
+    for name, (w0, grad) in before.items():
+        if w0.ndim != 2:
+            continue  # MoE expert stacks: covered by the optimizer's own tests
+        buf = torch.zeros_like(grad, dtype=torch.float64)
+        expected = torch.empty_like(w0, dtype=torch.float64)
+        if name in layout:
+            dim, width = layout[name]
+            block = width * min(g, w0.shape[dim] // width)
+            for out, w, gr in zip(_slices(expected, dim, block), _slices(w0, dim, block), _slices(grad, dim, block),
+                                  strict=True):
+                out.copy_(reference_muon_step(w, gr, buf[:w.shape[0], :w.shape[1]], lr=lr, weight_decay=wd)[0])
+            if block < w0.shape[dim]:  # a real split changes the update
+                whole = reference_muon_step(w0, grad, buf, lr=lr, weight_decay=wd)[0]
+                assert (whole - expected).abs().max() > 1e-3, name
+        else:
+            expected = reference_muon_step(w0, grad, buf, lr=lr, weight_decay=wd)[0]
+        torch.testing.assert_close(params[name].detach().double(), expected, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "deepseek_v3"])
+def test_per_head_muon_state_dict_round_trip(family):
+    """Per-head groups (and QK-Clip) continue bit-exactly from a saved state_dict."""
+    def build():
+        model = make_model(family)
+        return (model, *make_muonclip_optimizer(model, lr=0.02, per_head_muon=2, per_head_output=True,
+                                                ns_precision="fp32"))
+
+    def train(model, opt, seeds):
+        for seed in seeds:
+            opt.zero_grad(set_to_none=True)
+            model(**make_batch(seed)).loss.backward()
+            opt.step()
+
+    model, opt, handle = build()
+    model2, opt2, handle2 = build()
+    try:
+        train(model, opt, [1, 2])
+        saved_opt, saved_model = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
+        train(model, opt, [3, 4])
+        model2.load_state_dict(saved_model)
+        opt2.param_groups[0]["heads_per_block"] = 1  # load_state_dict must restore it
+        opt2.load_state_dict(saved_opt)
+        muon = next(grp for grp in opt2.param_groups if grp["algorithm"] == "muon")
+        assert muon["heads_per_block"] == 2 and sum(b is not None for b in muon["head_blocks"]) > 0
+        train(model2, opt2, [3, 4])
+        for (n, a), b in zip(model.named_parameters(), model2.parameters(), strict=True):
+            assert torch.equal(a, b), n
+    finally:
+        handle.remove()
+        handle2.remove()

@@ -20,12 +20,9 @@ from .registration import (
     restore,
     switch_to_tracked,
 )
-from .specs import AttentionLayer, attention_layers
+from .specs import TESTED_MODEL_TYPES, AttentionLayer, attention_layers, check_model_type
 
 __all__ = ["QKClipHandle", "TESTED_MODEL_TYPES", "enable_qk_clip"]
-
-#: ``config.model_type`` values covered by the tests; others need ``allow_untested=True``.
-TESTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "deepseek_v3")
 
 
 class QKClipHandle:
@@ -138,14 +135,7 @@ def enable_qk_clip(model: nn.Module, *, allow_untested: bool = False, max_elemen
     materialised at once (query rows are chunked).
     Other model types with the same module layout need ``allow_untested=True``.
     """
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in TESTED_MODEL_TYPES and not allow_untested:
-        raise ValueError(
-            f"model_type {model_type!r} is not one of the tested {TESTED_MODEL_TYPES}; "
-            "pass allow_untested=True if its attention follows the Llama (q_proj/k_proj) or "
-            "DeepSeek-V3 (MLA) layout"
-        )
+    check_model_type(model, allow_untested)
     layers = attention_layers(model)
     if not layers:
         raise ValueError(f"found no attention modules with a known q/k layout in {type(model).__name__}")
