@@ -58,11 +58,13 @@ def _worker(rank: int, world: int, setup: str, args, out: str) -> None:
     model = _model(args)
     n_params = sum(p.numel() for p in model.parameters())
     if setup == "muonclip_fsdp2":
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        mesh = init_device_mesh("cpu", (world,))  # gloo: the default mesh would be CUDA's on a GPU machine
         for block in model.blocks:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         net = model
     else:
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -37,6 +37,19 @@ def load_benchmark():
 
 
 @pytest.fixture(autouse=True)
+def _imitate_cpu_bf16_flags(monkeypatch):
+    """``MUONCLIP_TEST_CPU_BF16_FLAGS=amx_bf16`` runs the suite as on a CPU with native bf16,
+    where ``ns_precision="auto"`` picks bf16 (Sapphire Rapids, Zen 4): a test that assumes
+    fp32 must say so. Unset, the real CPU flags apply."""
+    flags = os.environ.get("MUONCLIP_TEST_CPU_BF16_FLAGS")
+    if flags is not None:
+        from muonclip.optim import precision
+
+        monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: tuple(f for f in flags.split(",") if f))
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield

@@ -182,7 +182,8 @@ def test_config_hash_exclude():
 
 def test_lab_resume_hash_ignores_only_resumable_keys():
     base = get_preset("tiny")
-    longer = apply_overrides(base, [f"{key}=7" for key in RESUMABLE_KEYS])
+    changed = {"run.device": "cuda"}  # a valid other value per key (the device must be cpu/cuda)
+    longer = apply_overrides(base, [f"{key}={changed.get(key, 7)}" for key in RESUMABLE_KEYS])
     assert _model_hash(longer) == _model_hash(base)
     assert _model_hash(apply_overrides(base, ["model.rope_base=1e5"])) != _model_hash(base)
 

@@ -114,6 +114,8 @@ class DistContext:
     group: object  # a ProcessGroup, or None for the default group
     rank: int
     world_size: int
+    # where the communication buffers live: the parameters' device (cuda under NCCL, cpu under gloo)
+    device: torch.device = torch.device("cpu")
 
 
 def context(params: Iterable[Tensor], process_group=None) -> DistContext | None:
@@ -128,6 +130,7 @@ def context(params: Iterable[Tensor], process_group=None) -> DistContext | None:
 
     if not (dist.is_available() and dist.is_initialized()):
         return None
+    params = list(params)
     mesh = None
     for p in params:
         if is_dtensor(p):
@@ -144,7 +147,8 @@ def context(params: Iterable[Tensor], process_group=None) -> DistContext | None:
     world = dist.get_world_size(group)
     if world == 1 and mesh is None:
         return None
-    return DistContext(group, dist.get_rank(group), world)
+    device = local(params[0]).device if params else torch.device("cpu")
+    return DistContext(group, dist.get_rank(group), world, device)
 
 
 def _check_placement(p) -> None:
@@ -236,10 +240,10 @@ def all_gather_owned(owned: dict[int, Tensor], owners: Sequence[int], numels: Se
     if width == 0:
         return out  # type: ignore[return-value]
     mine = per_rank[ctx.rank]
-    send = torch.zeros(width, dtype=torch.float32)
+    send = torch.zeros(width, dtype=torch.float32, device=ctx.device)
     if mine:
         torch.cat([owned[i].reshape(-1) for i in mine], out=send[: sizes[ctx.rank]])
-    bufs = [torch.empty(width, dtype=torch.float32) for _ in range(ctx.world_size)]
+    bufs = [torch.empty(width, dtype=torch.float32, device=ctx.device) for _ in range(ctx.world_size)]
     dist.all_gather(bufs, send, group=ctx.group)
     _record("all_gather", 4 * width * (ctx.world_size - 1), 4 * width * (ctx.world_size - 1))
     for r, idx in enumerate(per_rank):
@@ -258,8 +262,8 @@ def _all_to_all(send: list[Tensor], recv_sizes: list[int], ctx: DistContext) -> 
     import torch.distributed as dist
 
     send_sizes = [t.numel() for t in send]
-    inp = torch.cat(send) if send_sizes and sum(send_sizes) else torch.zeros(0)
-    out = torch.empty(sum(recv_sizes), dtype=torch.float32)
+    inp = torch.cat(send) if send_sizes and sum(send_sizes) else torch.zeros(0, device=ctx.device)
+    out = torch.empty(sum(recv_sizes), dtype=torch.float32, device=ctx.device)
     dist.all_to_all_single(out, inp.float(), recv_sizes, send_sizes, group=ctx.group)
     _record("all_to_all", 4 * (sum(send_sizes) - send_sizes[ctx.rank]),
             4 * (sum(recv_sizes) - recv_sizes[ctx.rank]))
@@ -283,7 +287,7 @@ def gather_to_owners(local_blocks: Sequence[Tensor], shapes: Sequence[Sequence[i
     send = []
     for dst in range(ctx.world_size):
         items = [local_blocks[i].reshape(-1).float() for i in range(len(owners)) if owners[i] == dst]
-        send.append(torch.cat(items) if items else torch.zeros(0))
+        send.append(torch.cat(items) if items else torch.zeros(0, device=ctx.device))
     recv_sizes = [sum(_rows_numel(shapes[i], ranges[i][src]) for i in mine) for src in range(ctx.world_size)]
     got = _all_to_all(send, recv_sizes, ctx)
     parts: dict[int, list[Tensor]] = {i: [] for i in mine}
@@ -308,7 +312,7 @@ def scatter_from_owners(full: dict[int, Tensor], shapes: Sequence[Sequence[int]]
         for i in mine:
             a, b = ranges[i][dst]
             blocks.append(full[i].reshape(shapes[i][0], -1)[a:b].reshape(-1))
-        send.append(torch.cat(blocks) if blocks else torch.zeros(0))
+        send.append(torch.cat(blocks) if blocks else torch.zeros(0, device=ctx.device))
     recv_sizes = []
     for src in range(ctx.world_size):
         recv_sizes.append(sum(_rows_numel(shapes[i], ranges[i][ctx.rank])

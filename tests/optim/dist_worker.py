@@ -40,7 +40,9 @@ def make_model(seed: int = 0) -> GPT:
 
 def make_optimizer(model: GPT) -> MuonClip:
     groups = build_param_groups(model, lr=0.02, weight_decay=0.1, adamw_lr=3e-3)
-    return MuonClip(groups, lr=0.02, weight_decay=0.1, qk_clip_tau=TAU,
+    # fp32 pinned here and below: the parent compares with its own single-process run, and on a
+    # native-bf16 CPU auto would mean bf16 (and a test's CPU-flag imitation stops at the spawn)
+    return MuonClip(groups, lr=0.02, weight_decay=0.1, qk_clip_tau=TAU, ns_precision="fp32",
                     qk_clip_spec=model.qk_clip_spec(), max_logits_fn=model.max_logits)
 
 
@@ -56,7 +58,7 @@ def make_variant_optimizer(model: GPT) -> MuonClip:
                                 head_blocks=model.head_blocks(include_output=True))
     return MuonClip(groups, lr=0.02, weight_decay=0.1, qk_clip_tau=TAU, qk_clip_spec=model.qk_clip_spec(),
                     max_logits_fn=model.max_logits, orthogonalizer=VARIANT_COEFFS, cautious_weight_decay=True,
-                    normuon=True, normuon_beta2=0.9)
+                    normuon=True, normuon_beta2=0.9, ns_precision="fp32")
 
 
 def _second_moment(model: GPT, opt: MuonClip) -> torch.Tensor:
@@ -123,12 +125,21 @@ def scenario_ddp(rank: int, world: int) -> dict:
     return {"params": full_params(model), "clipped": clipped, "local_max": torch.stack(local_max)}
 
 
+def cpu_mesh():
+    """A CPU mesh over every rank: fully_shard's default mesh is CUDA's wherever a GPU is
+    visible, which gloo cannot serve."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh("cpu", (torch.distributed.get_world_size(),))
+
+
 def _fsdp(model: GPT) -> GPT:
     from torch.distributed.fsdp import fully_shard
 
+    mesh = cpu_mesh()
     for block in model.blocks:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 
@@ -271,7 +282,7 @@ def thin_optimizer(model: Thin) -> MuonClip:
         {"params": [model.wide.weight, model.thin.weight], "param_names": ["wide.weight", "thin.weight"],
          "algorithm": "muon"},
         {"params": [model.shift], "param_names": ["shift"], "algorithm": "adamw", "lr": 1e-2},
-    ], lr=0.02, weight_decay=0.1)
+    ], lr=0.02, weight_decay=0.1, ns_precision="fp32")
 
 
 def thin_batch(step: int) -> torch.Tensor:
@@ -289,7 +300,7 @@ def run_thin(model: nn.Module, opt: MuonClip, rank: int = 0, world: int = 1) -> 
 def scenario_empty_shard(rank: int, world: int) -> dict:
     from torch.distributed.fsdp import fully_shard
 
-    model = fully_shard(Thin())
+    model = fully_shard(Thin(), mesh=cpu_mesh())
     opt = thin_optimizer(model)
     run_thin(model, opt, rank, world)
     return {"params": full_params(model),

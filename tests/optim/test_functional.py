@@ -96,9 +96,13 @@ def test_rank_deficient_input(n, m, rank, seed):
     g = torch.Generator().manual_seed(seed)
     G = torch.randn(n, rank, generator=g) @ torch.randn(rank, m, generator=g)
     s = _svals(muon_math.orthogonalize(G))
+    S = _svals(G)
     r = min(rank, n, m)
     assert s[:r].max() <= NS5_BAND[1]
-    assert s[r - 1] >= 0.3  # a rank-r Gaussian product can be mildly ill-conditioned
+    # the r directions reach the band unless the product itself is ill-conditioned (n = m = 3,
+    # rank 3 can be: seed 45 has sigma_min / ||G||_F = 2e-4, which five NS5 steps lift to 0.097 only)
+    kept = S[:r] >= BAND_FLOOR * S.norm()
+    assert s[:r][kept].min() >= NS5_BAND[0]
     if r < min(n, m):
         assert s[r:].max() < 1e-3
 
