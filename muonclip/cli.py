@@ -16,6 +16,10 @@ from pathlib import Path
 from .config import ConfigError, apply_overrides
 from .lab.presets import get_preset, list_presets
 
+# The sections of `muonclip reproduce` (muonclip.reproduce.sections.SECTION_NAMES, which a test
+# keeps equal: importing it here would load matplotlib for every command).
+REPRODUCE_SECTIONS = ["dragon", "guardrail", "lifecycle", "spectra", "efficiency", "tradeoff", "field"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -231,13 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser(
         "reproduce", help="run the reproduction presets and write docs/results.md",
         description="Run the CPU-scale reproduction presets (dragon, guardrail, lifecycle, spectra, efficiency; "
-                    "see `muonclip presets`) through a run cache keyed by config hash, then write OUT/results.md "
+                    "see `muonclip presets`), the QK-Clip trade-off sweep and the field comparison's table "
+                    "through a run cache keyed by config hash, then write OUT/results.md "
                     "with the exact commands, the measured numbers, the targets met or missed, and PNG figures in "
                     "OUT/figures/. Cached runs are reused, interrupted ones resumed. The full set takes ~20-40 "
                     "min on 2 CPU cores; --quick runs shortened versions in a few minutes.",
     )
     rp.add_argument("--only", action="append", metavar="NAME",
-                    choices=["dragon", "guardrail", "lifecycle", "spectra", "efficiency"],
+                    choices=REPRODUCE_SECTIONS,
                     help="only this section (repeatable); default: all, plus the SAE comparison if available")
     rp.add_argument("--quick", action="store_true", help="shortened runs (QUICK_OVERRIDES): a smoke test")
     rp.add_argument("--cache", default="runs/reproduce", metavar="DIR",

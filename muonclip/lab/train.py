@@ -301,6 +301,7 @@ def train(
             tokens += x.numel() * world
             dt = time.perf_counter() - t0
             clip_stats = getattr(optimizer, "last_qk_clip", None) if o.optimizer == "muonclip" else None
+            after_clip = _max_logits_after_step(model, x, dctx) if clip_stats and clip_stats.n_clipped else None
             flat = torch.cat(max_logits)
             row = {
                 "step": step + 1,
@@ -316,6 +317,8 @@ def train(
                 "tokens_per_s": x.numel() * world / dt,
                 "time": prior_time + (time.perf_counter() - t_start),
             }
+            if after_clip is not None:
+                row["max_logits_after"] = [[round(float(v), 5) for v in t] for t in after_clip]
             if spectra_step:
                 summary = {}
                 for name, p in tracked.items():
@@ -348,6 +351,18 @@ def train(
     if end_step == r.steps and main:
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+@torch.no_grad()
+def _max_logits_after_step(model: GPT, x: torch.Tensor, dctx) -> list[torch.Tensor]:
+    """Per-head max logits of the updated (and clipped) weights on the step's own batch.
+
+    Logged on clipping steps only: it shows where the clip put each head. The clip's scale is
+    computed from the forward before the update (as in K2), so a head lands on tau up to what
+    that same step's update moved it, and, in deeper layers, what the layers below changed.
+    """
+    model(x)  # training mode: the forward tracks max logits (no dropout, no RNG use)
+    return lab_dist.max_across([t.clone() for t in model.max_logits()], dctx)
 
 
 def _model_hash(cfg: TrainConfig) -> str:

@@ -207,10 +207,16 @@ def register_presets() -> None:
 
 
 # ---------------------------------------------------------------------------- story + quick
+# The per-layer ablation of the guardrail (K2 clips per head): every head of a layer scaled by
+# the layer's worst gamma, as a naive implementation does.
+GUARDRAIL_LAYER_OVERRIDES = ["optim.qk_clip_granularity=layer"]
 STORY_RUNS: list[tuple[str, str, str, list[str]]] = [
     ("dragon-muon", "dragon", "muon", []),
     ("dragon-adamw", "dragon", "adamw", []),
-    ("guardrail", "dragon", "muonclip", []),
+    ("dragon-clip", "dragon", "muonclip", []),
+    ("guardrail-muon", "guardrail", "muon", []),
+    ("guardrail", "guardrail", "muonclip", []),
+    ("guardrail-layer", "guardrail", "muonclip", GUARDRAIL_LAYER_OVERRIDES),
     ("lifecycle", "lifecycle", "muonclip", []),
     *[(efficiency_label(opt, lr), "efficiency", opt, lr_override(opt, lr)) for opt, lr in EFFICIENCY_BEST.items()],
 ]
@@ -223,9 +229,13 @@ QUICK_OVERRIDES: dict[str, list[str]] = {
     # The dragon on a smaller model (d 64, 2 layers of 4 heads of 32, T 64, batch 8), 100 steps;
     # spectra every 8 steps (14 snapshots). Measured: Muon's max logit 0.1 -> 26.5.
     "dragon": [*_SMALL, "run.steps=100", "run.eval_every=50", "run.eval_batches=2", "run.spectra_every=8"],
-    # tau 5 so that the clip fires early (measured: first clip at step 24, one-step slack 0.31).
-    "guardrail": [*_SMALL, "run.steps=100", "run.eval_every=50", "run.eval_batches=2", "run.spectra_every=8",
-                  "optim.qk_clip_tau=5"],
+    # The no-decay guardrail on the small dragon: tau 5 so that the clip fires early (measured:
+    # first clip at step 24, one-step slack 0.31).
+    "dragon-clip": [*_SMALL, "run.steps=100", "run.eval_every=50", "run.eval_batches=2", "run.spectra_every=8",
+                    "optim.qk_clip_tau=5"],
+    # The guardrail preset (already small) for 60 steps: over 100 steps Muon's max logit was 2.0 at
+    # step 20 and 8.9 at step 30 (measured), so tau 5 makes the clip fire in the first half.
+    "guardrail": ["run.steps=60", "run.eval_every=30", "run.eval_batches=2", "optim.qk_clip_tau=5"],
     "spectra": [*_SMALL, "run.steps=100", "run.eval_every=50", "run.eval_batches=2", "run.spectra_every=8"],
     # A smaller model (d 64, 2 layers of 4 heads of 32, T 64, batch 8) for 200 steps: cheap enough to
     # show the whole lifecycle (measured: clip on at step 79, off after 119, final 0.87 tau).

@@ -33,7 +33,7 @@ _IGNORED_IN_DIFF = ("time", "tokens_per_s")
 def determinism_check(log: Callable[[str], None]) -> tuple[str, float, list[str]]:
     """Train a short MuonClip run twice from scratch; return (label, max abs difference over
     all logged numbers except timings, keys compared)."""
-    # The quick guardrail (small model, 100 steps): cheap, and the clip fires in it from step ~24.
+    # The quick guardrail (1 layer, 100 steps): cheap, and the clip fires in it.
     cfg = apply_overrides(get_preset("guardrail"), presets.QUICK_OVERRIDES["guardrail"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,7 +68,7 @@ def determinism_check(log: Callable[[str], None]) -> tuple[str, float, list[str]
 def sae_section(rn: Runner) -> str:
     """Adam vs Muon SAEs (issue #8) trained on the guardrail run's residual stream, cached in
     the reproduce cache by run and SAE config; every number comes from their metrics."""
-    run = rn.get("guardrail", "dragon", "muonclip", quick_key="guardrail")
+    run = rn.get("dragon-clip", "dragon", "muonclip", quick_key="dragon-clip")
     _, result = ensure_sae_compare(run.run_dir, QUICK if rn.quick else DEFAULT, rn.cache,
                                    log=lambda m: rn.log(f"[reproduce] {m}"), train_log=rn.log)
     flags = " --quick" if rn.quick else ""

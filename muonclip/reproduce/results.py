@@ -193,6 +193,83 @@ def clip_slack(rows: Sequence[Row], tau: float) -> float | None:
     return None if after is None else after / tau - 1.0
 
 
+def cap_ratio(rows: Sequence[Row], tau: float) -> float | None:
+    """``max_after_first_clip / tau``: the cap as K2 draws it (1.0 = flat at tau)."""
+    after = max_after_first_clip(rows)
+    return None if after is None else after / tau
+
+
+def head_names(rows: Sequence[Row]) -> list[tuple[int, int]]:
+    """Every ``(layer, head)`` of the run, in layer-major order."""
+    return [(li, hi) for li, layer in enumerate(rows[0]["max_logits"]) for hi in range(len(layer))] if rows else []
+
+
+def peaks_over_tau(rows: Sequence[Row], tau: float) -> list[tuple[tuple[int, int], float, bool]]:
+    """Each head's peak max logit / tau over the whole run, largest first, with whether it was
+    ever clipped (:func:`heads_ever_clipped`)."""
+    peaks, ever = head_peaks(rows), heads_ever_clipped(rows, tau)
+    out = [((li, hi), float(peaks[li, hi]) / tau, (li, hi) in ever) for li, hi in head_names(rows)]
+    return sorted(out, key=lambda t: -t[1])
+
+
+def clip_raster(rows: Sequence[Row], tau: float) -> tuple[list[int], list[tuple[int, int]], np.ndarray]:
+    """``(steps, heads, clipped [steps, heads])``: which head each clipping step clipped (the
+    heads above tau in the rows where the clip fired), for every head ever clipped."""
+    heads = sorted(heads_ever_clipped(rows, tau))
+    steps = [int(r["step"]) for r in rows]
+    raster = np.zeros((len(rows), len(heads)), dtype=bool)
+    for i, r in enumerate(rows):
+        if _clipped(r):
+            above = heads_above(r, tau)
+            raster[i] = [h in above for h in heads]
+    return steps, heads, raster
+
+
+def clip_span_per_head(rows: Sequence[Row], tau: float) -> dict[tuple[int, int], tuple[int, int]]:
+    """Every ever-clipped head's first and last clipping step."""
+    steps, heads, raster = clip_raster(rows, tau)
+    return {h: (steps[int(np.argmax(col))], steps[len(col) - 1 - int(np.argmax(col[::-1]))])
+            for h, col in zip(heads, raster.T, strict=True)}
+
+
+def landing_after_clip(rows: Sequence[Row], tau: float) -> dict[str, Any] | None:
+    """Where the clip put the clipped heads: their max logit of the updated, clipped weights on
+    the clipping step's own batch (``max_logits_after``), over tau. None without such rows."""
+    ratios = [_num(r["max_logits_after"][li][hi]) / tau for r in rows if r.get("max_logits_after")
+              for li, hi in heads_above(r, tau)]
+    if not ratios:
+        return None
+    return {"n": len(ratios), "min": min(ratios), "max": max(ratios), "median": float(np.median(ratios)),
+            "max_abs_error": max(abs(x - 1.0) for x in ratios)}
+
+
+def layer_clip_shrinkage(rows: Sequence[Row], tau: float) -> dict[str, Any]:
+    """What per-layer clipping (``qk_clip_granularity="layer"``) does to healthy heads.
+
+    At each clipping step every head of a layer whose worst head passed tau is scaled by that
+    layer's gamma = tau / max; the heads at or below tau there were healthy and shrunk anyway.
+    Returns the healthy heads shrunk at least once, the number of such (step, head) events, the
+    median gamma of those events and each shrunk head's total logit factor (the product of its
+    gammas), smallest first."""
+    total: dict[tuple[int, int], float] = {}
+    gammas = []
+    for r in rows:
+        if not _clipped(r):
+            continue
+        for li, layer in enumerate(r["max_logits"]):
+            worst = max(_num(v) for v in layer)
+            if worst <= tau:
+                continue
+            gamma = tau / worst
+            for hi, v in enumerate(layer):
+                if _num(v) <= tau:
+                    total[(li, hi)] = total.get((li, hi), 1.0) * gamma
+                    gammas.append(gamma)
+    return {"healthy_heads_shrunk": sorted(total), "events": len(gammas),
+            "median_gamma": float(np.median(gammas)) if gammas else None,
+            "total_factor": dict(sorted(total.items(), key=lambda kv: kv[1]))}
+
+
 @dataclass(frozen=True)
 class ClipPhases:
     """QK-Clip's life in one run, found from the rows.
@@ -492,3 +569,31 @@ def field_table(efficiency: Mapping[str, Sequence[Sequence[Row]]], dragon: Mappi
             row["dragon_growth"] = seed_stats([growth_factor(r) for r in dragon[name]])
         out[name] = row
     return out
+
+
+def tradeoff_sweep_grid(result: Mapping[str, Any], key: str) -> np.ndarray:
+    """``[len(seq_lens), len(taus)]`` of one measured quantity of the trade-off sweep."""
+    seq_lens, taus = result["seq_lens"], result["taus"]
+    grid = np.full((len(seq_lens), len(taus)), np.nan)
+    for cell in result["cells"]:
+        grid[seq_lens.index(cell["seq_len"]), taus.index(cell["tau"])] = cell[key]
+    return grid
+
+
+def tradeoff_edge(result: Mapping[str, Any], *, drop: float = 0.02) -> dict[int, float | None]:
+    """Per prompt length, the largest tau at which held-out accuracy is more than ``drop``
+    below the unclipped arm's (None: no tau of the sweep cost that much)."""
+    taus = result["taus"]
+    acc = tradeoff_sweep_grid(result, "accuracy")
+    free = taus.index(None)
+    out = {}
+    for i, seq_len in enumerate(result["seq_lens"]):
+        costly = [t for j, t in enumerate(taus) if t is not None and acc[i, j] < acc[i, free] - drop]
+        out[seq_len] = max(costly) if costly else None
+    return out
+
+
+def mean_over_heads(values: Sequence[Sequence[float]], heads: Sequence[tuple[int, int]]) -> float | None:
+    """Mean of a per-layer, per-head table (e.g. attention entropy) over ``heads``."""
+    picked = [float(values[li][hi]) for li, hi in heads]
+    return sum(picked) / len(picked) if picked else None

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..viz import charts
+from ..lab import probe
+from ..viz import charts, clip_charts
 from ..viz.style import DIGITS, fmt, fmt_g, fmt_pct
 from . import presets, results
 from .runner import Run, Runner
@@ -122,65 +123,137 @@ def section_dragon(rn: Runner) -> Section:
 # ----------------------------------------------------------------------------- the guardrail
 
 
+def _heads(heads) -> str:
+    return ", ".join(f"({a},{b})" for a, b in heads) or "none"
+
+
 def section_guardrail(rn: Runner) -> Section:
-    muon = rn.get("dragon-muon", "dragon", "muon")
-    clip = rn.get("guardrail", "dragon", "muonclip", quick_key="guardrail")
-    adamw = rn.get("dragon-adamw", "dragon", "adamw")
+    muon = rn.get("guardrail-muon", "guardrail", "muon")
+    clip = rn.get("guardrail", "guardrail", "muonclip")
+    layer = rn.get("guardrail-layer", "guardrail", "muonclip", presets.GUARDRAIL_LAYER_OVERRIDES,
+                   quick_key="guardrail")
     tau, rows = clip.tau, clip.rows
-    s = Section("guardrail", "The guardrail: MuonClip holds the max logit at tau", commands=[rn.command(clip)])
+    s = Section("guardrail", "The guardrail: MuonClip caps the max logit at tau and clips few heads",
+                commands=[rn.command(muon), rn.command(clip), rn.command(layer)])
+    c = clip.cfg
     first = results.first_clip_step(rows)
-    ever, total = results.heads_ever_clipped(rows, tau), results.n_heads(rows)
+    ever = results.heads_ever_clipped(rows, tau)
     frac = results.fraction_heads_ever_clipped(rows, tau)
     vm, vc = results.final_val_loss(muon.rows), results.final_val_loss(rows)
     rel = results.relative_change(vc, vm)
+    peak_m, growth = results.peak_max_logit(muon.rows), results.growth_factor(muon.rows)
+    cap = results.cap_ratio(rows, tau)
+    landing = results.landing_after_clip(rows, tau)
     s.table += [
+        ("model / recipe", f"{c.model.n_layer} layer(s) x {c.model.n_head} heads of {c.model.head_size}, d_model "
+                           f"{c.model.d_model}, T {c.model.seq_len}, batch {c.run.batch_size}, {c.run.steps} steps; "
+                           f"lr {fmt_g(c.optim.lr)} {c.schedule.kind} (warmup {c.schedule.warmup_steps}), weight "
+                           f"decay {fmt_g(c.optim.weight_decay)}"),
         ("tau", fmt_g(tau)),
-        ("first clip / last clip (step)", _first_last_clip(rows)),
-        ("steps with a clip", fmt(len(results.clip_steps(rows)))),
-        ("measured one-step slack: max over steps after the first clip of max_logit/tau - 1",
-         _ratio(results.clip_slack(rows, tau))),
-        ("peak max logit after the first clip", _logit(results.max_after_first_clip(rows))),
-        ("heads ever clipped", _heads_ever(rows, tau)),
-        ("which heads (layer, head)", ", ".join(f"({a},{b})" for a, b in sorted(ever)) or "none"
-         if len(ever) <= total // 2 else f"all but {total - len(ever)}"),
-        ("final val loss: MuonClip / Muon / AdamW",
-         f"{_loss(vc)} / {_loss(vm)} / {_loss(results.final_val_loss(adamw.rows))}"),
-        ("MuonClip vs Muon final val loss", fmt_pct(rel, 2, signed=True)),
-        ("loss spikes (> 0.5 nats above the previous-20-step median): MuonClip / Muon",
-         f"{fmt(results.loss_spikes(rows))} / {fmt(results.loss_spikes(muon.rows))}"),
+        ("vanilla Muon: max logit at step 1 / peak / peak over tau / growth (peak / step 1)",
+         f"{fmt(results.initial_max_logit(muon.rows), DIGITS['initial_logit'])} / {_logit(peak_m)} / "
+         f"{fmt(peak_m / tau, 3)} / {fmt(growth, DIGITS['growth'])}x"),
+        ("MuonClip: first clip / last clip (step)", _first_last_clip(rows)),
+        ("MuonClip: steps with a clip", fmt(len(results.clip_steps(rows)))),
+        ("MuonClip: the cap, max logit after the first clip / tau (forward before each step)", _ratio(cap)),
+        ("MuonClip: clipped heads after the clip, on the same batch: max logit / tau (min / median / max over "
+         f"{fmt(landing and landing['n'])} head-steps)",
+         f"{_ratio(landing['min'])} / {_ratio(landing['median'])} / {_ratio(landing['max'])}" if landing else "n/a"),
+        ("MuonClip: heads ever clipped", _heads_ever(rows, tau)),
+        ("MuonClip: which heads (layer, head)", _heads(sorted(ever))),
+        ("final val loss: MuonClip / Muon", f"{_loss(vc)} / {_loss(vm)} ({fmt_pct(rel, 2, signed=True)})"),
     ]
-    # Why the clipped set is not sparse here: how many heads of *vanilla Muon* pass tau, and
-    # pass peak/3 (the largest tau for which Muon's peak is still >= 3 tau).
-    top = float(results.head_peaks(muon.rows).max())
-    s.table.append(("vanilla Muon: heads whose peak max logit exceeds tau / exceeds peak/3 "
-                    f"(= {fmt(top / 3, 0)}, the largest tau with Muon peak >= 3 tau)",
-                    f"{fmt(results.heads_peak_above(muon.rows, tau))} / "
-                    f"{fmt(results.heads_peak_above(muon.rows, top / 3))} of {fmt(results.n_heads(muon.rows))}"))
-    # For contrast: the same model and tau with weight decay 0.1 and a cosine schedule (the
-    # efficiency preset's MuonClip run) -- the "few rogue heads" picture.
-    lr_eff = presets.EFFICIENCY_CLIP_LR
-    eff = rn.get(presets.efficiency_label("muonclip", lr_eff), "efficiency", "muonclip",
-                 presets.lr_override("muonclip", lr_eff))
-    s.table.append(("for contrast, heads ever clipped with weight decay 0.1 + cosine lr (efficiency preset, "
-                    f"MuonClip lr {fmt_g(lr_eff)}, tau {fmt_g(eff.tau)})", _heads_ever(eff.rows, eff.tau)))
     s.checks += [
+        Check("guardrail: Muon peak >= 2 tau", ">= 2 tau", f"{fmt(peak_m / tau, 3)} tau", peak_m >= 2 * tau),
+        Check("guardrail: Muon growth >= 10x", ">= 10x", f"{fmt(growth, DIGITS['growth'])}x", growth >= 10),
         Check("guardrail: clip fired", "fires", fmt(first), first is not None),
+        Check("guardrail: cap after the first clip <= 1.10 tau", "<= 1.10 tau", f"{_ratio(cap)} tau",
+              None if cap is None else cap <= 1.10),
         Check("guardrail: heads ever clipped <= 25%", "<= 25%", fmt_pct(frac), frac <= 0.25),
         Check("guardrail: final val loss within 1% of Muon (or better)", "<= +1%",
               fmt_pct(rel, 2, signed=True), None if rel is None else rel <= 0.01),
     ]
     s.extra_md.append(
-        "The metrics row's max logit comes from the forward pass *before* that step's update and clip, "
-        "so after the first clip every row measures what one optimizer step does to heads that were "
-        "just clipped to tau: that is the slack above. The clip itself lands exactly on tau "
-        "(tested in `tests/optim`)."
-    )
+        "The metrics row's max logit comes from the forward pass *before* that step's update and clip, so after "
+        f"the first clip every row measures what one optimizer step does to heads that were just clipped: the cap "
+        f"above ({_ratio(cap)} tau) is that one-step slack. On the clipping step's own batch the clipped weights "
+        "land on tau up to what the same step's update moved them (the clip's gamma comes from the forward before "
+        "the update, as in K2); with lr 0 they land on tau to 1e-6 (`tests/optim`, `benchmarks/gpu_check.py`).")
+    _rogue_heads(s, clip)
+    _per_layer(s, clip, layer)
+    steep = rn.get("dragon-clip", "dragon", "muonclip", quick_key="dragon-clip")
+    s.commands.append(rn.command(steep))
+    s.table += [
+        ("contrast, the steep no-decay guardrail (dragon preset + MuonClip, tau "
+         f"{fmt_g(steep.tau)}): heads ever clipped / cap", f"{_heads_ever(steep.rows, steep.tau)} / "
+                                                            f"{_ratio(results.cap_ratio(steep.rows, steep.tau))} tau"),
+    ]
     s.figures["guardrail_max_logit"] = charts.max_logit_figure(
-        {"Muon": _max_logit_curve(muon), "MuonClip": _max_logit_curve(clip), "AdamW": _max_logit_curve(adamw)},
-        tau=tau, title=f"Guardrail: MuonClip (tau = {fmt_g(tau)}) vs vanilla Muon")
+        {"Muon": _max_logit_curve(muon), "MuonClip": _max_logit_curve(clip),
+         "MuonClip per layer": _max_logit_curve(layer)},
+        tau=tau, title=f"Guardrail preset: MuonClip (tau = {fmt_g(tau)}) vs vanilla Muon")
     s.figures["guardrail_heads"] = charts.layer_heads_figure(
         [r["step"] for r in rows], clip.data.head_logits(), tau=tau, title="MuonClip: max logit of every head")
+    steps = [int(r["step"]) for r in rows]
+    after = [(int(r["step"]), float(r["max_logits_after"][li][hi]) / tau) for r in rows if r.get("max_logits_after")
+             for li, hi in results.heads_above(r, tau)]
+    s.figures["guardrail_cap"] = clip_charts.cap_figure(
+        steps, [float(r["max_logit"]) / tau for r in rows], [a for a, _ in after], [b for _, b in after],
+        cap_target=1.10, title="The cap: before each step, and where the clip puts the clipped heads")
     return s
+
+
+K2_FRACTION_CLIPPED = 0.127  # Kimi K2 report: 12.7% of heads were ever clipped
+
+
+def _rogue_heads(s: Section, clip: Run) -> None:
+    """Which heads went rogue: sorted peaks over tau and when each was clipped."""
+    tau, rows = clip.tau, clip.rows
+    peaks = results.peaks_over_tau(rows, tau)
+    spans = results.clip_span_per_head(rows, tau)
+    s.table += [
+        ("rogue heads: peak max logit / tau, top 8 (layer, head: ratio, clipped?)",
+         "; ".join(f"({h[0]},{h[1]}): {fmt(r, 2)}{' clipped' if c else ''}" for h, r, c in peaks[:8])),
+        ("rogue heads: first / last clipping step per clipped head",
+         "; ".join(f"({h[0]},{h[1]}): {a}-{b}" for h, (a, b) in sorted(spans.items())) or "none"),
+    ]
+    steps, heads, raster = results.clip_raster(rows, tau)
+    s.figures["rogue_heads"] = clip_charts.rogue_heads_figure(
+        peaks, steps, heads, raster, reference_fraction=K2_FRACTION_CLIPPED,
+        title=f"Rogue heads: peak / tau of every head over the run (MuonClip, tau = {fmt_g(tau)})")
+
+
+def _per_layer(s: Section, clip: Run, layer: Run) -> None:
+    """K2 clips per head; the naive per-layer clip shrinks every head of a layer with a rogue one."""
+    tau = clip.tau
+    shrink = results.layer_clip_shrinkage(layer.rows, tau)
+    healthy = shrink["healthy_heads_shrunk"]
+    factors = list(shrink["total_factor"].values())
+    ent_head = probe.attention_entropy(clip.run_dir)
+    ent_layer = probe.attention_entropy(layer.run_dir)
+    vh, vl = results.final_val_loss(clip.rows), results.final_val_loss(layer.rows)
+    md = ["| | per head (K2) | per layer |", "|---|---|---|",
+          f"| heads ever clipped | {_heads_ever(clip.rows, tau)} | {_heads_ever(layer.rows, tau)} |",
+          f"| healthy heads shrunk (at or below tau while their layer was clipped) | 0 | {fmt(len(healthy))} "
+          f"({fmt(shrink['events'])} head-steps) |",
+          f"| median gamma of those events / smallest total factor of a healthy head | - | "
+          f"{_ratio(shrink['median_gamma'])} / {_ratio(min(factors) if factors else None)} |",
+          f"| attention entropy of those healthy heads, final weights (nats) | "
+          f"{fmt(results.mean_over_heads(ent_head, healthy), 3)} | "
+          f"{fmt(results.mean_over_heads(ent_layer, healthy), 3)} |",
+          f"| attention entropy, mean of all heads (nats) | "
+          f"{fmt(results.mean_over_heads(ent_head, results.head_names(clip.rows)), 3)} | "
+          f"{fmt(results.mean_over_heads(ent_layer, results.head_names(layer.rows)), 3)} |",
+          f"| max logit after the first clip / tau | {_ratio(results.cap_ratio(clip.rows, tau))} | "
+          f"{_ratio(results.cap_ratio(layer.rows, tau))} |",
+          f"| final val loss | {_loss(vh)} | {_loss(vl)} "
+          f"({fmt_pct(results.relative_change(vl, vh), 2, signed=True)}) |"]
+    s.extra_md.append("Per head against per layer (`optim.qk_clip_granularity=layer` scales every head of a layer "
+                      "by the layer's worst gamma, as a naive implementation does), same preset and seed:\n\n"
+                      + "\n".join(md))
+    if shrink["total_factor"]:
+        s.figures["guardrail_per_layer"] = clip_charts.per_layer_figure(
+            shrink["total_factor"], title="Per-layer clipping: healthy heads' total logit factor")
 
 
 # ----------------------------------------------------------------------------- the lifecycle
@@ -355,12 +428,96 @@ def section_efficiency(rn: Runner) -> Section:
     return s
 
 
+# ----------------------------------------------------------------------------- the trade-off sweep
+
+
+def section_tradeoff(rn: Runner) -> Section:
+    from . import tradeoff
+
+    cfg, taus, lens = ((tradeoff.SWEEP_QUICK, tradeoff.SWEEP_QUICK_TAUS, tradeoff.SWEEP_QUICK_SEQ_LENS) if rn.quick
+                       else (tradeoff.SWEEP, tradeoff.SWEEP_TAUS, tradeoff.SWEEP_SEQ_LENS))
+    rn.log(f"[reproduce] tradeoff sweep: taus {taus} x prompt lengths {lens}")
+    result, run_dir = tradeoff.ensure_tradeoff_sweep(cfg, rn.cache, taus, lens)
+    s = Section("tradeoff", "The trade-off: where a low tau starts to cost accuracy",
+                commands=[f"python -m muonclip reproduce --only tradeoff   # cached in {rn.cache.name}/{run_dir.name}"])
+    edge = results.tradeoff_edge(result)
+    labels = ["none" if t is None else fmt_g(t) for t in taus]
+    md = ["| words | " + " | ".join(f"tau {x}" for x in labels) + " |", "|---|" + "---|" * len(taus)]
+    for key, name in (("accuracy", "held-out accuracy"), ("keyword_attention", "attention on the keyword"),
+                      ("eval_loss", "held-out loss"), ("max_logit", "max logit")):
+        grid = results.tradeoff_sweep_grid(result, key)
+        md.append(f"| **{name}** |" + " |" * len(taus))
+        md += [f"| {n} | " + " | ".join(fmt(v, 3) for v in grid[i]) + " |" for i, n in enumerate(lens)]
+    s.extra_md.append(f"Synthetic tool selection ({cfg.n_tools} tools, {cfg.n_distractors} distractor words, "
+                      f"{cfg.steps} steps, d_model {cfg.d_model}, {cfg.n_layer} layers x {cfg.n_head} heads); the "
+                      "keyword hides among more words as the prompt grows. One arm per cell, same init and "
+                      "batches; tau 'none' is vanilla Muon.\n\n" + "\n".join(md))
+    for n in lens:
+        s.table.append((f"{n} words: largest tau whose accuracy is > 2 points below no clip",
+                        fmt_g(edge[n], none="none (no tau of the sweep cost accuracy)")))
+    s.table.append(("sweep wall time (s)", fmt(result["seconds"], 0)))
+    s.figures["tradeoff_sweep"] = clip_charts.tradeoff_sweep_figure(
+        lens, taus, {"held-out accuracy": results.tradeoff_sweep_grid(result, "accuracy"),
+                     "attention on the keyword": results.tradeoff_sweep_grid(result, "keyword_attention"),
+                     "held-out loss": results.tradeoff_sweep_grid(result, "eval_loss")},
+        title="QK-Clip tau against prompt length")
+    return s
+
+
+# ----------------------------------------------------------------------------- the field comparison (#16)
+
+FIELD_RESULT = "docs/data/field-comparison.json"
+
+
+def section_field(rn: Runner) -> Section:
+    """The field comparison's table, from its committed result (``muonclip.reproduce.field``)."""
+    import json
+    from pathlib import Path
+
+    s = Section("field", "Where the field went: per-head Muon, NorMuon, cautious decay, orthogonalisers")
+    path = Path(FIELD_RESULT)
+    if not path.exists():
+        s.extra_md.append(f"`{FIELD_RESULT}` is missing: run `python -m muonclip.reproduce.field --out runs/field` "
+                          "and copy its field.json there.")
+        return s
+    data = json.loads(path.read_text(encoding="utf-8"))
+    s.commands = [f"python -m muonclip.reproduce.field --out runs/field --device {data['device']} --jobs 12"]
+    md = ["| arm | what | lr (best of sweep) | final val loss (mean ± half-range, seeds) | tokens to AdamW's "
+          "final loss (mean ± half-range) | vs AdamW | dragon: peak max logit (seeds) |",
+          "|---|---|---|---|---|---|---|"]
+    for name, row in data["table"].items():
+        fv, tk = row["final_val_loss"], row["tokens_to_baseline"]
+        dragon = row.get("dragon_peak_max_logit")
+        md.append(f"| {name} | {data['arms'][name]} | {fmt_g(data['best_lr'][name])} | {fmt(fv['mean'], 4)} ± "
+                  f"{fmt(fv['spread'], 4)} ({row['seeds']}) | {fmt(tk['mean'], 0)} ± {fmt(tk['spread'], 0)}"
+                  + (f" ({tk['missing']} seed(s) never reached it)" if tk["missing"] else "")
+                  + f" | {_ratio(row['tokens_vs_baseline'])}x | "
+                  + (", ".join(fmt(v, 1) for v in dragon["values"]) if dragon else "-") + " |")
+    sweep = ["| arm | " + " | ".join(f"lr {lr}" for lr in next(iter(data["sweep_final_val_loss"].values()))) + " |"]
+    s.extra_md += [
+        f"Measured on {data['device_name']} (torch {data['torch']}), {len(data['seeds'])} seeds on the "
+        "`efficiency` preset (each arm at its best lr of a 4-point sweep on seed 0) and "
+        f"{len(data['dragon_seeds'])} on `dragon` (lr 0.02, no decay). Every Muon arm runs `--optimizer muon` "
+        "(no clip). The result file is `docs/data/field-comparison.json`; its numbers come from "
+        "`muonclip.reproduce.results.field_table`.\n\n" + "\n".join(md),
+        "Final val loss of the lr sweep (seed 0):\n\n" + "\n".join(
+            sweep + ["|---|" + "---|" * len(next(iter(data["sweep_final_val_loss"].values())))]
+            + [f"| {n} | " + " | ".join(fmt(v, 4) for v in sw.values()) + " |"
+               for n, sw in data["sweep_final_val_loss"].items()]),
+    ]
+    best = min((r["final_val_loss"]["mean"], n) for n, r in data["table"].items())
+    s.table.append(("lowest mean final val loss", f"{best[1]} ({fmt(best[0], 4)})"))
+    return s
+
+
 SECTIONS: dict[str, Callable[[Runner], Section]] = {
     "dragon": section_dragon,
     "guardrail": section_guardrail,
     "lifecycle": section_lifecycle,
     "spectra": section_spectra,
     "efficiency": section_efficiency,
+    "tradeoff": section_tradeoff,
+    "field": section_field,
 }
 SECTION_NAMES = tuple(SECTIONS)
 

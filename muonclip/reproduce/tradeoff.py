@@ -18,6 +18,7 @@ asks for them through :func:`ensure_tradeoff` and only draws them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ from ..models import GPT, GPTConfig
 from ..optim import MuonClip, build_param_groups
 from ..viz.style import fmt_g
 
-__all__ = ["TradeoffConfig", "QUICK", "FULL", "make_prompts", "run_arm", "run_tradeoff", "ensure_tradeoff"]
+__all__ = ["TradeoffConfig", "QUICK", "FULL", "SWEEP", "SWEEP_TAUS", "SWEEP_SEQ_LENS", "SWEEP_QUICK",
+           "SWEEP_QUICK_TAUS", "SWEEP_QUICK_SEQ_LENS", "make_prompts", "run_arm",
+           "run_tradeoff", "ensure_tradeoff", "run_sweep", "ensure_tradeoff_sweep"]
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,10 @@ def _measure(model, cfg: TradeoffConfig, probe, evalset) -> dict:
         best = int(torch.argmax(margin.flatten()))
         layer, head = divmod(best, H)
         max_logit = max(float(a[torch.isfinite(a)].max()) for a in att_logits)
+        eval_loss = float(functional.cross_entropy(logits[:, -1, :], target))
         return {
             "accuracy": accuracy,
+            "eval_loss": eval_loss,
             "keyword_attention": float(kw_mean[layer, head]),
             "distractor_attention": float(dist_mean[layer, head]),
             "margin": float(margin[layer, head]),
@@ -199,6 +204,54 @@ def run_tradeoff(cfg: TradeoffConfig, *, progress: Callable[[int], None] | None 
         "probe_keyword_pos": int(probe_pos[0]),
         "seconds": time.perf_counter() - t0,
     }
+
+
+# The sweep that looks for the edge: tau from very low to none (None = vanilla Muon) against
+# difficulty, the number of words the keyword hides among (longer prompts need a sharper
+# softmax: a share p of attention on one of L words needs a logit gap of ln(p (L - 1) / (1 - p))).
+SWEEP_TAUS: tuple[float | None, ...] = (0.5, 1.0, 2.0, 4.0, None)
+SWEEP_SEQ_LENS: tuple[int, ...] = (16, 32, 64)
+# One snapshot at the end: the measurement passes, not training, dominate long prompts.
+SWEEP = dataclasses.replace(FULL, steps=300, snapshot_every=300, n_eval=256, n_probe=32)
+# --quick: two taus x two lengths, 80 steps each (a smoke test of the pipeline, not a finding)
+SWEEP_QUICK = dataclasses.replace(FULL, steps=80, snapshot_every=80, n_eval=128, n_probe=16)
+SWEEP_QUICK_TAUS: tuple[float | None, ...] = (0.5, None)
+SWEEP_QUICK_SEQ_LENS: tuple[int, ...] = (16, 32)
+
+
+def run_sweep(cfg: TradeoffConfig, taus=SWEEP_TAUS, seq_lens=SWEEP_SEQ_LENS, *,
+              progress: Callable[[int], None] | None = None) -> dict:
+    """One arm per (seq_len, tau) cell, same init and batch seeds; the last snapshot of each."""
+    t0 = time.perf_counter()
+    cells = []
+    for seq_len in seq_lens:
+        for tau in taus:
+            cell_cfg = dataclasses.replace(cfg, seq_len=seq_len, tau=tau if tau is not None else cfg.tau)
+            arm = run_arm(cell_cfg, clip=tau is not None, progress=progress)
+            last = arm["snapshots"][-1]
+            cells.append({"seq_len": seq_len, "tau": tau, "clipped_steps": arm["clipped_steps"],
+                          **{k: last[k] for k in ("accuracy", "eval_loss", "keyword_attention",
+                                                  "distractor_attention", "margin", "max_logit", "loss")}})
+    return {"config": dataclasses.asdict(cfg), "config_hash": cfg.hash(), "taus": list(taus),
+            "seq_lens": list(seq_lens), "cells": cells, "seconds": time.perf_counter() - t0}
+
+
+def ensure_tradeoff_sweep(cfg: TradeoffConfig, cache_dir: str | Path, taus=SWEEP_TAUS, seq_lens=SWEEP_SEQ_LENS, *,
+                          git_sha: str | None = None,
+                          progress: Callable[[int], None] | None = None) -> tuple[dict, Path]:
+    """The cached sweep (``cache_dir/tradeoff-sweep-HASH/result.json``), computing it if absent."""
+    spec = json.dumps({"cfg": cfg.hash(), "taus": list(taus), "seq_lens": list(seq_lens)}, sort_keys=True)
+    key = hashlib.sha256(spec.encode("utf-8")).hexdigest()[:12]
+    run_dir = Path(cache_dir) / f"tradeoff-sweep-{key}"
+    path = run_dir / "result.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8")), run_dir
+    result = run_sweep(cfg, taus, seq_lens, progress=progress)
+    result["run_id"] = run_dir.name
+    result["git_sha"] = git_sha
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result)
+    return result, run_dir
 
 
 def ensure_tradeoff(cfg: TradeoffConfig, cache_dir: str | Path, *, git_sha: str | None = None,

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Mapping
 
+from ..lab import probe
 from ..lab.rundir import RunData
 from ..reproduce import results
 from ..sae.plots import l0_series
-from ..viz import animate, charts, plots
+from ..viz import animate, charts, clip_charts, plots
 from ..viz.style import fmt_g
 from .render import save_animation, save_figure
 
@@ -125,20 +126,64 @@ def fig_dragon(runs: Runs, out: Path, opts: dict) -> dict:
             "final_loss": results.final_train_loss(rows)}
 
 
+K2_FRACTION_CLIPPED = 0.127  # Kimi K2 report: 12.7% of heads were ever clipped
+
+
 def fig_rogue_heads(runs: Runs, out: Path, opts: dict) -> dict:
     run = runs["guardrail"]
-    tau = _tau(runs)
-    i, layer, why = results.rogue_pick(run.rows, tau)
-    row = run.rows[i]
-    heads = run.head_logits()[i]
-    fig = plots.plot_rogue_heads(heads, layer, row["step"], tau, why=why, run_label=display_name(run),
-                                 provenance=run.provenance)
-    save_figure(fig, out / "rogue_heads.png", description=f"per-head max logits at step {row['step']} ({why})")
-    above = results.heads_above(row, tau)
-    return {"step": int(row["step"]), "layer": layer, "why": why, "values": heads[layer].tolist(),
-            "above": sum(1 for li, _ in above if li == layer), "heads_per_layer": int(heads.shape[1]),
-            "above_all_layers": len(above), "heads_total": results.n_heads(run.rows),
-            "heads_ever": len(results.heads_ever_clipped(run.rows, tau)), "tau": tau}
+    tau = run.tau
+    peaks = results.peaks_over_tau(run.rows, tau)
+    steps, heads, raster = results.clip_raster(run.rows, tau)
+    fig = clip_charts.rogue_heads_figure(peaks, steps, heads, raster, reference_fraction=K2_FRACTION_CLIPPED,
+                                         title=f"Rogue heads over the whole run ({display_name(run)}, "
+                                               f"tau {fmt_g(tau)})")
+    plots.add_provenance(fig, run.provenance)
+    save_figure(fig, out / "rogue_heads.png", description="every head's peak / tau, and when each was clipped")
+    spans = results.clip_span_per_head(run.rows, tau)
+    clipped = [r for _, r, c in peaks if c]
+    healthy = [r for _, r, c in peaks if not c]
+    return {"tau": tau, "heads_total": results.n_heads(run.rows), "heads_ever": len(clipped),
+            "fraction": results.fraction_heads_ever_clipped(run.rows, tau), "k2_fraction": K2_FRACTION_CLIPPED,
+            "top": [[list(h), r, c] for h, r, c in peaks[:5]],
+            "healthy_max_peak_over_tau": max(healthy) if healthy else None,
+            "spans": {f"{h[0]},{h[1]}": list(v) for h, v in sorted(spans.items())},
+            "steps": results.total_steps(run.rows)}
+
+
+def fig_cap(runs: Runs, out: Path, opts: dict) -> dict:
+    run = runs["guardrail"]
+    tau, rows = run.tau, run.rows
+    after = [(int(r["step"]), float(r["max_logits_after"][li][hi]) / tau) for r in rows if r.get("max_logits_after")
+             for li, hi in results.heads_above(r, tau)]
+    fig = clip_charts.cap_figure([int(r["step"]) for r in rows], [float(r["max_logit"]) / tau for r in rows],
+                                 [a for a, _ in after], [b for _, b in after], cap_target=1.10,
+                                 title="The cap: before each step, and where the clip puts the clipped heads")
+    plots.add_provenance(fig, run.provenance)
+    save_figure(fig, out / "qk_clip_cap.png",
+                description="max logit / tau per step, and the clipped heads after the clip")
+    return {"tau": tau, "cap": results.cap_ratio(rows, tau), "slack": results.clip_slack(rows, tau),
+            "landing": results.landing_after_clip(rows, tau), "first_clip": results.first_clip_step(rows)}
+
+
+def fig_per_layer(runs: Runs, out: Path, opts: dict) -> dict:
+    head, layer = runs["guardrail"], runs["guardrail_layer"]
+    tau = head.tau
+    shrink = results.layer_clip_shrinkage(layer.rows, tau)
+    fig = clip_charts.per_layer_figure(shrink["total_factor"],
+                                       title="Per-layer clipping: healthy heads' total logit factor")
+    plots.add_provenance(fig, layer.provenance)
+    save_figure(fig, out / "qk_clip_per_layer.png", description="healthy heads shrunk by per-layer clipping")
+    healthy = shrink["healthy_heads_shrunk"]
+    ent_head, ent_layer = probe.attention_entropy(head.run_dir), probe.attention_entropy(layer.run_dir)
+    factors = list(shrink["total_factor"].values())
+    return {"tau": tau, "healthy_shrunk": len(healthy), "events": shrink["events"],
+            "median_gamma": shrink["median_gamma"], "min_total_factor": min(factors) if factors else None,
+            "entropy_head": results.mean_over_heads(ent_head, healthy),
+            "entropy_layer": results.mean_over_heads(ent_layer, healthy),
+            "heads_ever_head": len(results.heads_ever_clipped(head.rows, tau)),
+            "heads_ever_layer": len(results.heads_ever_clipped(layer.rows, tau)),
+            "heads_total": results.n_heads(head.rows),
+            "val_head": results.final_val_loss(head.rows), "val_layer": results.final_val_loss(layer.rows)}
 
 
 def _phase_spans(ph: results.ClipPhases) -> list[tuple[float, float, str, str]]:
@@ -151,7 +196,8 @@ def _phase_spans(ph: results.ClipPhases) -> list[tuple[float, float, str, str]]:
 
 
 def fig_guardrail(runs: Runs, out: Path, opts: dict) -> dict:
-    g, mu = runs["guardrail"], runs["dragon"]
+    g = runs["guardrail"]
+    mu = runs.get("guardrail_muon") or runs["dragon"]  # vanilla Muon on the guardrail's own preset
     tau = g.tau if g.clips else _tau(runs)
     s, v = g.series("max_logit")
     ph = results.clip_phases(g.rows, tau)
@@ -166,7 +212,10 @@ def fig_guardrail(runs: Runs, out: Path, opts: dict) -> dict:
             "final": ph.final_max_logit, "muon_final": results.final_max_logit(mu.rows),
             "heads_ever": ph.heads_clipped_ever, "heads_total": ph.heads_total,
             "final_loss": results.final_train_loss(g.rows), "muon_final_loss": results.final_train_loss(mu.rows),
-            "final_val": results.final_val_loss(g.rows), "muon_final_val": results.final_val_loss(mu.rows)}
+            "final_val": results.final_val_loss(g.rows), "muon_final_val": results.final_val_loss(mu.rows),
+            "cap": results.cap_ratio(g.rows, tau), "muon_peak": results.peak_max_logit(mu.rows),
+            "muon_growth": results.growth_factor(mu.rows),
+            "fraction": results.fraction_heads_ever_clipped(g.rows, tau)}
 
 
 def fig_lifecycle(runs: Runs, out: Path, opts: dict) -> dict:
@@ -187,7 +236,7 @@ def fig_lifecycle(runs: Runs, out: Path, opts: dict) -> dict:
 
 # ------------------------------------------------------------------------------ K2-style charts
 
-_DRAGON_ROLES = (("dragon_adamw", "AdamW"), ("dragon", "Muon"), ("guardrail", "MuonClip"))
+_DRAGON_ROLES = (("dragon_adamw", "AdamW"), ("dragon", "Muon"), ("dragon_clip", "MuonClip"))
 
 
 def fig_max_logits(runs: Runs, out: Path, opts: dict) -> dict:
@@ -234,6 +283,22 @@ def fig_tradeoff(runs: Runs, out: Path, opts: dict) -> dict:
     return results.tradeoff_summary(result)
 
 
+def fig_tradeoff_sweep(runs: Runs, out: Path, opts: dict) -> dict:
+    result = opts["tradeoff_sweep"]
+    grids = {"held-out accuracy": results.tradeoff_sweep_grid(result, "accuracy"),
+             "attention on the keyword": results.tradeoff_sweep_grid(result, "keyword_attention"),
+             "held-out loss": results.tradeoff_sweep_grid(result, "eval_loss")}
+    fig = clip_charts.tradeoff_sweep_figure(result["seq_lens"], result["taus"], grids,
+                                            title="QK-Clip tau against prompt length (tool selection)")
+    plots.add_provenance(fig, f"run {result['run_id']} | config {result['config_hash']}")
+    save_figure(fig, out / "qk_clip_tradeoff_sweep.png", description="tau x prompt length sweep")
+    return {"seq_lens": result["seq_lens"], "taus": result["taus"],
+            "edge": {str(k): v for k, v in results.tradeoff_edge(result).items()},
+            "accuracy": grids["held-out accuracy"].tolist(),
+            "keyword_attention": grids["attention on the keyword"].tolist(),
+            "eval_loss": grids["held-out loss"].tolist(), "seconds": result["seconds"]}
+
+
 def fig_l0(runs: Runs, out: Path, opts: dict) -> dict | None:
     sae_dirs = opts.get("sae_dirs")
     if not sae_dirs:
@@ -264,12 +329,17 @@ FIGURES: list[FigureSpec] = [
     FigureSpec("update_goal", ("singular_values_goal.gif",), ("adamw", "muon"), fig_update_goal),
     FigureSpec("dragon", ("dragon.png", "dragon.gif"), ("dragon",), fig_dragon, sources=("dragon", "dragon_adamw")),
     FigureSpec("rogue_heads", ("rogue_heads.png",), ("guardrail",), fig_rogue_heads),
-    FigureSpec("guardrail", ("guardrail.gif",), ("guardrail", "dragon"), fig_guardrail),
+    FigureSpec("guardrail", ("guardrail.gif",), ("guardrail", "dragon"), fig_guardrail,
+               sources=("guardrail", "guardrail_muon", "dragon")),
+    FigureSpec("cap", ("qk_clip_cap.png",), ("guardrail",), fig_cap),
+    FigureSpec("per_layer", ("qk_clip_per_layer.png",), ("guardrail", "guardrail_layer"), fig_per_layer),
     FigureSpec("lifecycle", ("qk_clip_lifecycle.gif",), ("lifecycle",), fig_lifecycle),
     FigureSpec("tradeoff", ("qk_clip_tradeoff.gif", "qk_clip_tradeoff.png"), (), fig_tradeoff,
                sources=("tradeoff",)),
+    FigureSpec("tradeoff_sweep", ("qk_clip_tradeoff_sweep.png",), (), fig_tradeoff_sweep,
+               sources=("tradeoff_sweep",)),
     FigureSpec("max_logits", ("max_logits.png",), ("dragon",), fig_max_logits,
-               sources=("dragon_adamw", "dragon", "guardrail")),
+               sources=("dragon_adamw", "dragon", "dragon_clip")),
     FigureSpec("loss_vs_tokens", ("loss_vs_tokens.png",), (), fig_loss_vs_tokens,
                sources=("efficiency_*",)),
     FigureSpec("l0", ("l0.png",), (), fig_l0, optional=True, sources=("sae",)),

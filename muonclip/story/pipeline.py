@@ -42,7 +42,8 @@ __all__ = ["StoryResult", "run_story", "STORY_FILES"]
 STORY_FILES = (
     "adamw_singular_distortion.gif", "adam_vs_muon.gif", "spectral_entropy.png", "singular_values_goal.gif",
     "dragon.png", "dragon.gif", "rogue_heads.png", "guardrail.gif", "qk_clip_lifecycle.gif",
-    "qk_clip_tradeoff.gif", "qk_clip_tradeoff.png", "max_logits.png", "loss_vs_tokens.png",
+    "qk_clip_cap.png", "qk_clip_per_layer.png", "qk_clip_tradeoff.gif", "qk_clip_tradeoff.png",
+    "qk_clip_tradeoff_sweep.png", "max_logits.png", "loss_vs_tokens.png",
     "report.html", "numbers.json", "figures.json",
 )
 
@@ -62,8 +63,8 @@ class StoryResult:
 
 
 def _sae_stage(runs: dict, cache_dir: Path, quick: bool, log: Callable[[str], None]):
-    """Adam vs Muon SAEs on the guardrail run's activations (cached)."""
-    source = runs.get("guardrail") or runs.get("dragon")
+    """Adam vs Muon SAEs on the no-decay guardrail run's activations (cached)."""
+    source = runs.get("dragon_clip") or runs.get("dragon")
     cfg = QUICK
     if quick:
         cfg = apply_overrides(QUICK, ["steps=150", "n_tokens=16384", "n_eval_tokens=2048"])
@@ -101,7 +102,7 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
     cache_dir.mkdir(parents=True, exist_ok=True)
     show = sys.stderr.isatty() if progress is None else progress
     plan = story_plan(quick) if plan is None else plan
-    n_stages = len(plan) + 1 + int(sae) + len(FIGURES) + 1
+    n_stages = len(plan) + 2 + int(sae) + len(FIGURES) + 1
     bar = tqdm(total=n_stages, desc="story", unit="stage", disable=not show, dynamic_ncols=True, leave=True)
 
     def say(msg: str) -> None:
@@ -146,7 +147,22 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
                       "seconds": round(timings["tradeoff"], 1)})
     bar.update(1)
 
-    opts: dict[str, Any] = {"quick": quick, "tradeoff": tradeoff_result}
+    bar.set_description("story: trade-off sweep")
+    sweep_cfg, sweep_taus, sweep_lens = (
+        (tradeoff.SWEEP_QUICK, tradeoff.SWEEP_QUICK_TAUS, tradeoff.SWEEP_QUICK_SEQ_LENS) if quick
+        else (tradeoff.SWEEP, tradeoff.SWEEP_TAUS, tradeoff.SWEEP_SEQ_LENS))
+    say(f"trade-off sweep (tau {sweep_taus} x prompt lengths {sweep_lens}, {sweep_cfg.steps} steps each)")
+    t0 = time.perf_counter()
+    sweep_result, sweep_dir = tradeoff.ensure_tradeoff_sweep(sweep_cfg, cache_dir, sweep_taus, sweep_lens,
+                                                             git_sha=git_sha)
+    timings["tradeoff_sweep"] = time.perf_counter() - t0
+    plan_info.append({"label": "tradeoff-sweep", "roles": ["tradeoff_sweep"], "run_id": sweep_dir.name,
+                      "config_hash": sweep_cfg.hash(), "git_sha": sweep_result.get("git_sha"),
+                      "description": "tau x prompt length sweep of the tool-selection task",
+                      "seconds": round(timings["tradeoff_sweep"], 1)})
+    bar.update(1)
+
+    opts: dict[str, Any] = {"quick": quick, "tradeoff": tradeoff_result, "tradeoff_sweep": sweep_result}
     errors: dict[str, str] = {}
     if sae:
         bar.set_description("story: SAE")

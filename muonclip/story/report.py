@@ -36,8 +36,8 @@ _INTROS = {
         "Muon)."),
     "guardrail": (
         "After each optimizer step, QK-Clip takes every head whose max logit S passed &tau; and rescales its "
-        "query and key weights by &radic;(&tau;/S) each, so that head's logit lands exactly on &tau;. Healthy "
-        "heads are not touched."),
+        "query and key weights by &radic;(&tau;/S) each, so that head's logit on that batch is brought back to "
+        "&tau;. Healthy heads are not touched."),
     "tradeoff": (
         "Capping logits caps how peaked a softmax can be. Does that hurt a task that needs sharp attention? We "
         "built one: each prompt holds one keyword among distractor words, and the model must answer with the "
@@ -62,8 +62,8 @@ _CAPTIONS = {
     "dragon.png": "Vanilla Muon's max logit against the safe (below &tau;) and danger (above &tau;) zones.",
     "dragon.gif": "The same, step by step.",
     "rogue_heads.png": (
-        "Per-head max logits at the chosen step: all layers (cells above &tau; outlined) and the chosen layer's "
-        "heads as bars."),
+        "Left: every head's peak max logit over the whole run divided by &tau;, largest first (red: ever "
+        "clipped). Right: the steps at which each clipped head was clipped."),
     "guardrail.gif": (
         "MuonClip's max logit (green) held at &tau;, over vanilla Muon (faded); below, the number of heads "
         "clipped at each step."),
@@ -72,6 +72,14 @@ _CAPTIONS = {
         "Top: attention from the answer position over one probe prompt (keyword in orange). Bottom: keyword vs "
         "distractor attention and accuracy over training."),
     "qk_clip_tradeoff.png": "Accuracy and attention over training for both arms.",
+    "qk_clip_tradeoff_sweep.png": (
+        "Held-out accuracy, attention on the keyword and held-out loss for every &tau; (columns; none = vanilla "
+        "Muon) and prompt length (rows)."),
+    "qk_clip_cap.png": (
+        "Max logit / &tau; before each step (line) and the clipped heads' max logit / &tau; on the same batch "
+        "right after the clip (dots)."),
+    "qk_clip_per_layer.png": (
+        "Per-layer clipping: each healthy head it shrank, with the product of the factors applied to it."),
     "max_logits.png": "Max logit over training for every optimizer (log scale).",
     "loss_vs_tokens.png": "Training loss (smoothed) and validation loss against tokens.",
     "l0.png": "SAE L0 over training, Adam vs Muon (log scale).",
@@ -225,12 +233,16 @@ def _rogue(pg: _Page, numbers: dict) -> None:
     """Chapter 3. rogue heads."""
     s = pg.chapter("3. Rogue heads", "rogue", numbers.get("rogue_heads"))
     if s:
-        vals = ", ".join(_f(v) for v in s["values"])
-        pg.p(f"Not every head grows. At step {_f(s['step'])} ({_e(s['why'])}), layer {s['layer']}'s heads had max "
-             f"logits [{vals}]: {_n(s['above'])} of {_f(s['heads_per_layer'])} above &tau; = {_tau(s['tau'])} "
-             f"({_f(s['above_all_layers'])} of {_f(s['heads_total'])} heads over all layers). Over the whole MuonClip "
-             f"run {_n(s['heads_ever'], q='guardrail.heads_ever')} of {_q(s['heads_total'], 'guardrail.heads_total')} "
-             "heads were clipped. QK-Clip acts on exactly those heads and leaves the others bit-for-bit untouched.")
+        top = "; ".join(f"L{h[0]}H{h[1]} {_f(r, 2)}&times;&tau;" for h, r, _ in s["top"][:3])
+        healthy = s.get("healthy_max_peak_over_tau")
+        pg.p(f"Kimi K2 argues for clipping <i>per head</i> because few heads go rogue: it clipped 12.7% of its "
+             f"heads ever. In our guardrail run (&tau; = {_tau(s['tau'], 'guardrail.tau')}, weight decay and a "
+             f"cosine schedule as K2 had), {_n(s['heads_ever'], q='guardrail.heads_ever')} of "
+             f"{_q(s['heads_total'], 'guardrail.heads_total')} heads were ever clipped "
+             f"({_n(s['fraction'], text=fmt_pct(s['fraction']))}), counted over the whole run of "
+             f"{_f(s['steps'])} steps. The largest peaks: {top}."
+             + (f" Every other head peaked at or below {_f(healthy, 2)}&times;&tau; and was never touched."
+                if healthy is not None else ""))
     pg.figure("rogue_heads.png")
 
 
@@ -242,19 +254,41 @@ def _guardrail(pg: _Page, numbers: dict) -> None:
              "so the clip never fired: the guardrail costs nothing when it is not needed.")
     elif s:
         loss = DIGITS["loss"]
-        pg.p(f"Same settings as the dragon, with MuonClip at &tau; = {_tau(s['tau'], 'guardrail.tau')}: the first "
-             f"clip came at step {_q(s['first_clip'], 'guardrail.first_clip')}; it clipped on "
-             f"{_n(s['clip_steps'], q='guardrail.clip_steps')} of {_q(s['steps'], 'guardrail.steps')} steps. "
-             f"After the first clip the largest logit measured was "
-             f"{_n(s['max_after_first_clip'], q='guardrail.max_after_first_clip')} (the logit is "
-             f"measured in the forward pass before that step's clip, so one step of growth shows above &tau;); it "
-             f"ended at {_n(s['final'])}, against {_n(s['muon_final'], q='dragon.muon.final')} for vanilla Muon. "
-             f"Final training loss {_n(s['final_loss'], loss)} with the clip vs {_n(s['muon_final_loss'], loss)} "
-             "without"
-             + (f"; validation loss {_n(s['final_val'], loss, q='guardrail.final_val')} vs "
-                f"{_n(s['muon_final_val'], loss, q='dragon.muon.final_val')}."
-                if s.get("final_val") is not None and s.get("muon_final_val") is not None else "."))
+        pg.p(f"On the same preset, vanilla Muon's max logit grew {_n(s['muon_growth'], DIGITS['growth'])}&times; "
+             f"to {_n(s['muon_peak'])} ({_f(s['muon_peak'] / s['tau'], 2)}&times;&tau;). MuonClip at &tau; = "
+             f"{_tau(s['tau'])} first clipped at step {_q(s['first_clip'], 'guardrail.first_clip')} and clipped on "
+             f"{_n(s['clip_steps'], q='guardrail.clip_steps')} of {_q(s['steps'], 'guardrail.steps')} steps; "
+             f"after the first clip the max logit stayed at or below "
+             f"{_n(s['cap'], DIGITS['ratio'], q='guardrail.cap')}&times;&tau;. Final validation loss "
+             f"{_n(s['final_val'], loss, q='guardrail.final_val')} with the clip against "
+             f"{_n(s['muon_final_val'], loss, q='guardrail.muon_final_val')} without.")
     pg.figure("guardrail.gif")
+    c = numbers.get("cap")
+    if c and c.get("cap") is not None:
+        land = c.get("landing")
+        pg.p(f"<b>The cap.</b> The logit the clip reacts to comes from the forward pass before the step, so every "
+             f"point after the first clip shows what one step of updates does to heads just put on &tau;: the "
+             f"one-step slack, at most {_n(c['slack'], DIGITS['ratio'])} of &tau; here."
+             + (f" On the clipping step's own batch, the clipped weights put those heads at "
+                f"{_f(land['min'], 3)}&ndash;{_f(land['max'], 3)}&times;&tau; (median {_f(land['median'], 3)}); "
+                "the rest of the way to exactly &tau; is that same step's update, which the clip's factor (computed "
+                "before the update, as in K2) does not see." if land else ""))
+        pg.figure("qk_clip_cap.png")
+    pl = numbers.get("per_layer")
+    if pl:
+        loss = DIGITS["loss"]
+        pg.p("<b>Per head, not per layer.</b> A naive implementation scales every head of a layer by the layer's "
+             "worst factor. Same preset and seed, <code>optim.qk_clip_granularity=layer</code>:")
+        pg.table(["", "per head (K2)", "per layer"], [
+            ["heads ever clipped", f"{_f(pl['heads_ever_head'])} / {_f(pl['heads_total'])}",
+             f"{_f(pl['heads_ever_layer'])} / {_f(pl['heads_total'])}"],
+            ["healthy heads shrunk (at or below &tau; while their layer was clipped)", "0",
+             f"{_n(pl['healthy_shrunk'])} ({_f(pl['events'])} head-steps)"],
+            ["median factor per event / smallest total factor", "&ndash;",
+             f"{_f(pl['median_gamma'], 3)} / {_f(pl['min_total_factor'], 3)}"],
+            ["attention entropy of those heads (nats)", _f(pl["entropy_head"], 3), _f(pl["entropy_layer"], 3)],
+            ["final validation loss", _f(pl["val_head"], loss), _f(pl["val_layer"], loss)]])
+        pg.figure("qk_clip_per_layer.png")
 
 
 def _lifecycle(pg: _Page, numbers: dict) -> None:
@@ -297,6 +331,18 @@ def _tradeoff(pg: _Page, numbers: dict) -> None:
         pg.p(f"<b>What the data shows:</b> {_e(s.get('conclusion', ''))}")
     pg.figure("qk_clip_tradeoff.gif")
     pg.figure("qk_clip_tradeoff.png")
+    w = numbers.get("tradeoff_sweep")
+    if w:
+        edges = [(n, w["edge"].get(str(n))) for n in w["seq_lens"]]
+        costly = [f"{n} words: from &tau; = {_e(fmt_g(e))} down" for n, e in edges if e is not None]
+        pg.p("<b>Finding the edge.</b> The same task swept over &tau; (down to "
+             f"{_e(fmt_g(min(t for t in w['taus'] if t is not None)))}, and no clip) and over difficulty: the "
+             f"keyword hides among {', '.join(str(n) for n in w['seq_lens'])} words. "
+             + ("Accuracy fell more than 2 points below the unclipped arm at " + "; ".join(costly) + "."
+                if costly else "No &tau; of the sweep cost more than 2 points of accuracy at any length: the model "
+                               "keeps its attention sharp by pushing distractor logits down, which a cap on the "
+                               "largest logit does not limit."))
+        pg.figure("qk_clip_tradeoff_sweep.png")
 
 
 def _k2(pg: _Page, numbers: dict) -> None:
@@ -314,9 +360,13 @@ def _k2(pg: _Page, numbers: dict) -> None:
                else "the dragon runs (same model, data and settings for the three optimizers)")
         keys = ({"AdamW": "efficiency.adamw", "Muon": "efficiency.muon", "MuonClip": "efficiency.muonclip"}
                 if s.get("_source") == "efficiency" else
-                {"AdamW": "dragon.adamw", "Muon": "dragon.muon", "MuonClip": "guardrail"})
+                {"AdamW": "dragon.adamw", "Muon": "dragon.muon"})
+
+        def val(k: str, v: float) -> str:  # a number results.md prints too carries its key
+            return _q(v, keys[k] + ".final_val", DIGITS["loss"]) if k in keys else _f(v, DIGITS["loss"])
+
         pg.p(f"Loss against tokens, from {src}. Final validation loss: "
-             + "; ".join(f"{_e(k)} {_q(v['final_val'], keys.get(k, k) + '.final_val', DIGITS['loss'])} after "
+             + "; ".join(f"{_e(k)} {val(k, v['final_val'])} after "
                          f"{_f(v['tokens'])} tokens" for k, v in s.items() if not k.startswith("_")) + ".")
     pg.figure("loss_vs_tokens.png")
     if (pg.out_dir / "l0.png").exists():

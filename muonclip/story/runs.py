@@ -47,14 +47,16 @@ def _roles_for(label: str, preset: str, optimizer: str) -> tuple[str, ...]:
     p, o, lab = preset.lower(), optimizer.lower(), label.lower()
     if p == "spectra" or "spectra" in lab:
         return ("adamw",) if o == "adamw" else ("muon",)
+    if p == "guardrail" or "guardrail" in lab:
+        if o == "muon":
+            return ("guardrail_muon",)
+        return ("guardrail_layer",) if "layer" in lab else ("guardrail",)
     if p == "dragon" or "dragon" in lab:
         if o == "adamw":
             return ("dragon_adamw",)
         if o == "muonclip":
-            return ("guardrail",)
+            return ("dragon_clip",)
         return ("dragon",)
-    if p == "guardrail" or "guardrail" in lab:
-        return ("guardrail",)
     if p == "lifecycle" or "lifecycle" in lab:
         return ("lifecycle",)
     if p == "efficiency" or "efficiency" in lab:

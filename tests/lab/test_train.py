@@ -181,3 +181,45 @@ def test_refuses_to_overwrite_an_existing_run(tmp_path, corpus_file, capsys):
     assert cli_main(args) == 0
     assert cli_main(args) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+# -- optimizer options and the device ---------------------------------------------------------
+def test_optim_options_reach_the_optimizer():
+    from muonclip.lab.train import build_model, build_optimizer
+
+    cfg = apply_overrides(get_preset("tiny"), ["optim.normuon=true", "optim.cautious_weight_decay=true",
+                                               "optim.muon_heads_per_block=2", "optim.ns_precision=fp32",
+                                               "optim.qk_clip_granularity=layer"])
+    model = build_model(cfg)
+    opt = build_optimizer(model, cfg)
+    muon = next(g for g in opt.param_groups if g["algorithm"] == "muon")
+    assert muon["normuon"] and muon["cautious_weight_decay"] and muon["heads_per_block"] == 2
+    assert muon["ns_precision"] == "fp32" and opt.qk_clip_granularity == "layer"
+    blocks = dict(zip(muon["param_names"], muon["head_blocks"], strict=True))
+    assert blocks["blocks.0.attn.q_proj.weight"] == (0, cfg.model.head_size)
+    assert blocks["blocks.0.mlp.up_proj.weight"] is None
+
+
+def test_cautious_adamw_keeps_every_parameter_on_adamw():
+    from muonclip import MuonClip
+    from muonclip.lab.train import _hidden_params, build_model, build_optimizer
+
+    cfg = apply_overrides(get_preset("tiny"), ["optim.optimizer=adamw", "optim.cautious_weight_decay=true"])
+    model = build_model(cfg)
+    opt = build_optimizer(model, cfg)
+    assert isinstance(opt, MuonClip) and {g["algorithm"] for g in opt.param_groups} == {"adamw"}
+    assert all(g["cautious_weight_decay"] for g in opt.param_groups)
+    assert {id(p) for p in _hidden_params(opt)} == {id(p) for n, p in model.named_parameters()
+                                                     if model.param_roles()[n] == "matrix"}
+
+
+def test_cuda_device_is_refused_clearly_where_there_is_none(tmp_path, monkeypatch):
+    from muonclip.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = apply_overrides(get_preset("tiny"), ["run.device=cuda"])
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    with pytest.raises(ConfigError, match="cpu, cuda or cuda:N"):
+        apply_overrides(get_preset("tiny"), ["run.device=tpu"])

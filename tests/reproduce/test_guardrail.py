@@ -44,7 +44,7 @@ def quick_runs(tmp_path_factory):
     cache = tmp_path_factory.mktemp("guardrail")
     out = {}
     try:
-        for label, extra in (("k2", []), ("no-decay", NO_DECAY)):
+        for label, extra in (("k2", []), ("no-decay", NO_DECAY), ("per-layer", ["optim.qk_clip_granularity=layer"])):
             cfg = apply_overrides(get_preset("guardrail"), [*QUICK, *extra])
             run_dir = ensure_run(cfg, cache, label, progress=False, log=lambda m: None)
             out[label] = read_metrics(run_dir / "metrics.jsonl")
@@ -78,3 +78,43 @@ def test_guardrail_clips_fewer_heads_and_holds_tau(quick_runs):
     assert cap < steep_cap - 0.2
     # held: the last row sits at tau (measured 0.99 tau; the no-decay run's 1.10 tau)
     assert rows[-1]["max_logit"] < 1.05 * QUICK_TAU
+
+
+def test_clipped_heads_land_on_tau_on_their_own_batch(quick_runs):
+    """``max_logits_after``: the clipped weights' max logit on the clipping step's batch sits at
+    tau up to that step's own update, much closer than the logits that triggered the clip."""
+    rows = quick_runs["k2"]
+    landing = results.landing_after_clip(rows, QUICK_TAU)
+    assert landing is not None and landing["n"] >= 10
+    assert abs(landing["median"] - 1.0) < 0.05
+    before = [float(r["max_logits"][li][hi]) / QUICK_TAU for r in rows if r.get("max_logits_after")
+              for li, hi in results.heads_above(r, QUICK_TAU)]
+    assert landing["max_abs_error"] < max(b - 1.0 for b in before)
+    assert all("max_logits_after" not in r for r in rows if not r["n_clipped"])  # logged on clipping steps only
+
+
+def test_clip_lands_exactly_on_tau_when_the_update_is_negligible(tmp_path):
+    """With a vanishing lr only the clip moves the weights: on a 1-layer model the clipped heads'
+    max logit on the same batch is tau to float32 round-off."""
+    tau = 0.1  # below the initial max logit (~0.17), so the clip fires from step 1
+    overrides = ["run.steps=3", "schedule.warmup_steps=0", "run.eval_every=0", "optim.lr=1e-12",
+                 "optim.adamw_lr=1e-12", f"optim.qk_clip_tau={tau}"]
+    cfg = apply_overrides(get_preset("guardrail"), overrides)
+    rows = read_metrics(ensure_run(cfg, tmp_path, "exact", progress=False, log=lambda m: None) / "metrics.jsonl")
+    landing = results.landing_after_clip(rows, tau)
+    assert landing is not None and landing["n"] > 0
+    assert landing["max_abs_error"] < 1e-4
+
+
+def test_per_layer_clipping_shrinks_healthy_heads(quick_runs):
+    """The naive per-layer clip scales every head of a clipped layer: heads at or below tau are
+    shrunk too (per head, K2's way, never touches them)."""
+    shrink = results.layer_clip_shrinkage(quick_runs["per-layer"], QUICK_TAU)
+    assert len(shrink["healthy_heads_shrunk"]) > 0 and shrink["events"] > 0
+    assert 0 < shrink["median_gamma"] < 1
+    assert min(shrink["total_factor"].values()) < 0.9
+    # the same statistic on the per-head run's rows would count heads the K2 clip never touched
+    per_head = quick_runs["k2"]
+    for row in per_head:
+        if row["n_clipped"]:
+            assert row["n_clipped"] == len(results.heads_above(row, QUICK_TAU))

@@ -109,3 +109,10 @@ def test_cached_run_found_by_config_hash_under_any_label(tmp_path, monkeypatch):
     assert ensure_run(cfg, tmp_path, "quick-dragon-muon") == other
     changed = apply_overrides(cfg, ["run.steps=7"])
     assert cached_run(changed, tmp_path, "dragon-muon") is None
+
+
+def test_cli_lists_every_reproduce_section():
+    from muonclip.cli import REPRODUCE_SECTIONS
+    from muonclip.reproduce.sections import SECTION_NAMES
+
+    assert REPRODUCE_SECTIONS == list(SECTION_NAMES)

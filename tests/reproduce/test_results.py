@@ -181,3 +181,68 @@ def test_tradeoff_summary_states_what_the_numbers_show():
     assert out["conclusion"] == ("At tau = 2, accuracy was the same (95.0% with the clip, 96.0% without); attention "
                                  "on the keyword was flatter with the clip (keyword weight 0.32 vs 0.62; margin over "
                                  "a distractor 0.30 vs 0.60).")
+
+
+# -- per-head picture (#15) -------------------------------------------------------------------
+def test_peaks_raster_and_spans(clip_rows):
+    tau, rows = clip_rows
+    peaks = results.peaks_over_tau(rows, tau)
+    assert [h for h, _, _ in peaks[:2]] == [(0, 0), (1, 0)] and peaks[0][1] == pytest.approx(1.2)
+    assert [c for _, _, c in peaks] == [True, True, False, False]
+    steps, heads, raster = results.clip_raster(rows, tau)
+    assert heads == [(0, 0), (1, 0)] and raster.shape == (6, 2)
+    assert raster[:, 0].tolist() == [False, False, True, True, False, False]
+    assert raster[:, 1].tolist() == [False, False, False, True, False, False]
+    assert results.clip_span_per_head(rows, tau) == {(0, 0): (3, 4), (1, 0): (4, 4)}
+    assert results.cap_ratio(rows, tau) == pytest.approx(1.1)
+
+
+def test_landing_after_clip_reads_the_clipped_heads_only():
+    tau = 10.0
+    rows = [_row(1, [[12.0, 3.0]], n_clipped=1, max_logits_after=[[10.2, 3.5]]),
+            _row(2, [[9.0, 3.0]])]
+    landing = results.landing_after_clip(rows, tau)
+    assert landing["n"] == 1 and landing["median"] == pytest.approx(1.02)
+    assert landing["max_abs_error"] == pytest.approx(0.02)
+    assert results.landing_after_clip([_row(1, [[1.0]])], tau) is None
+
+
+def test_layer_clip_shrinkage_counts_healthy_heads_and_their_factors():
+    tau = 10.0
+    rows = [_row(1, [[20.0, 5.0], [4.0, 3.0]], n_clipped=2),   # layer 0 clipped at gamma 0.5
+            _row(2, [[12.5, 9.0], [11.0, 3.0]], n_clipped=4),  # both layers clipped
+            _row(3, [[8.0, 5.0], [4.0, 3.0]])]
+    out = results.layer_clip_shrinkage(rows, tau)
+    assert out["healthy_heads_shrunk"] == [(0, 1), (1, 1)]
+    assert out["events"] == 3
+    assert out["total_factor"][(0, 1)] == pytest.approx(0.5 * 0.8)
+    assert out["total_factor"][(1, 1)] == pytest.approx(10 / 11)
+    assert list(out["total_factor"]) == [(0, 1), (1, 1)]  # smallest first
+
+
+def test_tradeoff_edge_finds_the_largest_costly_tau():
+    cells = [{"seq_len": n, "tau": t, "accuracy": a} for n, t, a in
+             [(16, 0.5, 1.0), (16, 2.0, 1.0), (16, None, 1.0), (64, 0.5, 0.6), (64, 2.0, 0.9), (64, None, 1.0)]]
+    result = {"seq_lens": [16, 64], "taus": [0.5, 2.0, None], "cells": cells}
+    assert results.tradeoff_edge(result) == {16: None, 64: 2.0}
+    assert results.tradeoff_sweep_grid(result, "accuracy").tolist() == [[1.0, 1.0, 1.0], [0.6, 0.9, 1.0]]
+
+
+# -- field comparison (#16) -------------------------------------------------------------------
+def _val_rows(losses, tokens_per_eval=100):
+    return [_row(i + 1, [[1.0]], val_loss=v, tokens=tokens_per_eval * (i + 1)) for i, v in enumerate(losses)]
+
+
+def test_seed_stats_and_field_table():
+    stats = results.seed_stats([1.0, 3.0, None])
+    assert stats["mean"] == 2.0 and stats["spread"] == 1.0 and stats["missing"] == 1
+    eff = {"adamw": [_val_rows([3.0, 2.5, 2.0]), _val_rows([3.0, 2.6, 2.2])],  # target: mean final 2.1
+           "muon": [_val_rows([2.5, 2.05, 1.9]), _val_rows([2.5, 2.1, 1.95])]}
+    dragon = {"muon": [[_row(1, [[0.5]]), _row(2, [[50.0]])]]}
+    table = results.field_table(eff, dragon, baseline="adamw")
+    assert table["adamw"]["final_val_loss"]["mean"] == pytest.approx(2.1)
+    assert table["adamw"]["tokens_to_baseline"]["missing"] == 1  # the worse seed never reaches the mean
+    assert table["muon"]["tokens_to_baseline"]["missing"] == 0
+    assert table["muon"]["tokens_vs_baseline"] < 1.0
+    assert table["muon"]["dragon_growth"]["mean"] == pytest.approx(100.0)
+    assert "dragon_growth" not in table["adamw"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from muonclip.reproduce import tradeoff
 
 TINY = dataclasses.replace(tradeoff.QUICK, steps=6, snapshot_every=3, n_eval=32, n_probe=8, d_model=16)
@@ -28,3 +30,23 @@ def test_ensure_tradeoff_caches_by_config_hash(tmp_path, monkeypatch):
     monkeypatch.setattr(tradeoff, "run_tradeoff", no_training)
     again, same_dir = tradeoff.ensure_tradeoff(TINY, tmp_path)
     assert same_dir == run_dir and again["arms"] == result["arms"]
+
+
+def test_sweep_cells_and_edge_are_cached_and_complete(tmp_path, monkeypatch):
+    from muonclip.reproduce import results
+
+    taus, lens = (0.5, None), (8, 12)
+    result, run_dir = tradeoff.ensure_tradeoff_sweep(TINY, tmp_path, taus, lens)
+    assert run_dir.name.startswith("tradeoff-sweep-") and (run_dir / "result.json").exists()
+    assert {(c["seq_len"], c["tau"]) for c in result["cells"]} == {(n, t) for n in lens for t in taus}
+    grid = results.tradeoff_sweep_grid(result, "accuracy")
+    assert grid.shape == (2, 2) and np.isfinite(grid).all()
+    unclipped = [c for c in result["cells"] if c["tau"] is None]
+    assert all(c["clipped_steps"] == 0 for c in unclipped)
+    assert set(results.tradeoff_edge(result)) == set(lens)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached sweep was recomputed")
+
+    monkeypatch.setattr(tradeoff, "run_sweep", no_training)
+    assert tradeoff.ensure_tradeoff_sweep(TINY, tmp_path, taus, lens)[1] == run_dir

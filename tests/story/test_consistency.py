@@ -46,13 +46,15 @@ WHERE = {
     "dragon.muon.final_val": ("The dragon", "Muon: final val loss", 0),
     "dragon.adamw.final_val": ("The dragon", "AdamW: final val loss", 0),
     "guardrail.tau": ("The guardrail", "tau", 0),
-    "guardrail.first_clip": ("The guardrail", "first clip / last clip (step)", 0),
-    "guardrail.steps": ("The guardrail", "first clip / last clip (step)", 2),
-    "guardrail.clip_steps": ("The guardrail", "steps with a clip", 0),
-    "guardrail.max_after_first_clip": ("The guardrail", "peak max logit after the first clip", 0),
-    "guardrail.heads_ever": ("The guardrail", "heads ever clipped", 0),
-    "guardrail.heads_total": ("The guardrail", "heads ever clipped", 1),
-    "guardrail.final_val": ("The guardrail", "final val loss: MuonClip / Muon / AdamW", 0),
+    "guardrail.first_clip": ("The guardrail", "MuonClip: first clip / last clip (step)", 0),
+    "guardrail.steps": ("The guardrail", "MuonClip: first clip / last clip (step)", 2),
+    "guardrail.clip_steps": ("The guardrail", "MuonClip: steps with a clip", 0),
+    "guardrail.cap": ("The guardrail", "MuonClip: the cap, max logit after the first clip / tau (forward before "
+                                       "each step)", 0),
+    "guardrail.heads_ever": ("The guardrail", "MuonClip: heads ever clipped", 0),
+    "guardrail.heads_total": ("The guardrail", "MuonClip: heads ever clipped", 1),
+    "guardrail.final_val": ("The guardrail", "final val loss: MuonClip / Muon", 0),
+    "guardrail.muon_final_val": ("The guardrail", "final val loss: MuonClip / Muon", 1),
     "lifecycle.tau": ("The lifecycle", "tau", 0),
     "lifecycle.first_clip": ("The lifecycle", "first clip / last clip (step)", 0),
     "lifecycle.last_clip": ("The lifecycle", "first clip / last clip (step)", 1),
@@ -83,5 +85,5 @@ def test_results_md_and_report_html_print_the_same_numbers(quick_story, tmp_path
         compared.add(key)
     # the shared quantities of the dragon, guardrail and lifecycle chapters are all compared
     assert {"dragon.muon.peak", "dragon.muon.growth", "dragon.muon.start", "guardrail.heads_ever",
-            "guardrail.first_clip", "guardrail.max_after_first_clip", "guardrail.final_val", "lifecycle.first_clip",
+            "guardrail.first_clip", "guardrail.cap", "guardrail.final_val", "lifecycle.first_clip",
             "lifecycle.last_clip", "lifecycle.final_over_tau", "lifecycle.heads_ever"} <= compared
