@@ -469,6 +469,10 @@ def section_tradeoff(rn: Runner) -> Section:
 FIELD_RESULT = "docs/data/field-comparison.json"
 
 
+def _tokens(x: float | None) -> str:
+    return "n/a" if x is None else f"{int(round(x)):,}"
+
+
 def section_field(rn: Runner) -> Section:
     """The field comparison's table, from its committed result (``muonclip.reproduce.field``)."""
     import json
@@ -489,21 +493,20 @@ def section_field(rn: Runner) -> Section:
         fv, tk = row["final_val_loss"], row["tokens_to_baseline"]
         dragon = row.get("dragon_peak_max_logit")
         md.append(f"| {name} | {data['arms'][name]} | {fmt_g(data['best_lr'][name])} | {fmt(fv['mean'], 4)} ± "
-                  f"{fmt(fv['spread'], 4)} ({row['seeds']}) | {fmt(tk['mean'], 0)} ± {fmt(tk['spread'], 0)}"
+                  f"{fmt(fv['spread'], 4)} ({row['seeds']}) | {_tokens(tk['mean'])} ± {_tokens(tk['spread'])}"
                   + (f" ({tk['missing']} seed(s) never reached it)" if tk["missing"] else "")
                   + f" | {_ratio(row['tokens_vs_baseline'])}x | "
                   + (", ".join(fmt(v, 1) for v in dragon["values"]) if dragon else "-") + " |")
-    sweep = ["| arm | " + " | ".join(f"lr {lr}" for lr in next(iter(data["sweep_final_val_loss"].values()))) + " |"]
+    sweep = ["| arm | final val loss at each lr |", "|---|---|"]
+    sweep += [f"| {n} | " + ", ".join(f"lr {lr}: {fmt(v, 4)}" for lr, v in sw.items()) + " |"
+              for n, sw in data["sweep_final_val_loss"].items()]
     s.extra_md += [
         f"Measured on {data['device_name']} (torch {data['torch']}), {len(data['seeds'])} seeds on the "
         "`efficiency` preset (each arm at its best lr of a 4-point sweep on seed 0) and "
         f"{len(data['dragon_seeds'])} on `dragon` (lr 0.02, no decay). Every Muon arm runs `--optimizer muon` "
         "(no clip). The result file is `docs/data/field-comparison.json`; its numbers come from "
         "`muonclip.reproduce.results.field_table`.\n\n" + "\n".join(md),
-        "Final val loss of the lr sweep (seed 0):\n\n" + "\n".join(
-            sweep + ["|---|" + "---|" * len(next(iter(data["sweep_final_val_loss"].values())))]
-            + [f"| {n} | " + " | ".join(fmt(v, 4) for v in sw.values()) + " |"
-               for n, sw in data["sweep_final_val_loss"].items()]),
+        "The lr sweep (seed 0):\n\n" + "\n".join(sweep),
     ]
     best = min((r["final_val_loss"]["mean"], n) for n, r in data["table"].items())
     s.table.append(("lowest mean final val loss", f"{best[1]} ({fmt(best[0], 4)})"))
