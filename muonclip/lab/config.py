@@ -91,10 +91,30 @@ _OPTIMIZER_CHOICES = {
 }
 
 
+_CUSTOM_SEPARATOR = ","
+
+
+def custom_coefficients(text: str) -> tuple[tuple[float, ...], ...]:
+    """``"a,b,c;a,b,c"`` (one triple per Newton-Schulz iteration) as ``((a, b, c), ...)``, the
+    optimizer's custom ``orthogonalizer``; ValueError on text that is not numbers."""
+    try:
+        return tuple(tuple(float(x) for x in part.split(_CUSTOM_SEPARATOR)) for part in text.split(";") if part.strip())
+    except ValueError:
+        raise ValueError("custom coefficients are numbers, 'a,b,c;a,b,c;...'") from None
+
+
+def orthogonalizer_spec(ns_method: str):
+    """The optimizer's ``orthogonalizer`` for ``optim.ns_method``: a schedule's name, or the
+    custom coefficients ``"a,b,c;a,b,c;..."`` as triples."""
+    return custom_coefficients(ns_method) if _CUSTOM_SEPARATOR in ns_method else ns_method
+
+
 @dataclass(frozen=True)
 class OptimCfg:
     """Optimizer. ``lr`` is the Muon(Clip) learning rate for matrix parameters;
-    ``ns_method`` is the optimizer's ``orthogonalizer`` (``ns5``, ``polar_express``);
+    ``ns_method`` is the optimizer's ``orthogonalizer``: a schedule's name (``ns5``,
+    ``polar_express``, ``cans``, ...) or custom coefficients ``"a,b,c;a,b,c;..."``, one triple
+    per iteration;
     ``adamw_lr`` is the rate of the AdamW groups (embeddings, norms, biases, head) and of
     the whole model when ``optimizer="adamw"``. ``qk_clip_tau`` and ``qk_clip_granularity``
     (``head``, K2's; ``layer``, the naive ablation) matter only for ``muonclip``.
@@ -140,6 +160,12 @@ class OptimCfg:
               f"optim.grad_clip must be > 0 or None; got {self.grad_clip}")
         for name, choices in _OPTIMIZER_CHOICES.items():
             value = getattr(self, name)
+            if name == "ns_method" and value not in choices and _CUSTOM_SEPARATOR in str(value):
+                try:
+                    optim_functional.resolve_orthogonalizer(custom_coefficients(value))
+                except ValueError as exc:
+                    raise ConfigError(f"optim.ns_method {value!r}: {exc}") from None
+                continue
             check(value in choices, f"optim.{name}: {value!r} is not one of {', '.join(map(repr, choices))}"
                   f"{did_you_mean(value, choices)}")
 

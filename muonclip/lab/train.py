@@ -29,7 +29,16 @@ from ..models import GPT
 from ..optim import MuonClip, build_param_groups
 from . import distributed as lab_dist
 from .checkpoint import CheckpointError, checkpoint_due, load_checkpoint, save_checkpoint
-from .config import ConfigError, TrainConfig, apply_overrides, config_hash, load_config, save_config, to_dict
+from .config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_hash,
+    load_config,
+    orthogonalizer_spec,
+    save_config,
+    to_dict,
+)
 from .data import TokenDataset, load_corpus
 from .metrics import MetricsLog
 from .schedule import lr_multiplier
@@ -75,7 +84,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
                           "--optimizer muon (or adamw), or turn qk_norm off to compare against MuonClip")
     return MuonClip(
         groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
-        orthogonalizer=o.ns_method, update_scale=o.update_scale, betas=tuple(o.betas), eps=o.eps,
+        orthogonalizer=orthogonalizer_spec(o.ns_method), update_scale=o.update_scale, betas=tuple(o.betas), eps=o.eps,
         qk_clip_tau=o.qk_clip_tau if clip else None,
         qk_clip_spec=model.qk_clip_spec() if clip else None,
         max_logits_fn=model.max_logits if clip else None,

@@ -350,3 +350,17 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
         atomic_write_text(p, "new")
     assert p.read_text(encoding="utf-8") == "old"
     assert [x.name for x in tmp_path.iterdir()] == ["keep.txt"]  # temp file removed
+
+
+def test_custom_ns_coefficients_reach_the_optimizer_and_bad_ones_are_refused():
+    from muonclip.config import ConfigError
+    from muonclip.lab import apply_overrides, get_preset
+    from muonclip.lab.train import build_model, build_optimizer
+
+    cfg = apply_overrides(get_preset("tiny"), ['optim.ns_method="3.4445,-4.775,2.0315;2,-1.5,0.5"'])
+    opt = build_optimizer(build_model(cfg), cfg)
+    assert opt.param_groups[0]["orthogonalizer"] == ((3.4445, -4.775, 2.0315), (2.0, -1.5, 0.5))
+    for bad, match in (('"1,2;3,4,5"', "must be \\(a, b, c\\)"), ('"a,b,c"', "are numbers"),
+                       ('"1,2,inf"', "finite")):
+        with pytest.raises(ConfigError, match=match):
+            apply_overrides(get_preset("tiny"), [f"optim.ns_method={bad}"])
