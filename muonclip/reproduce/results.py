@@ -580,15 +580,17 @@ def tradeoff_sweep_grid(result: Mapping[str, Any], key: str) -> np.ndarray:
     return grid
 
 
-def tradeoff_edge(result: Mapping[str, Any], *, drop: float = 0.02) -> dict[int, float | None]:
-    """Per prompt length, the largest tau at which held-out accuracy is more than ``drop``
-    below the unclipped arm's (None: no tau of the sweep cost that much)."""
+def tradeoff_edge(result: Mapping[str, Any], key: str = "accuracy", *, margin: float = 0.02) -> dict[int, float | None]:
+    """Per prompt length, the largest tau at which ``key`` is worse than the unclipped arm's by
+    more than ``margin`` (held-out accuracy lower, or, for ``eval_loss``, loss higher); None when
+    no tau of the sweep cost that much."""
     taus = result["taus"]
-    acc = tradeoff_sweep_grid(result, "accuracy")
+    grid = tradeoff_sweep_grid(result, key)
+    sign = -1.0 if key in ("eval_loss", "loss") else 1.0  # +1: higher is better
     free = taus.index(None)
     out = {}
     for i, seq_len in enumerate(result["seq_lens"]):
-        costly = [t for j, t in enumerate(taus) if t is not None and acc[i, j] < acc[i, free] - drop]
+        costly = [t for j, t in enumerate(taus) if t is not None and sign * (grid[i, free] - grid[i, j]) > margin]
         out[seq_len] = max(costly) if costly else None
     return out
 

@@ -441,6 +441,7 @@ def section_tradeoff(rn: Runner) -> Section:
     s = Section("tradeoff", "The trade-off: where a low tau starts to cost accuracy",
                 commands=[f"python -m muonclip reproduce --only tradeoff   # cached in {rn.cache.name}/{run_dir.name}"])
     edge = results.tradeoff_edge(result)
+    loss_edge = results.tradeoff_edge(result, "eval_loss", margin=0.01)
     labels = ["none" if t is None else fmt_g(t) for t in taus]
     md = ["| words | " + " | ".join(f"tau {x}" for x in labels) + " |", "|---|" + "---|" * len(taus)]
     for key, name in (("accuracy", "held-out accuracy"), ("keyword_attention", "attention on the keyword"),
@@ -455,6 +456,8 @@ def section_tradeoff(rn: Runner) -> Section:
     for n in lens:
         s.table.append((f"{n} words: largest tau whose accuracy is > 2 points below no clip",
                         fmt_g(edge[n], none="none (no tau of the sweep cost accuracy)")))
+        s.table.append((f"{n} words: largest tau whose held-out loss is > 0.01 nats above no clip",
+                        fmt_g(loss_edge[n], none="none")))
     s.table.append(("sweep wall time (s)", fmt(result["seconds"], 0)))
     s.figures["tradeoff_sweep"] = clip_charts.tradeoff_sweep_figure(
         lens, taus, {"held-out accuracy": results.tradeoff_sweep_grid(result, "accuracy"),

@@ -294,6 +294,7 @@ def fig_tradeoff_sweep(runs: Runs, out: Path, opts: dict) -> dict:
     save_figure(fig, out / "qk_clip_tradeoff_sweep.png", description="tau x prompt length sweep")
     return {"seq_lens": result["seq_lens"], "taus": result["taus"],
             "edge": {str(k): v for k, v in results.tradeoff_edge(result).items()},
+            "loss_edge": {str(k): v for k, v in results.tradeoff_edge(result, "eval_loss", margin=0.01).items()},
             "accuracy": grids["held-out accuracy"].tolist(),
             "keyword_attention": grids["attention on the keyword"].tolist(),
             "eval_loss": grids["held-out loss"].tolist(), "seconds": result["seconds"]}

@@ -26,8 +26,9 @@ def test_presets_registered_and_described():
     for label, preset, opt, overrides in presets.STORY_RUNS:
         cfg = apply_overrides(get_preset(preset), [f"optim.optimizer={opt}", *overrides])
         assert cfg.optim.optimizer == opt, label
+    preset_of = {label: preset for label, preset, *_ in presets.STORY_RUNS}  # keys are presets or run labels
     for name, quick in presets.QUICK_OVERRIDES.items():
-        apply_overrides(get_preset(name), quick)
+        apply_overrides(get_preset(preset_of.get(name, name)), quick)
     assert set(presets.STORY_ALIASES.values()) <= {label for label, *_ in presets.STORY_RUNS}
 
 
@@ -36,13 +37,13 @@ def test_presets_registered_and_described():
 
 @pytest.fixture(scope="module")
 def quick_runs(tmp_path_factory):
-    """The quick dragon (Muon), guardrail and lifecycle runs, trained once for this module."""
+    """The quick dragon (Muon), its MuonClip guardrail and lifecycle runs, trained once for this module."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     cache = tmp_path_factory.mktemp("reproduce")
     out = {}
     try:
-        for label, preset, opt in (("dragon", "dragon", "muon"), ("guardrail", "guardrail", "muonclip"),
+        for label, preset, opt in (("dragon", "dragon", "muon"), ("dragon-clip", "dragon", "muonclip"),
                                    ("lifecycle", "lifecycle", "muonclip")):
             cfg = apply_overrides(get_preset(preset), [f"optim.optimizer={opt}", *presets.QUICK_OVERRIDES[label]])
             run_dir = ensure_run(cfg, cache, label, progress=False, log=lambda m: None)
@@ -60,7 +61,7 @@ def test_dragon_muon_max_logit_grows(quick_runs):
 
 
 def test_guardrail_caps_max_logit_at_tau(quick_runs):
-    cfg, rows = quick_runs["guardrail"]
+    cfg, rows = quick_runs["dragon-clip"]
     tau = cfg.optim.qk_clip_tau
     first = results.first_clip_step(rows)
     assert first is not None and first < len(rows) - 5

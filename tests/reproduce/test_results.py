@@ -246,3 +246,10 @@ def test_seed_stats_and_field_table():
     assert table["muon"]["tokens_vs_baseline"] < 1.0
     assert table["muon"]["dragon_growth"]["mean"] == pytest.approx(100.0)
     assert "dragon_growth" not in table["adamw"]
+
+
+def test_tradeoff_edge_on_loss_looks_for_a_rise():
+    cells = [{"seq_len": 16, "tau": t, "eval_loss": v} for t, v in [(0.5, 0.08), (1.0, 0.005), (None, 0.0001)]]
+    result = {"seq_lens": [16], "taus": [0.5, 1.0, None], "cells": cells}
+    assert results.tradeoff_edge(result, "eval_loss", margin=0.01) == {16: 0.5}
+    assert results.tradeoff_edge(result, "eval_loss", margin=0.001) == {16: 1.0}
