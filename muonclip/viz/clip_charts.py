@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from .plots import decorate, new_figure
 from .style import COLORS, fmt_g, fmt_pct
@@ -33,15 +34,14 @@ def rogue_heads_figure(peaks: Sequence[tuple[Sequence[int], float, bool]], steps
     ratios = [r for _, r, _ in peaks]
     colors = [_CLIPPED if c else _HEALTHY for _, _, c in peaks]
     left.bar(range(len(ratios)), ratios, color=colors, width=0.85)
-    left.axhline(1.0, color=COLORS["tau"], ls="--", lw=1, label="tau")
+    tau_line = left.axhline(1.0, color=COLORS["tau"], ls="--", lw=1)
     n_clipped = sum(1 for _, _, c in peaks if c)
     share = f"{n_clipped}/{len(peaks)} heads ever clipped ({fmt_pct(n_clipped / max(1, len(peaks)))})"
     if reference_fraction is not None:
         share += f"; K2: {fmt_pct(reference_fraction)}"
-    left.bar([], [], color=_CLIPPED, label="ever clipped")
-    left.bar([], [], color=_HEALTHY, label="never clipped")
     left.set_xticks(range(len(peaks)), [_head(h) for h, _, _ in peaks], rotation=90, fontsize=6)
-    decorate(left, "head, sorted by peak", "peak max logit / tau", share)
+    decorate(left, "head, sorted by peak", "peak max logit / tau", share, legend=False)
+    left.legend([tau_line, Patch(color=_CLIPPED), Patch(color=_HEALTHY)], ["tau", "ever clipped", "never clipped"])
     if len(raster_heads):
         ys, xs = np.nonzero(np.asarray(raster).T)
         right.scatter(np.asarray(steps)[xs], ys, marker="|", s=40, color=_CLIPPED, lw=1)
@@ -84,19 +84,25 @@ def per_layer_figure(factors: Mapping[Sequence[int], float], *, title: str = "")
     return fig
 
 
+# Shares are drawn on their whole range, so a 0.98 accuracy does not look like a collapse.
+SHARE_LIMITS = {"held-out accuracy": (0.0, 1.0), "attention on the keyword": (0.0, 1.0)}
+
+
 def tradeoff_sweep_figure(seq_lens: Sequence[int], taus: Sequence[float | None], grids: Mapping[str, np.ndarray],
                           *, title: str = "") -> Figure:
     """One heatmap per measured quantity (``grids[name]`` is ``[len(seq_lens), len(taus)]``):
-    rows = prompt length (difficulty), columns = tau (None = no clip)."""
+    rows = prompt length (difficulty), columns = tau (None = no clip). Quantities named in
+    ``SHARE_LIMITS`` use that colour range; others their own."""
     fig = new_figure(4.2 * len(grids), 3.6, layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(grids)))
     labels = ["none" if t is None else fmt_g(t) for t in taus]
     for ax, (name, grid) in zip(axes, grids.items(), strict=True):
         grid = np.asarray(grid, dtype=float)
-        image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+        vmin, vmax = SHARE_LIMITS.get(name, (float(np.nanmin(grid)), float(np.nanmax(grid))))
+        image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower", vmin=vmin, vmax=vmax)
         for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if v < np.nanmean(grid) else "black")
+            ax.text(j, i, f"{v:.2g}" if abs(v) < 0.01 else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if v < (vmin + vmax) / 2 else "black")
         ax.set_xticks(range(len(taus)), labels)
         ax.set_yticks(range(len(seq_lens)), [str(n) for n in seq_lens])
         ax.set_xlabel("tau")
