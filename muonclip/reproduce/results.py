@@ -232,11 +232,18 @@ def clip_span_per_head(rows: Sequence[Row], tau: float) -> dict[tuple[int, int],
             for h, col in zip(heads, raster.T, strict=True)}
 
 
+def landing_points(rows: Sequence[Row], tau: float) -> tuple[list[int], list[float]]:
+    """``(steps, ratios)``: for every head clipped at a step, that step and the head's max logit
+    of the updated, clipped weights on the step's own batch (``max_logits_after``) over tau."""
+    points = [(int(r["step"]), _num(r["max_logits_after"][li][hi]) / tau) for r in rows if r.get("max_logits_after")
+              for li, hi in sorted(heads_above(r, tau))]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
 def landing_after_clip(rows: Sequence[Row], tau: float) -> dict[str, Any] | None:
-    """Where the clip put the clipped heads: their max logit of the updated, clipped weights on
-    the clipping step's own batch (``max_logits_after``), over tau. None without such rows."""
-    ratios = [_num(r["max_logits_after"][li][hi]) / tau for r in rows if r.get("max_logits_after")
-              for li, hi in heads_above(r, tau)]
+    """Where the clip put the clipped heads (:func:`landing_points`): min, median, max and the
+    largest distance from tau. None without such rows."""
+    _, ratios = landing_points(rows, tau)
     if not ratios:
         return None
     return {"n": len(ratios), "min": min(ratios), "max": max(ratios), "median": float(np.median(ratios)),

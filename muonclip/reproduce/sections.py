@@ -194,12 +194,9 @@ def section_guardrail(rn: Runner) -> Section:
         tau=tau, title=f"Guardrail preset: MuonClip (tau = {fmt_g(tau)}) vs vanilla Muon")
     s.figures["guardrail_heads"] = charts.layer_heads_figure(
         [r["step"] for r in rows], clip.data.head_logits(), tau=tau, title="MuonClip: max logit of every head")
-    steps = [int(r["step"]) for r in rows]
-    after = [(int(r["step"]), float(r["max_logits_after"][li][hi]) / tau) for r in rows if r.get("max_logits_after")
-             for li, hi in results.heads_above(r, tau)]
     s.figures["guardrail_cap"] = clip_charts.cap_figure(
-        steps, [float(r["max_logit"]) / tau for r in rows], [a for a, _ in after], [b for _, b in after],
-        cap_target=1.10, title="The cap: before each step, and where the clip puts the clipped heads")
+        *results.series(rows, "max_logit"), *results.landing_points(rows, tau), tau=tau, cap_target=1.10,
+        title="The cap: before each step, and where the clip puts the clipped heads")
     return s
 
 
@@ -434,8 +431,7 @@ def section_efficiency(rn: Runner) -> Section:
 def section_tradeoff(rn: Runner) -> Section:
     from . import tradeoff
 
-    cfg, taus, lens = ((tradeoff.SWEEP_QUICK, tradeoff.SWEEP_QUICK_TAUS, tradeoff.SWEEP_QUICK_SEQ_LENS) if rn.quick
-                       else (tradeoff.SWEEP, tradeoff.SWEEP_TAUS, tradeoff.SWEEP_SEQ_LENS))
+    cfg, taus, lens = tradeoff.sweep_plan(rn.quick)
     rn.log(f"[reproduce] tradeoff sweep: taus {taus} x prompt lengths {lens}")
     result, run_dir = tradeoff.ensure_tradeoff_sweep(cfg, rn.cache, taus, lens)
     s = Section("tradeoff", "The trade-off: where a low tau starts to cost accuracy",

@@ -36,7 +36,7 @@ from ..viz.style import fmt_g
 
 __all__ = ["TradeoffConfig", "QUICK", "FULL", "SWEEP", "SWEEP_TAUS", "SWEEP_SEQ_LENS", "SWEEP_QUICK",
            "SWEEP_QUICK_TAUS", "SWEEP_QUICK_SEQ_LENS", "make_prompts", "run_arm",
-           "run_tradeoff", "ensure_tradeoff", "run_sweep", "ensure_tradeoff_sweep"]
+           "run_tradeoff", "ensure_tradeoff", "sweep_plan", "run_sweep", "ensure_tradeoff_sweep"]
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,13 @@ SWEEP = dataclasses.replace(FULL, steps=300, snapshot_every=300, n_eval=256, n_p
 SWEEP_QUICK = dataclasses.replace(FULL, steps=80, snapshot_every=80, n_eval=128, n_probe=16)
 SWEEP_QUICK_TAUS: tuple[float | None, ...] = (0.5, None)
 SWEEP_QUICK_SEQ_LENS: tuple[int, ...] = (16, 32)
+
+
+def sweep_plan(quick: bool) -> tuple[TradeoffConfig, tuple[float | None, ...], tuple[int, ...]]:
+    """``(config, taus, prompt lengths)`` of the sweep, full or ``--quick``."""
+    if quick:
+        return SWEEP_QUICK, SWEEP_QUICK_TAUS, SWEEP_QUICK_SEQ_LENS
+    return SWEEP, SWEEP_TAUS, SWEEP_SEQ_LENS
 
 
 def run_sweep(cfg: TradeoffConfig, taus=SWEEP_TAUS, seq_lens=SWEEP_SEQ_LENS, *,

@@ -153,11 +153,9 @@ def fig_rogue_heads(runs: Runs, out: Path, opts: dict) -> dict:
 def fig_cap(runs: Runs, out: Path, opts: dict) -> dict:
     run = runs["guardrail"]
     tau, rows = run.tau, run.rows
-    after = [(int(r["step"]), float(r["max_logits_after"][li][hi]) / tau) for r in rows if r.get("max_logits_after")
-             for li, hi in results.heads_above(r, tau)]
-    fig = clip_charts.cap_figure([int(r["step"]) for r in rows], [float(r["max_logit"]) / tau for r in rows],
-                                 [a for a, _ in after], [b for _, b in after], cap_target=1.10,
-                                 title="The cap: before each step, and where the clip puts the clipped heads")
+    fig = clip_charts.cap_figure(*results.series(rows, "max_logit"), *results.landing_points(rows, tau), tau=tau,
+                                 cap_target=1.10, title="The cap: before each step, and where the clip puts the "
+                                                        "clipped heads")
     plots.add_provenance(fig, run.provenance)
     save_figure(fig, out / "qk_clip_cap.png",
                 description="max logit / tau per step, and the clipped heads after the clip")

@@ -140,27 +140,24 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
                 dynamic_ncols=True)
     tradeoff_result, tradeoff_dir = tradeoff.ensure_tradeoff(tcfg, cache_dir, git_sha=git_sha, progress=tbar.update)
     tbar.close()
-    timings["tradeoff"] = time.perf_counter() - t0
-    plan_info.append({"label": "tradeoff", "roles": ["tradeoff"], "run_id": tradeoff_dir.name,
-                      "config_hash": tcfg.hash(), "git_sha": tradeoff_result.get("git_sha"),
-                      "description": "synthetic tool-selection task, MuonClip (low tau) vs Muon",
-                      "seconds": round(timings["tradeoff"], 1)})
-    bar.update(1)
 
+    def record(label: str, run_dir: Path, cfg, result: dict, description: str, started: float) -> None:
+        timings[label] = time.perf_counter() - started
+        plan_info.append({"label": label, "roles": [label.replace("-", "_")], "run_id": run_dir.name,
+                          "config_hash": cfg.hash(), "git_sha": result.get("git_sha"), "description": description,
+                          "seconds": round(timings[label], 1)})
+        bar.update(1)
+
+    record("tradeoff", tradeoff_dir, tcfg, tradeoff_result, "synthetic tool-selection task, MuonClip (low tau) vs Muon",
+           t0)
     bar.set_description("story: trade-off sweep")
-    sweep_cfg, sweep_taus, sweep_lens = (
-        (tradeoff.SWEEP_QUICK, tradeoff.SWEEP_QUICK_TAUS, tradeoff.SWEEP_QUICK_SEQ_LENS) if quick
-        else (tradeoff.SWEEP, tradeoff.SWEEP_TAUS, tradeoff.SWEEP_SEQ_LENS))
+    sweep_cfg, sweep_taus, sweep_lens = tradeoff.sweep_plan(quick)
     say(f"trade-off sweep (tau {sweep_taus} x prompt lengths {sweep_lens}, {sweep_cfg.steps} steps each)")
     t0 = time.perf_counter()
     sweep_result, sweep_dir = tradeoff.ensure_tradeoff_sweep(sweep_cfg, cache_dir, sweep_taus, sweep_lens,
                                                              git_sha=git_sha)
-    timings["tradeoff_sweep"] = time.perf_counter() - t0
-    plan_info.append({"label": "tradeoff-sweep", "roles": ["tradeoff_sweep"], "run_id": sweep_dir.name,
-                      "config_hash": sweep_cfg.hash(), "git_sha": sweep_result.get("git_sha"),
-                      "description": "tau x prompt length sweep of the tool-selection task",
-                      "seconds": round(timings["tradeoff_sweep"], 1)})
-    bar.update(1)
+    record("tradeoff-sweep", sweep_dir, sweep_cfg, sweep_result, "tau x prompt length sweep of the tool-selection task",
+           t0)
 
     opts: dict[str, Any] = {"quick": quick, "tradeoff": tradeoff_result, "tradeoff_sweep": sweep_result}
     errors: dict[str, str] = {}

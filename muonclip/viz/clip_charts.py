@@ -53,14 +53,15 @@ def rogue_heads_figure(peaks: Sequence[tuple[Sequence[int], float, bool]], steps
     return fig
 
 
-def cap_figure(steps: Sequence[int], max_over_tau: Sequence[float], landing_steps: Sequence[int],
-               landing: Sequence[float], *, cap_target: float | None = None, title: str = "") -> Figure:
-    """The cap: each step's max logit / tau from the forward before the update (what the clip
-    reacts to), and where the clipped heads landed: their max logit / tau on the same batch
-    with the updated, clipped weights."""
+def cap_figure(steps: Sequence[int], max_logit: Sequence[float], landing_steps: Sequence[int],
+               landing: Sequence[float], *, tau: float, cap_target: float | None = None, title: str = "") -> Figure:
+    """The cap: each step's max logit (divided by ``tau`` here) from the forward before the update
+    (what the clip reacts to), and where the clipped heads landed: ``landing`` is already their
+    max logit / tau on the same batch with the updated, clipped weights."""
     fig = new_figure(7, 4, layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(steps, max_over_tau, color=COLORS["muonclip"], lw=1.1, label="max logit / tau (forward before the step)")
+    ax.plot(steps, np.asarray(max_logit, dtype=float) / tau, color=COLORS["muonclip"], lw=1.1,
+            label="max logit / tau (forward before the step)")
     ax.scatter(landing_steps, landing, s=8, color=COLORS["muon"], zorder=3,
                label="clipped heads after the clip, same batch")
     ax.axhline(1.0, color=COLORS["tau"], ls="--", lw=1, label="tau")

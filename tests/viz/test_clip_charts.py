@@ -24,9 +24,9 @@ def test_rogue_heads_bars_follow_the_sorted_peaks_and_mark_the_clipped():
 
 
 def test_cap_and_per_layer_charts_draw_their_points():
-    fig = clip_charts.cap_figure([1, 2, 3], [0.5, 1.1, 1.0], [2], [1.01], cap_target=1.1)
+    fig = clip_charts.cap_figure([1, 2, 3], [5.0, 11.0, 10.0], [2], [1.01], tau=10.0, cap_target=1.1)
     ax = fig.axes[0]
-    assert list(ax.lines[0].get_ydata()) == [0.5, 1.1, 1.0]
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([0.5, 1.1, 1.0])
     assert ax.collections[0].get_offsets().tolist() == [[2.0, 1.01]]
     fig = clip_charts.per_layer_figure({(0, 1): 0.2, (0, 3): 0.9})
     assert [p.get_height() for p in fig.axes[0].patches] == pytest.approx([0.2, 0.9])
