@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py runs its CUDA code paths at toy size on CPU, so it cannot rot unseen."""
+"""The benchmarks run their code paths at toy size on CPU (gpu_check, ns_bf16_variants), so they cannot rot unseen."""
 import json
 
 import pytest
@@ -39,3 +39,14 @@ def test_a_failing_section_is_recorded_and_the_rest_still_run(gpu_check):
     gpu_check._section(result, "broken", broken)
     gpu_check._section(result, "fine", lambda: {"ok": 1})
     assert result == {"broken": {"error": "RuntimeError: no kernel for this input"}, "fine": {"ok": 1}}
+
+
+def test_ns_bf16_variants_toy_run(load_benchmark):
+    """benchmarks/ns_bf16_variants.py at toy size: every variant reported, fp32 near float64,
+    bf16 variants visibly further, the Gram form cheaper than the direct one."""
+    variants = load_benchmark("ns_bf16_variants").main(["--batch", "1", "--rows", "8", "--cols", "32"])["variants"]
+    assert set(variants) == {"fp32_direct", "bf16_direct", "bf16_gram", "bf16_gram_restart_2", "bf16_gram_restart_3",
+                             "bf16_then_fp32_last"}
+    assert variants["fp32_direct"]["rel_dist_to_fp64_ns5"] < 1e-4
+    assert min(v["rel_dist_to_fp64_ns5"] for k, v in variants.items() if k.startswith("bf16")) > 1e-3
+    assert variants["bf16_gram"]["flops_vs_direct"] < variants["bf16_gram_restart_2"]["flops_vs_direct"] < 1.0
