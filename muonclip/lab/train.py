@@ -143,7 +143,12 @@ def _tracked(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 def _hidden_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """The hidden matrices (Muon group; the same group under AdamW runs)."""
-    return [p for g in optimizer.param_groups if g.get("hidden", g.get("algorithm") == "muon") for p in g["params"]]
+    return [p for g in optimizer.param_groups if _is_hidden(g) for p in g["params"]]
+
+
+def _is_hidden(group: dict) -> bool:
+    """A group of hidden matrices: the Muon group, or (cautious AdamW runs) one marked ``hidden``."""
+    return group.get("hidden", group.get("algorithm") == "muon")
 
 
 def _grad_norm(params: list[torch.Tensor]) -> float:
@@ -301,7 +306,7 @@ def train(
             before = [p.detach().clone() for p in hidden]
             tracked_before = {n: p.detach().clone() for n, p in tracked.items()} if spectra_step else {}
             optimizer.step()
-            lr_hidden = next((g["lr"] for g in optimizer.param_groups if g.get("hidden", g.get("algorithm") == "muon")),
+            lr_hidden = next((g["lr"] for g in optimizer.param_groups if _is_hidden(g)),
                              optimizer.param_groups[0]["lr"])
             with torch.no_grad():
                 sq = sum(float((p - b).pow(2).sum()) for p, b in zip(hidden, before, strict=False))

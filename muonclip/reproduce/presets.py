@@ -91,13 +91,22 @@ DRAGON = TrainConfig(
 # cap (1.154 tau): tau well under half the unclipped peak means a longer tug of war.
 # The no-decay guardrail of docs/results.md is the dragon preset run with --optimizer muonclip.
 GUARDRAIL_TAU = 26.7
-GUARDRAIL = TrainConfig(
-    model=GPTConfig(d_model=64, n_layer=1, n_head=32, head_dim=8, seq_len=128, qk_norm=False, mlp_ratio=4.0),
-    data=DATA,
-    optim=OptimCfg(optimizer="muonclip", lr=0.02, adamw_lr=3e-3, weight_decay=0.1, qk_clip_tau=GUARDRAIL_TAU),
-    schedule=ScheduleCfg(kind="cosine", warmup_steps=20, min_lr_ratio=0.1),
-    run=RunCfg(seed=SEED, steps=400, batch_size=16, eval_every=50, eval_batches=4),
-)
+
+
+def _k2_like(n_layer: int, n_head: int, tau: float) -> TrainConfig:
+    """The K2-like recipe of the #15 search: weight decay 0.1 and a cosine lr (warmup 20, floor
+    0.1) on a d64 GPT with heads of 8, T 128, batch 16, 400 steps."""
+    return TrainConfig(
+        model=GPTConfig(d_model=64, n_layer=n_layer, n_head=n_head, head_dim=8, seq_len=128, qk_norm=False,
+                        mlp_ratio=4.0),
+        data=DATA,
+        optim=OptimCfg(optimizer="muonclip", lr=0.02, adamw_lr=3e-3, weight_decay=0.1, qk_clip_tau=tau),
+        schedule=ScheduleCfg(kind="cosine", warmup_steps=20, min_lr_ratio=0.1),
+        run=RunCfg(seed=SEED, steps=400, batch_size=16, eval_every=50, eval_batches=4),
+    )
+
+
+GUARDRAIL = _k2_like(n_layer=1, n_head=32, tau=GUARDRAIL_TAU)
 
 # ---------------------------------------------------------------------------- guardrail_k2
 # The 2-layer K2-like candidate of the issue #15 search (docs/guardrail-search.md, run S2):
@@ -114,13 +123,7 @@ GUARDRAIL = TrainConfig(
 # Fragile: seeds 1-3 or warmup 60 (same otherwise) give no rogue head (34-59% of heads past
 # half the peak), so this is one seed's picture, not a robust recipe.
 GUARDRAIL_K2_TAU = 24.8
-GUARDRAIL_K2 = TrainConfig(
-    model=GPTConfig(d_model=64, n_layer=2, n_head=16, head_dim=8, seq_len=128, qk_norm=False, mlp_ratio=4.0),
-    data=DATA,
-    optim=OptimCfg(optimizer="muonclip", lr=0.02, adamw_lr=3e-3, weight_decay=0.1, qk_clip_tau=GUARDRAIL_K2_TAU),
-    schedule=ScheduleCfg(kind="cosine", warmup_steps=20, min_lr_ratio=0.1),
-    run=RunCfg(seed=SEED, steps=400, batch_size=16, eval_every=50, eval_batches=4),
-)
+GUARDRAIL_K2 = _k2_like(n_layer=2, n_head=16, tau=GUARDRAIL_K2_TAU)
 
 # ---------------------------------------------------------------------------- lifecycle
 # The full 8-head model did not switch the clip off within 240 steps of a cosine schedule (the

@@ -578,6 +578,33 @@ def field_table(efficiency: Mapping[str, Sequence[Sequence[Row]]], dragon: Mappi
     return out
 
 
+K2_FRACTION_CLIPPED = 0.127  # Kimi K2 report: 12.7% of heads were ever clipped
+
+
+def per_layer_comparison(head_rows: Sequence[Row], layer_rows: Sequence[Row], tau: float,
+                         entropy_head: Sequence[Sequence[float]],
+                         entropy_layer: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Per-head (K2) against per-layer clipping on the same preset and seed: heads ever clipped,
+    the healthy heads per-layer clipping shrank (:func:`layer_clip_shrinkage`), their attention
+    entropy in both runs (per layer, per head tables, e.g. from ``muonclip.lab.probe``), the
+    mean entropy of all heads, the caps and the final validation losses."""
+    shrink = layer_clip_shrinkage(layer_rows, tau)
+    healthy = shrink["healthy_heads_shrunk"]
+    factors = list(shrink["total_factor"].values())
+    return {"tau": tau, "healthy_shrunk": len(healthy), "events": shrink["events"],
+            "median_gamma": shrink["median_gamma"], "min_total_factor": min(factors) if factors else None,
+            "total_factor": shrink["total_factor"],
+            "entropy_head": mean_over_heads(entropy_head, healthy),
+            "entropy_layer": mean_over_heads(entropy_layer, healthy),
+            "entropy_all_head": mean_over_heads(entropy_head, head_names(head_rows)),
+            "entropy_all_layer": mean_over_heads(entropy_layer, head_names(layer_rows)),
+            "heads_ever_head": len(heads_ever_clipped(head_rows, tau)),
+            "heads_ever_layer": len(heads_ever_clipped(layer_rows, tau)),
+            "heads_total": n_heads(head_rows),
+            "cap_head": cap_ratio(head_rows, tau), "cap_layer": cap_ratio(layer_rows, tau),
+            "val_head": final_val_loss(head_rows), "val_layer": final_val_loss(layer_rows)}
+
+
 def tradeoff_sweep_grid(result: Mapping[str, Any], key: str) -> np.ndarray:
     """``[len(seq_lens), len(taus)]`` of one measured quantity of the trade-off sweep."""
     seq_lens, taus = result["seq_lens"], result["taus"]

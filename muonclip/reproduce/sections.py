@@ -200,9 +200,6 @@ def section_guardrail(rn: Runner) -> Section:
     return s
 
 
-K2_FRACTION_CLIPPED = 0.127  # Kimi K2 report: 12.7% of heads were ever clipped
-
-
 def _rogue_heads(s: Section, clip: Run) -> None:
     """Which heads went rogue: sorted peaks over tau and when each was clipped."""
     tau, rows = clip.tau, clip.rows
@@ -216,41 +213,34 @@ def _rogue_heads(s: Section, clip: Run) -> None:
     ]
     steps, heads, raster = results.clip_raster(rows, tau)
     s.figures["rogue_heads"] = clip_charts.rogue_heads_figure(
-        peaks, steps, heads, raster, reference_fraction=K2_FRACTION_CLIPPED,
+        peaks, steps, heads, raster, reference_fraction=results.K2_FRACTION_CLIPPED,
         title=f"Rogue heads: peak / tau of every head over the run (MuonClip, tau = {fmt_g(tau)})")
 
 
 def _per_layer(s: Section, clip: Run, layer: Run) -> None:
     """K2 clips per head; the naive per-layer clip shrinks every head of a layer with a rogue one."""
     tau = clip.tau
-    shrink = results.layer_clip_shrinkage(layer.rows, tau)
-    healthy = shrink["healthy_heads_shrunk"]
-    factors = list(shrink["total_factor"].values())
-    ent_head = probe.attention_entropy(clip.run_dir)
-    ent_layer = probe.attention_entropy(layer.run_dir)
-    vh, vl = results.final_val_loss(clip.rows), results.final_val_loss(layer.rows)
+    c = results.per_layer_comparison(clip.rows, layer.rows, tau, probe.attention_entropy(clip.run_dir),
+                                     probe.attention_entropy(layer.run_dir))
     md = ["| | per head (K2) | per layer |", "|---|---|---|",
           f"| heads ever clipped | {_heads_ever(clip.rows, tau)} | {_heads_ever(layer.rows, tau)} |",
-          f"| healthy heads shrunk (at or below tau while their layer was clipped) | 0 | {fmt(len(healthy))} "
-          f"({fmt(shrink['events'])} head-steps) |",
+          f"| healthy heads shrunk (at or below tau while their layer was clipped) | 0 | {fmt(c['healthy_shrunk'])} "
+          f"({fmt(c['events'])} head-steps) |",
           f"| median gamma of those events / smallest total factor of a healthy head | - | "
-          f"{_ratio(shrink['median_gamma'])} / {_ratio(min(factors) if factors else None)} |",
+          f"{_ratio(c['median_gamma'])} / {_ratio(c['min_total_factor'])} |",
           f"| attention entropy of those healthy heads, final weights (nats) | "
-          f"{fmt(results.mean_over_heads(ent_head, healthy), 3)} | "
-          f"{fmt(results.mean_over_heads(ent_layer, healthy), 3)} |",
+          f"{fmt(c['entropy_head'], 3)} | {fmt(c['entropy_layer'], 3)} |",
           f"| attention entropy, mean of all heads (nats) | "
-          f"{fmt(results.mean_over_heads(ent_head, results.head_names(clip.rows)), 3)} | "
-          f"{fmt(results.mean_over_heads(ent_layer, results.head_names(layer.rows)), 3)} |",
-          f"| max logit after the first clip / tau | {_ratio(results.cap_ratio(clip.rows, tau))} | "
-          f"{_ratio(results.cap_ratio(layer.rows, tau))} |",
-          f"| final val loss | {_loss(vh)} | {_loss(vl)} "
-          f"({fmt_pct(results.relative_change(vl, vh), 2, signed=True)}) |"]
+          f"{fmt(c['entropy_all_head'], 3)} | {fmt(c['entropy_all_layer'], 3)} |",
+          f"| max logit after the first clip / tau | {_ratio(c['cap_head'])} | {_ratio(c['cap_layer'])} |",
+          f"| final val loss | {_loss(c['val_head'])} | {_loss(c['val_layer'])} "
+          f"({fmt_pct(results.relative_change(c['val_layer'], c['val_head']), 2, signed=True)}) |"]
     s.extra_md.append("Per head against per layer (`optim.qk_clip_granularity=layer` scales every head of a layer "
                       "by the layer's worst gamma, as a naive implementation does), same preset and seed:\n\n"
                       + "\n".join(md))
-    if shrink["total_factor"]:
+    if c["total_factor"]:
         s.figures["guardrail_per_layer"] = clip_charts.per_layer_figure(
-            shrink["total_factor"], title="Per-layer clipping: healthy heads' total logit factor")
+            c["total_factor"], title="Per-layer clipping: healthy heads' total logit factor")
 
 
 # ----------------------------------------------------------------------------- the lifecycle

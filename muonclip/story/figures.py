@@ -126,15 +126,12 @@ def fig_dragon(runs: Runs, out: Path, opts: dict) -> dict:
             "final_loss": results.final_train_loss(rows)}
 
 
-K2_FRACTION_CLIPPED = 0.127  # Kimi K2 report: 12.7% of heads were ever clipped
-
-
 def fig_rogue_heads(runs: Runs, out: Path, opts: dict) -> dict:
     run = runs["guardrail"]
     tau = run.tau
     peaks = results.peaks_over_tau(run.rows, tau)
     steps, heads, raster = results.clip_raster(run.rows, tau)
-    fig = clip_charts.rogue_heads_figure(peaks, steps, heads, raster, reference_fraction=K2_FRACTION_CLIPPED,
+    fig = clip_charts.rogue_heads_figure(peaks, steps, heads, raster, reference_fraction=results.K2_FRACTION_CLIPPED,
                                          title=f"Rogue heads over the whole run ({display_name(run)}, "
                                                f"tau {fmt_g(tau)})")
     plots.add_provenance(fig, run.provenance)
@@ -143,7 +140,7 @@ def fig_rogue_heads(runs: Runs, out: Path, opts: dict) -> dict:
     clipped = [r for _, r, c in peaks if c]
     healthy = [r for _, r, c in peaks if not c]
     return {"tau": tau, "heads_total": results.n_heads(run.rows), "heads_ever": len(clipped),
-            "fraction": results.fraction_heads_ever_clipped(run.rows, tau), "k2_fraction": K2_FRACTION_CLIPPED,
+            "fraction": results.fraction_heads_ever_clipped(run.rows, tau), "k2_fraction": results.K2_FRACTION_CLIPPED,
             "top": [[list(h), r, c] for h, r, c in peaks[:5]],
             "healthy_max_peak_over_tau": max(healthy) if healthy else None,
             "spans": {f"{h[0]},{h[1]}": list(v) for h, v in sorted(spans.items())},
@@ -165,23 +162,12 @@ def fig_cap(runs: Runs, out: Path, opts: dict) -> dict:
 
 def fig_per_layer(runs: Runs, out: Path, opts: dict) -> dict:
     head, layer = runs["guardrail"], runs["guardrail_layer"]
-    tau = head.tau
-    shrink = results.layer_clip_shrinkage(layer.rows, tau)
-    fig = clip_charts.per_layer_figure(shrink["total_factor"],
-                                       title="Per-layer clipping: healthy heads' total logit factor")
+    c = results.per_layer_comparison(head.rows, layer.rows, head.tau, probe.attention_entropy(head.run_dir),
+                                     probe.attention_entropy(layer.run_dir))
+    fig = clip_charts.per_layer_figure(c["total_factor"], title="Per-layer clipping: healthy heads' total logit factor")
     plots.add_provenance(fig, layer.provenance)
     save_figure(fig, out / "qk_clip_per_layer.png", description="healthy heads shrunk by per-layer clipping")
-    healthy = shrink["healthy_heads_shrunk"]
-    ent_head, ent_layer = probe.attention_entropy(head.run_dir), probe.attention_entropy(layer.run_dir)
-    factors = list(shrink["total_factor"].values())
-    return {"tau": tau, "healthy_shrunk": len(healthy), "events": shrink["events"],
-            "median_gamma": shrink["median_gamma"], "min_total_factor": min(factors) if factors else None,
-            "entropy_head": results.mean_over_heads(ent_head, healthy),
-            "entropy_layer": results.mean_over_heads(ent_layer, healthy),
-            "heads_ever_head": len(results.heads_ever_clipped(head.rows, tau)),
-            "heads_ever_layer": len(results.heads_ever_clipped(layer.rows, tau)),
-            "heads_total": results.n_heads(head.rows),
-            "val_head": results.final_val_loss(head.rows), "val_layer": results.final_val_loss(layer.rows)}
+    return {k: v for k, v in c.items() if k != "total_factor"}  # numbers.json keys must be strings
 
 
 def _phase_spans(ph: results.ClipPhases) -> list[tuple[float, float, str, str]]:

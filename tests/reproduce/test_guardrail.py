@@ -11,12 +11,9 @@ clip 1.189 vs 1.701 tau; last row 0.99 vs 1.10 tau; about 30 s for both runs on 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from muonclip.lab import apply_overrides, get_preset
-from muonclip.lab.rundir import read_metrics
 from muonclip.reproduce import presets, results
-from muonclip.reproduce.runner import ensure_run
 
 QUICK_TAU = 20.0
 QUICK = ["model.seq_len=64", "run.batch_size=8", "run.steps=200", "run.eval_every=100", "run.eval_batches=2",
@@ -38,19 +35,11 @@ def test_guardrail_preset_is_k2_like_and_dragon_stays_steep():
 
 
 @pytest.fixture(scope="module")
-def quick_runs(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def quick_runs(tmp_path_factory, train_quick):
     cache = tmp_path_factory.mktemp("guardrail")
-    out = {}
-    try:
-        for label, extra in (("k2", []), ("no-decay", NO_DECAY), ("per-layer", ["optim.qk_clip_granularity=layer"])):
-            cfg = apply_overrides(get_preset("guardrail"), [*QUICK, *extra])
-            run_dir = ensure_run(cfg, cache, label, progress=False, log=lambda m: None)
-            out[label] = read_metrics(run_dir / "metrics.jsonl")
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    return {label: train_quick(apply_overrides(get_preset("guardrail"), [*QUICK, *extra]), cache, label)
+            for label, extra in (("k2", []), ("no-decay", NO_DECAY),
+                                 ("per-layer", ["optim.qk_clip_granularity=layer"]))}
 
 
 def test_guardrail_clips_fewer_heads_and_holds_tau(quick_runs):
@@ -93,14 +82,14 @@ def test_clipped_heads_land_on_tau_on_their_own_batch(quick_runs):
     assert all("max_logits_after" not in r for r in rows if not r["n_clipped"])  # logged on clipping steps only
 
 
-def test_clip_lands_exactly_on_tau_when_the_update_is_negligible(tmp_path):
+def test_clip_lands_exactly_on_tau_when_the_update_is_negligible(tmp_path, train_quick):
     """With a vanishing lr only the clip moves the weights: on a 1-layer model the clipped heads'
     max logit on the same batch is tau to float32 round-off."""
     tau = 0.1  # below the initial max logit (~0.17), so the clip fires from step 1
     overrides = ["run.steps=3", "schedule.warmup_steps=0", "run.eval_every=0", "optim.lr=1e-12",
                  "optim.adamw_lr=1e-12", f"optim.qk_clip_tau={tau}"]
     cfg = apply_overrides(get_preset("guardrail"), overrides)
-    rows = read_metrics(ensure_run(cfg, tmp_path, "exact", progress=False, log=lambda m: None) / "metrics.jsonl")
+    rows = train_quick(cfg, tmp_path, "exact")
     landing = results.landing_after_clip(rows, tau)
     assert landing is not None and landing["n"] > 0
     assert landing["max_abs_error"] < 1e-4

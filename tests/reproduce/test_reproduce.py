@@ -4,10 +4,8 @@ test_results.py."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from muonclip.lab import apply_overrides, get_preset, list_presets
-from muonclip.lab.rundir import read_metrics
 from muonclip.reproduce import presets, results
 from muonclip.reproduce.runner import cached_run, ensure_run, run_dir_for
 
@@ -36,20 +34,14 @@ def test_presets_registered_and_described():
 
 
 @pytest.fixture(scope="module")
-def quick_runs(tmp_path_factory):
+def quick_runs(tmp_path_factory, train_quick):
     """The quick dragon (Muon), its MuonClip guardrail and lifecycle runs, trained once for this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     cache = tmp_path_factory.mktemp("reproduce")
     out = {}
-    try:
-        for label, preset, opt in (("dragon", "dragon", "muon"), ("dragon-clip", "dragon", "muonclip"),
-                                   ("lifecycle", "lifecycle", "muonclip")):
-            cfg = apply_overrides(get_preset(preset), [f"optim.optimizer={opt}", *presets.QUICK_OVERRIDES[label]])
-            run_dir = ensure_run(cfg, cache, label, progress=False, log=lambda m: None)
-            out[label] = (cfg, read_metrics(run_dir / "metrics.jsonl"))
-    finally:
-        torch.set_num_threads(threads)
+    for label, preset, opt in (("dragon", "dragon", "muon"), ("dragon-clip", "dragon", "muonclip"),
+                               ("lifecycle", "lifecycle", "muonclip")):
+        cfg = apply_overrides(get_preset(preset), [f"optim.optimizer={opt}", *presets.QUICK_OVERRIDES[label]])
+        out[label] = (cfg, train_quick(cfg, cache, label))
     return out
 
 
