@@ -121,19 +121,32 @@ def gram_is_cheaper(n: int, m: int, steps: int = 5, coeffs: Sequence[Coeffs] | N
     return ns_flops(n, m, steps, gram=True, coeffs=coeffs) < ns_flops(n, m, steps, gram=False, coeffs=coeffs)
 
 
-def _normalize(X: Tensor, safety: float = 1.0) -> Tensor:
-    """Scale each matrix of a (B, n, m) batch to Frobenius norm 1/safety: ``X / (safety ||X||_F)``.
+def _normalized_batch(mats: Sequence[Tensor], dtype: torch.dtype, safety: float = 1.0) -> Tensor:
+    """Stack (b_i, n, m) matrix batches into one (sum b_i, n, m) batch of ``dtype``, each matrix
+    scaled to Frobenius norm 1/safety: ``X / (safety ||X||_F)``.
+
+    The scale is taken in the inputs' precision (fp32 at least) and the cast to ``dtype`` is
+    fused into it: one scaling pass that writes ``dtype``, in place on the stacked copy when
+    that copy is already of ``dtype`` (this is memory-bound work; every pass and every fresh
+    allocation shows in the step time).
 
     Tiny inputs (norm < 1e-15) are first divided by their max-abs entry, so the norm's squares
     cannot underflow and 1e-30 gradients orthogonalise like any other (NVIDIA
     Emerging-Optimizers #229). A zero matrix stays zero instead of 0/0 = NaN (dion PR #24).
     """
+    owned = len(mats) > 1
+    X = torch.cat(mats) if owned else mats[0]
+    if X.dtype not in (torch.float32, torch.float64):
+        X, owned = X.float(), True
     tiny = torch.finfo(X.dtype).tiny
     norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-    if bool((norm < _SAFE_NORM).any()):
-        X = X / X.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(tiny)
+    if bool((norm < _SAFE_NORM).any()):  # a host check: one synchronisation per batch on CUDA
+        X, owned = X / X.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(tiny), True
         norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-    return X * (norm * safety).clamp_min(tiny).reciprocal()
+    inv = (norm * safety).clamp_min(tiny).reciprocal()
+    if owned and X.dtype == dtype:
+        return X.mul_(inv)
+    return torch.mul(X, inv, out=torch.empty(X.shape, dtype=dtype, device=X.device))
 
 
 def _quintic_direct(X: Tensor, coeffs: Sequence[Coeffs]) -> Tensor:
@@ -189,24 +202,26 @@ def newton_schulz(
         raise ValueError(f"newton_schulz needs a matrix, got shape {tuple(G.shape)}")
     if coeffs is None:
         coeffs = ORTHOGONALIZERS["ns5"].schedule(steps)
-    dtype = dtype or torch.float32
     shape = G.shape
     X = G.reshape(-1, shape[-2], shape[-1])
-    X = X.float() if X.dtype != torch.float64 else X
     transposed = X.shape[-2] > X.shape[-1]
-    if transposed:
-        X = X.mT
-    n, m = X.shape[-2:]
+    X = _newton_schulz_wide([X.mT if transposed else X], coeffs, impl, dtype, norm_safety)
+    return (X.mT if transposed else X).reshape(shape)
+
+
+def _newton_schulz_wide(mats: Sequence[Tensor], coeffs: Sequence[Coeffs], impl: str = "auto",
+                        dtype: torch.dtype | None = None, norm_safety: float = 1.0) -> Tensor:
+    """:func:`newton_schulz` of wide (b_i, n, m) batches (n <= m), stacked into one batch:
+    returns (sum b_i, n, m), float64 when ``dtype`` is float64, else float32."""
+    dtype = dtype or torch.float32
+    n, m = mats[0].shape[-2:]
     low_precision = dtype in (torch.bfloat16, torch.float16)
     choice = {"auto": not low_precision and gram_is_cheaper(n, m, coeffs=coeffs), "gram": True, "direct": False}
     if impl not in choice:
         raise ValueError(f"unknown impl {impl!r}; expected 'auto', 'gram' or 'direct'")
-    X = _normalize(X, norm_safety).to(dtype)
+    X = _normalized_batch(mats, dtype, norm_safety)
     X = _quintic_gram(X, coeffs) if choice[impl] else _quintic_direct(X, coeffs)
-    if transposed:
-        X = X.mT
-    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    return X.to(out_dtype).reshape(shape)
+    return X.to(torch.float64 if dtype == torch.float64 else torch.float32)
 
 
 def orthogonalize(G: Tensor, method: OrthogonalizerSpec = "ns5", steps: int | None = None, *,
@@ -266,13 +281,12 @@ def muon_directions(
     directions: list[Tensor | None] = [None] * count
     for members in by_size.values():
         wide = [mats[i] if mats[i].shape[-2] <= mats[i].shape[-1] else mats[i].mT for i in members]
-        batch = torch.cat(wide, dim=0) if len(wide) > 1 else wide[0]
         # The last iteration is linear in (a, b, c): scaling them applies the update scale for
         # free instead of another pass over every matrix.
         scale = update_scale(*mats[members[0]].shape[-2:], scale_mode) if scaled else 1.0
         a, b, c = coeffs[-1]
         scaled_coeffs = coeffs[:-1] + ((a * scale, b * scale, c * scale),)
-        out = newton_schulz(batch, coeffs=scaled_coeffs, impl=impl, dtype=dtype, norm_safety=spec.norm_safety)
+        out = _newton_schulz_wide(wide, scaled_coeffs, impl, dtype, spec.norm_safety)
         for i, block in zip(members, out.split([w.shape[0] for w in wide]), strict=True):
             block = block.mT if mats[i].shape[-2] > mats[i].shape[-1] else block
             directions[i] = _merge_blocks(block, blocks[i], *full[i].shape[-2:]).reshape(shapes[i])
