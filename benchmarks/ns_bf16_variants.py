@@ -1,21 +1,29 @@
-"""Which bf16 Newton-Schulz variants keep fp32-class accuracy: distance to a float64 NS5, and FLOPs.
+"""Which low-precision Newton-Schulz variants keep fp32-class accuracy: distance to a float64 NS5, and FLOPs.
 
-Prints one JSON line. For wide Gaussian matrices (default 4 x 256 x 1024, as the (d, 4d) weights
-of the GPT-like shape set) and NS5's coefficients, each variant's output is compared with the
-float64 NS5 of the same input (relative Frobenius distance), and its FLOPs are counted
-against the direct form's:
+Prints one JSON line. For each shape (default 4 x 256 x 1024, the (d, 4d) weights of the
+GPT-like shape set) of Gaussian matrices and NS5's coefficients, each variant's output is
+compared with the float64 NS5 of the same input (relative Frobenius distance), and its FLOPs
+are counted against the direct form's:
 
 * ``fp32_direct``: the fp32 path (the accuracy to aim for);
 * ``bf16_direct``: what ``ns_precision="bf16"`` runs (products in bf16, normalisation in fp32);
 * ``bf16_gram``: the Gram form in bf16 (n x n products only, then one n x m product);
 * ``bf16_gram_restart_k``: the Gram form restarted after iteration k (X = Q X0 and a fresh Gram
   matrix), the Dao-lab remedy for its drift;
-* ``bf16_then_fp32_last``: four bf16 iterations, the last in fp32.
+* ``bf16_then_fp32_last``: four bf16 iterations, the last in fp32;
+* ``bf16_products_fp32_out_direct`` / ``_gram``: iterates kept in fp32, each product's inputs
+  rounded to bf16 and accumulated and returned in fp32 -- what CUDA's
+  ``torch.bmm(a, b, out_dtype=torch.float32)`` on bf16 inputs and oneDNN's bf16 fpmath mode
+  (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``) compute;
+* ``bf16x3_direct``: each fp32 product split as hi*hi + hi*lo + lo*hi of bf16 halves
+  (hi = bf16(x), lo = bf16(x - hi)), each accumulated in fp32: three bf16 products per product;
+* ``tf32_direct``: products on inputs rounded to TF32's 10-bit mantissa (CUDA's TF32 mode).
 
-A bf16x3 split product (hi*hi + hi*lo + lo*hi) needs bf16 products with fp32 outputs; torch's
-CPU build has none (``torch.mm(..., out_dtype=torch.float32)`` is CUDA-only), so it is not here.
-Accuracy does not depend on whether the CPU has native bf16 (the rounding is the same); time
-does, so this script counts FLOPs and times nothing.
+Rounding does not depend on whether the CPU has native bf16, so the last four are computed
+here as fp32 products of the rounded inputs (exact: a product of two bf16 numbers fits in
+fp32; only the order of the fp32 sums differs from a GPU kernel's). This script times nothing;
+torch's CPU build has no bf16 product with fp32 output (``out_dtype`` is CUDA-only), so on a
+CPU these variants have no fast kernel.
 """
 from __future__ import annotations
 
@@ -60,11 +68,56 @@ def gram(X0: torch.Tensor, dtype: torch.dtype, restart_after: int | None = None)
     return (base if Q is None else torch.bmm(Q, base)).float()
 
 
+def _round_bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).float()
+
+
+def _round_tf32(t: torch.Tensor) -> torch.Tensor:
+    """Round fp32 to TF32's 10-bit mantissa, to nearest with ties away from zero (as CUDA's
+    cvt.rna.tf32.f32 does); the 13 dropped bits are zeroed."""
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def _bf16_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(_round_bf16(a), _round_bf16(b))
+
+
+def _bf16x3_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a_hi, b_hi = _round_bf16(a), _round_bf16(b)
+    a_lo, b_lo = _round_bf16(a - a_hi), _round_bf16(b - b_hi)
+    return torch.bmm(a_hi, b_hi) + (torch.bmm(a_hi, b_lo) + torch.bmm(a_lo, b_hi))
+
+
+def _tf32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(_round_tf32(a), _round_tf32(b))
+
+
+def fp32_iterates(X0: torch.Tensor, product, form: str = "direct") -> torch.Tensor:
+    """NS5 with fp32 iterates and every matrix product done by ``product`` (the same polynomial
+    as the library's direct or Gram form)."""
+    if form == "direct":
+        X = X0
+        for a, b, c in COEFFS:
+            A = product(X, X.mT)
+            X = a * X + product(b * A + c * product(A, A), X)
+        return X
+    eye = torch.eye(X0.shape[-2])
+    R, Q = product(X0, X0.mT), None
+    for i, (a, b, c) in enumerate(COEFFS):
+        P = b * R + c * product(R, R) + a * eye
+        Q = P if Q is None else product(P, Q)
+        if i + 1 < len(COEFFS):
+            R = product(P, product(R, P))
+    return product(Q, X0)
+
+
 def flops(n: int, m: int, variant: str) -> float:
-    """Multiply-add FLOPs (2 per MAC) of one n x m matrix, n <= m."""
+    """Multiply-add FLOPs (2 per MAC) of one n x m matrix, n <= m; bf16x3 counts its three
+    bf16 products."""
     direct_iter = 2 * n * n * m * 2 + 2 * n ** 3
-    if variant in ("fp32_direct", "bf16_direct", "bf16_then_fp32_last"):
-        return 5 * direct_iter
+    if "gram" not in variant:
+        return 5 * direct_iter * (3 if variant.startswith("bf16x3") else 1)
     gram_iter = 2 * n ** 3 * 4  # P = bR + cR^2, Q = P Q, R = P R P
     total = 2 * n * n * m + 5 * gram_iter + 2 * n * n * m
     if variant.startswith("bf16_gram_restart_"):
@@ -72,31 +125,56 @@ def flops(n: int, m: int, variant: str) -> float:
     return total
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--rows", type=int, default=256)
-    ap.add_argument("--cols", type=int, default=1024)
-    args = ap.parse_args(argv)
-    g = torch.Generator().manual_seed(1)
-    G = torch.randn(args.batch, args.rows, args.cols, generator=g)
+def variants(batch: int, rows: int, cols: int, seed: int = 1) -> dict:
+    """Distance to float64 NS5 and FLOPs of every variant on one (batch, rows, cols) Gaussian batch."""
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(batch, rows, cols, generator=g)
     ref = reference_orthogonalize(G, expert_stack=True)
     X0 = G / G.norm(dim=(-2, -1), keepdim=True)  # the fp32 normalisation every variant shares
+    if rows > cols:
+        X0 = X0.mT
     bf16, fp32 = torch.bfloat16, torch.float32
+    library_bf16 = muon_math.newton_schulz(G, dtype=bf16)
     outputs = {
         "fp32_direct": direct(X0, [fp32] * 5),
-        "bf16_direct": muon_math.newton_schulz(G, dtype=bf16),
+        "bf16_direct": library_bf16.mT if rows > cols else library_bf16,
         "bf16_gram": gram(X0, bf16),
         "bf16_gram_restart_2": gram(X0, bf16, restart_after=2),
         "bf16_gram_restart_3": gram(X0, bf16, restart_after=3),
         "bf16_then_fp32_last": direct(X0, [bf16] * 4 + [fp32]),
+        "bf16_products_fp32_out_direct": fp32_iterates(X0, _bf16_product),
+        "bf16_products_fp32_out_gram": fp32_iterates(X0, _bf16_product, "gram"),
+        "bf16x3_direct": fp32_iterates(X0, _bf16x3_product),
+        "tf32_direct": fp32_iterates(X0, _tf32_product),
     }
-    base = flops(args.rows, args.cols, "bf16_direct")
+    wide_ref = ref.mT if rows > cols else ref
+    n, m = min(rows, cols), max(rows, cols)
+    base = flops(n, m, "bf16_direct")
+    return {name: {"rel_dist_to_fp64_ns5": float(f"{float((o.double() - wide_ref).norm() / wide_ref.norm()):.3e}"),
+                   "flops_vs_direct": round(flops(n, m, name) / base, 3)}
+            for name, o in outputs.items()}
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        batch, rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BATCHxROWSxCOLS such as 4x256x1024, got {text!r}") from None
+    if min(batch, rows, cols) < 1:
+        raise argparse.ArgumentTypeError(f"every size must be >= 1, got {text!r}")
+    return batch, rows, cols
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", type=_shape, action="append", metavar="BxNxM",
+                    help="batch x rows x cols of the Gaussian test batch; repeat for several "
+                         "(default: 4x256x1024)")
+    args = ap.parse_args(argv)
+    shapes = args.shape or [(4, 256, 1024)]
     result = {
-        "benchmark": "ns_bf16_variants", "torch": torch.__version__, "shape": [args.batch, args.rows, args.cols],
-        "variants": {name: {"rel_dist_to_fp64_ns5": float(f"{float((o.double() - ref).norm() / ref.norm()):.3e}"),
-                            "flops_vs_direct": round(flops(args.rows, args.cols, name) / base, 3)}
-                     for name, o in outputs.items()},
+        "benchmark": "ns_bf16_variants", "torch": torch.__version__,
+        "results": [{"shape": list(shape), "variants": variants(*shape)} for shape in shapes],
     }
     print(json.dumps(result))
     return result

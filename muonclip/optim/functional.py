@@ -165,8 +165,9 @@ def _quintic_gram(X0: Tensor, coeffs: Sequence[Coeffs]) -> Tensor:
     Every iterate is X_k = Q_k X_0 with Q_k a polynomial in R_0 = X_0 X_0^T, so
     X_k X_k^T = P R P-style updates stay n x n; only the first Gram product and the final
     Q X_0 touch the long dimension m. Exact in exact arithmetic; in fp32 it agrees with the
-    direct form to round-off (tested against the float64 reference). Not used for bf16,
-    where the long product chain drifts (about 7e-2 from float64 NS5).
+    direct form to round-off (tested against the float64 reference). Not picked for bf16,
+    where the long product chain drifts: 2e-2 to 9e-2 from float64 NS5 against the direct
+    form's 1.1e-2 to 1.4e-2 (``benchmarks/ns_bf16_variants.py``).
     """
     R = torch.bmm(X0, X0.mT)
     eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)

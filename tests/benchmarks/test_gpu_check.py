@@ -43,10 +43,27 @@ def test_a_failing_section_is_recorded_and_the_rest_still_run(gpu_check):
 
 def test_ns_bf16_variants_toy_run(load_benchmark):
     """benchmarks/ns_bf16_variants.py at toy size: every variant reported, fp32 near float64,
-    bf16 variants visibly further, the Gram form cheaper than the direct one."""
-    variants = load_benchmark("ns_bf16_variants").main(["--batch", "1", "--rows", "8", "--cols", "32"])["variants"]
-    assert set(variants) == {"fp32_direct", "bf16_direct", "bf16_gram", "bf16_gram_restart_2", "bf16_gram_restart_3",
-                             "bf16_then_fp32_last"}
-    assert variants["fp32_direct"]["rel_dist_to_fp64_ns5"] < 1e-4
-    assert min(v["rel_dist_to_fp64_ns5"] for k, v in variants.items() if k.startswith("bf16")) > 1e-3
-    assert variants["bf16_gram"]["flops_vs_direct"] < variants["bf16_gram_restart_2"]["flops_vs_direct"] < 1.0
+    bf16 variants visibly further, bf16x3 between them, the Gram form cheaper than the direct one;
+    a tall shape is measured in its wide orientation."""
+    results = load_benchmark("ns_bf16_variants").main(["--shape", "1x8x32", "--shape", "2x32x8"])["results"]
+    assert [r["shape"] for r in results] == [[1, 8, 32], [2, 32, 8]]
+    for variants in (r["variants"] for r in results):
+        assert set(variants) == {"fp32_direct", "bf16_direct", "bf16_gram", "bf16_gram_restart_2",
+                                 "bf16_gram_restart_3", "bf16_then_fp32_last", "bf16_products_fp32_out_direct",
+                                 "bf16_products_fp32_out_gram", "bf16x3_direct", "tf32_direct"}
+        dist = {k: v["rel_dist_to_fp64_ns5"] for k, v in variants.items()}
+        assert dist["fp32_direct"] < 1e-4
+        single_bf16 = [v for k, v in dist.items() if k.startswith("bf16_")]
+        assert min(single_bf16) > 1e-3
+        # the split product recovers most of fp32's accuracy; TF32's 10-bit mantissa sits between
+        assert dist["fp32_direct"] < dist["bf16x3_direct"] < min(single_bf16) / 10
+        assert dist["bf16x3_direct"] < dist["tf32_direct"] < min(single_bf16)
+        flops = {k: v["flops_vs_direct"] for k, v in variants.items()}
+        assert flops["bf16_gram"] < flops["bf16_gram_restart_2"] < 1.0 == flops["bf16_direct"]
+        assert flops["bf16x3_direct"] == 3.0
+
+
+def test_ns_bf16_variants_rejects_a_malformed_shape(load_benchmark, capsys):
+    with pytest.raises(SystemExit):
+        load_benchmark("ns_bf16_variants").main(["--shape", "4x256"])
+    assert "BATCHxROWSxCOLS" in capsys.readouterr().err
