@@ -55,6 +55,20 @@ def _seed():
     yield
 
 
+def _assert_same_optimizer_state(before: dict, after: dict) -> None:
+    """Two optimizer state dicts hold the same tensors, bit for bit, under the same keys."""
+    assert before["state"].keys() == after["state"].keys()
+    for param_id, entries in before["state"].items():
+        assert entries.keys() == after["state"][param_id].keys(), param_id
+        for key, value in entries.items():
+            assert torch.equal(value, after["state"][param_id][key]), (param_id, key)
+
+
+@pytest.fixture
+def assert_same_optimizer_state():
+    return _assert_same_optimizer_state
+
+
 class ToyLM(nn.Module):
     """A tiny LM-shaped module: embedding, two hidden matrices, a norm, a bias, a head."""
 

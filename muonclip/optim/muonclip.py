@@ -1,8 +1,9 @@
 """The MuonClip optimizer: Muon for hidden matrices, AdamW for the rest, QK-Clip after the step.
 
 Longer than ~400 lines because the class docstring (algorithm box, every option, the
-distributed contract) is a third of it; the math itself lives in functional.py, normuon.py,
-shapes.py, qk_clip.py and distributed.py, and this class only validates and dispatches.
+distributed contract) is a fifth of it; the math lives in functional.py, normuon.py, shapes.py,
+qk_clip.py and distributed.py, the group option checks in group_options.py, and this class
+checks each step's inputs, keeps the state and dispatches.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from torch.optim import Optimizer
 
 from . import distributed
 from . import functional as muon_math
+from .group_options import expert_flags, head_blocks, label, validate_group
 from .normuon import NORMUON_BETA2, normuon_directions_, second_moment_shape
 from .orthogonalizers import OrthogonalizerSpec, resolve_orthogonalizer
-from .precision import NS_PRECISIONS, resolve_ns_dtype
+from .precision import resolve_ns_dtype
 from .qk_clip import (
     GQA_MODES,
     GRANULARITIES,
@@ -29,9 +31,12 @@ from .qk_clip import (
 
 __all__ = ["MuonClip", "NonFiniteGradientError", "QKClipStats"]
 
-ALGORITHMS = ("muon", "adamw")
 NONFINITE_POLICIES = ("raise", "skip")
 NS_IMPLS = ("auto", "gram", "direct")
+
+
+# State MuonClip keeps in fp32 whatever the parameter's dtype (see ``_init_state``).
+_FP32_STATE = ("momentum_buffer", "normuon_second_moment", "exp_avg", "exp_avg_sq")
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -233,7 +238,7 @@ class MuonClip(Optimizer):
     # -- validation -----------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        self._validate_group(self.param_groups[-1])
+        validate_group(self.param_groups[-1])
 
     @staticmethod
     def _fill_group_defaults(opt: "MuonClip") -> None:
@@ -241,82 +246,57 @@ class MuonClip(Optimizer):
         for group in opt.param_groups:
             for key, value in opt.defaults.items():
                 group.setdefault(key, value)
-            opt._validate_group(group)
 
-    def _validate_group(self, group: dict) -> None:
-        algo = group.get("algorithm", "muon")
-        if algo not in ALGORITHMS:
-            raise ValueError(f"Unknown algorithm {algo!r} in param group; choose from {ALGORITHMS}")
-        if group.get("ns_precision", "auto") not in NS_PRECISIONS:
-            raise ValueError(f"Unknown ns_precision {group['ns_precision']!r}; choose from {NS_PRECISIONS}")
-        self._validate_options(group)
-        names = group.get("param_names")
-        if names is not None and len(names) != len(group["params"]):
-            raise ValueError("param_names must name every parameter of its group")
-        stacks = group.get("expert_stacks", False)
-        if not isinstance(stacks, bool) and len(stacks) != len(group["params"]):
-            raise ValueError("expert_stacks must be a bool or one bool per parameter of its group")
-        for i, (p, stack) in enumerate(zip(group["params"], _expert_flags(group), strict=False)):
-            label = self._label(group, i)
-            if p.is_complex():
-                raise ValueError(f"MuonClip does not support complex parameters ({label})")
-            if algo == "muon" and p.ndim < 2:
-                raise ValueError(
-                    f"Muon needs >=2-D parameters but {label} has shape {tuple(p.shape)}; "
-                    "route 1-D tensors (norms, biases) to an 'adamw' group"
-                )
-            if algo == "muon" and stack and p.ndim != 3 and not isinstance(stacks, bool):
-                raise ValueError(f"{label} is declared an expert stack but has shape {tuple(p.shape)}; "
-                                 "expert stacks are 3-D (experts, n, m)")
-        self._head_blocks(group)  # raises, naming the parameter, when a layout does not tile it
+    # -- checkpoints ----------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict) -> None:
+        """``torch.optim.Optimizer.load_state_dict``, checked first, with fp32 state kept fp32.
 
-    @staticmethod
-    def _validate_options(group: dict) -> None:
-        """The group-level options, each checked with a message naming it."""
-        resolve_orthogonalizer(group.get("orthogonalizer", "ns5"))  # ValueError names "orthogonalizer"
-        steps = group.get("ns_steps")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"Invalid ns_steps: {steps} (an int >= 1, or None for the schedule's own length)")
-        if group.get("update_scale", "rms_match") not in muon_math.UPDATE_SCALES:
-            raise ValueError(f"Unknown update_scale {group['update_scale']!r}; choose from {muon_math.UPDATE_SCALES}")
-        for key in ("cautious_weight_decay", "normuon"):
-            if not isinstance(group.get(key, False), bool):
-                raise ValueError(f"{key} must be a bool, got {group[key]!r}")
-        beta2 = group.get("normuon_beta2", NORMUON_BETA2)
-        if isinstance(beta2, bool) or not isinstance(beta2, (int, float)) or not 0.0 <= beta2 < 1.0:
-            raise ValueError(f"normuon_beta2 must be in [0, 1), got {beta2!r}")
-        g = group.get("heads_per_block", 1)
-        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
-            raise ValueError(f"heads_per_block must be an int >= 1, got {g!r}")
-        blocks = group.get("head_blocks")
-        if blocks is not None:
-            if group.get("algorithm", "muon") != "muon":
-                raise ValueError("head_blocks applies to Muon groups only")
-            if isinstance(blocks, (str, bytes)) or len(blocks) != len(group["params"]):
-                raise ValueError("head_blocks must list one entry (None or (dim, head_width)) per parameter")
+        Every saved group (with this optimizer's parameters and defaults) and the shape of
+        every saved state tensor are checked before anything changes, so a refused load
+        leaves the optimizer as it was. torch casts floating state to each parameter's dtype;
+        MuonClip keeps momentum and moments in fp32 whatever the parameter's dtype, so they
+        are taken from the saved fp32 tensors instead, and a bf16 model's resumed run goes on
+        exactly as an uninterrupted one.
+        """
+        id_to_param = self._check_loadable(state_dict)
+        super().load_state_dict(state_dict)
+        for param_id, entries in state_dict["state"].items():
+            p = id_to_param.get(param_id)
+            for key in _FP32_STATE if p is not None else ():
+                value = entries.get(key)
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    self.state[p][key] = value.to(device=p.device, dtype=torch.float32)
 
-    def _head_blocks(self, group: dict) -> list[tuple[int, int] | None]:
-        """Per parameter: the (dim, block width) it is orthogonalised in, or None (whole)."""
-        blocks = group.get("head_blocks") or [None] * len(group["params"])
-        out = []
-        for i, (p, stack, block) in enumerate(zip(group["params"], _expert_flags(group), blocks, strict=True)):
-            if block is not None and (isinstance(block, (str, bytes)) or len(block) != 2):
-                raise ValueError(f"head_blocks entry of {self._label(group, i)} must be None or (dim, head_width), "
-                                 f"got {block!r}")
-            try:
-                out.append(muon_math.effective_head_block(p.shape, stack, None if block is None else tuple(block),
-                                                          group.get("heads_per_block", 1)))
-            except ValueError as exc:
-                raise ValueError(f"head_blocks of {self._label(group, i)}: {exc}") from None
-        return out
+    def _check_loadable(self, state_dict: dict) -> dict:
+        """Raise ``ValueError`` unless ``state_dict`` fits this optimizer; return saved id -> param.
 
-    @staticmethod
-    def _label(group: dict, i: int) -> str:
-        names = group.get("param_names")
-        if names is not None:
-            return f"parameter '{names[i]}'"
-        p = group["params"][i]
-        return f"parameter #{i} of shape {tuple(p.shape)} in a '{group.get('algorithm', 'muon')}' group"
+        Group counts and sizes are left to torch's own check, which also raises before any
+        change."""
+        saved_groups = state_dict.get("param_groups", [])
+        if len(saved_groups) != len(self.param_groups):
+            return {}
+        pairs = list(zip(saved_groups, self.param_groups, strict=True))
+        if any(len(saved["params"]) != len(group["params"]) for saved, group in pairs):
+            return {}
+        where: dict = {}
+        for saved, group in pairs:
+            candidate = {**self.defaults, **saved, "params": group["params"]}
+            validate_group(candidate)
+            for i, (param_id, stack) in enumerate(zip(saved["params"], expert_flags(candidate), strict=True)):
+                where[param_id] = (candidate, i, stack)
+        for param_id, entries in state_dict.get("state", {}).items():
+            if param_id not in where:
+                continue
+            group, i, stack = where[param_id]
+            p = group["params"][i]
+            expected = {"momentum_buffer": p.shape, "exp_avg": p.shape, "exp_avg_sq": p.shape,
+                        "normuon_second_moment": second_moment_shape(p.shape, stack)}
+            for key, shape in expected.items():
+                value = entries.get(key)
+                if isinstance(value, Tensor) and tuple(value.shape) != tuple(shape):
+                    raise ValueError(f"saved {key} of {label(group, i)} has shape {tuple(value.shape)}, expected "
+                                     f"{tuple(shape)}: the state dict is not this model's; nothing was loaded")
+        return {param_id: group["params"][i] for param_id, (group, i, _) in where.items()}
 
     def _params_by_name(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
@@ -354,7 +334,7 @@ class MuonClip(Optimizer):
         fresh optimizer before ``get_optimizer_state_dict`` / ``set_optimizer_state_dict``.
         """
         for group in self.param_groups:
-            for p, stack in zip(group["params"], _expert_flags(group), strict=True):
+            for p, stack in zip(group["params"], expert_flags(group), strict=True):
                 self._init_state(p, group, stack)
 
     # -- step -----------------------------------------------------------------------------
@@ -453,7 +433,7 @@ class MuonClip(Optimizer):
         for group in self.param_groups:
             for i, q in enumerate(group["params"]):
                 if q is p:
-                    return self._label(group, i)
+                    return label(group, i)
         return "an unknown parameter"
 
     def _ns_dtype(self, group: dict, p: Tensor) -> torch.dtype:
@@ -474,7 +454,7 @@ class MuonClip(Optimizer):
             keep = [i for i, ok in enumerate(mask) if ok]
             if not keep:
                 continue
-            all_flags, all_blocks = _expert_flags(group), self._head_blocks(group)
+            all_flags, all_blocks = expert_flags(group), head_blocks(group)
             params = [group["params"][i] for i in keep]
             flags = [all_flags[i] for i in keep]
             blocks = [all_blocks[i] for i in keep]
@@ -590,11 +570,3 @@ class MuonClip(Optimizer):
             min_gamma=float(flat.min()),
             max_logit=float(torch.cat(logits).max()),
         )
-
-
-def _expert_flags(group: dict) -> list[bool]:
-    """Per parameter: is it a declared stack of experts (orthogonalised per slice)?"""
-    stacks = group.get("expert_stacks", False)
-    if isinstance(stacks, bool):
-        return [stacks and p.ndim == 3 for p in group["params"]]
-    return [bool(s) for s in stacks]

@@ -96,6 +96,70 @@ def test_state_dict_continuation_is_bit_exact(toy_lm, toy_batch):
         assert torch.equal(a, b)
 
 
+def _bf16_params_and_groups(normuon: bool):
+    torch.manual_seed(3)
+    w = nn.Parameter(torch.randn(16, 8).bfloat16())
+    b = nn.Parameter(torch.randn(8).bfloat16())
+    return [w, b], [{"params": [w], "normuon": normuon}, {"params": [b], "algorithm": "adamw"}]
+
+
+def _step_with_seeded_grads(params, opt, seeds):
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+        opt.step()
+
+
+@pytest.mark.parametrize("normuon", [False, True])
+def test_bf16_model_resumes_bit_exactly_with_fp32_state(normuon):
+    """torch's load_state_dict casts floating state to each parameter's dtype. MuonClip keeps
+    momentum, moments and the NorMuon second moment in fp32, so a bf16 run resumed from its
+    state dict must go on exactly as the uninterrupted one (it drifted when they became bf16)."""
+    params, groups = _bf16_params_and_groups(normuon)
+    opt = MuonClip(groups, lr=0.02)
+    _step_with_seeded_grads(params, opt, range(6))
+
+    first, first_groups = _bf16_params_and_groups(normuon)
+    first_opt = MuonClip(first_groups, lr=0.02)
+    _step_with_seeded_grads(first, first_opt, range(3))
+    saved_state, saved_params = copy.deepcopy(first_opt.state_dict()), [p.detach().clone() for p in first]
+
+    resumed, resumed_groups = _bf16_params_and_groups(normuon)
+    with torch.no_grad():
+        for p, saved in zip(resumed, saved_params, strict=True):
+            p.copy_(saved)
+    resumed_opt = MuonClip(resumed_groups, lr=0.02)
+    resumed_opt.load_state_dict(saved_state)
+    kept = {key: t.dtype for st in resumed_opt.state.values() for key, t in st.items()}
+    assert set(kept.values()) == {torch.float32}, kept
+    _step_with_seeded_grads(resumed, resumed_opt, range(3, 6))
+    assert all(torch.equal(a, b) for a, b in zip(params, resumed, strict=True))
+
+
+@pytest.mark.parametrize("corrupt,match", [
+    ({"normuon_beta2": 1.5}, "normuon_beta2"),
+    ({"momentum_buffer": torch.zeros(4, 8)}, r"momentum_buffer of parameter #0 .* shape \(4, 8\)"),
+])
+def test_refused_load_state_dict_changes_nothing(corrupt, match, assert_same_optimizer_state):
+    """A state dict that does not fit (an invalid group option, a state tensor of another
+    shape) is refused before anything is loaded: groups and state stay as they were."""
+    p = nn.Parameter(torch.randn(8, 8))
+    p.grad = torch.randn(8, 8)
+    opt = MuonClip([p], lr=0.02)
+    opt.step()
+    before = copy.deepcopy(opt.state_dict())
+    bad = copy.deepcopy(before)
+    bad["param_groups"][0]["lr"] = 0.5
+    for key, value in corrupt.items():
+        (bad["state"][0] if torch.is_tensor(value) else bad["param_groups"][0])[key] = value
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    assert_same_optimizer_state(before, after)
+
+
 def test_lr_scheduler_and_closure(toy_lm, toy_batch):
     model = toy_lm()
     opt = MuonClip(build_param_groups(model, lr=0.02), lr=0.02)
@@ -130,7 +194,7 @@ def test_muon_update_ignores_gradient_scale():
     assert steps[0].abs().max() > 0
 
 
-def test_nonfinite_gradient_raises_names_param_and_changes_nothing(toy_lm, toy_batch):
+def test_nonfinite_gradient_raises_names_param_and_changes_nothing(toy_lm, toy_batch, assert_same_optimizer_state):
     model = toy_lm()
     opt = MuonClip(build_param_groups(model, lr=0.02), lr=0.02)
     _train(model, opt, toy_batch(), 2)
@@ -142,10 +206,7 @@ def test_nonfinite_gradient_raises_names_param_and_changes_nothing(toy_lm, toy_b
         opt.step()
     for k, v in model.state_dict().items():
         assert torch.equal(v, before_p[k])
-    after_s = opt.state_dict()
-    for pid, st in before_s["state"].items():
-        for k, v in st.items():
-            assert torch.equal(v, after_s["state"][pid][k])
+    assert_same_optimizer_state(before_s, opt.state_dict())
 
 
 def test_nonfinite_skip_policy_counts():
@@ -254,7 +315,7 @@ def _clip_setup(toy_lm):
     [torch.tensor([50.0, 1.0]), torch.tensor([1.0, 2.0])],
     [torch.tensor([50.0, 1.0])],
 ])
-def test_refused_qk_clip_step_changes_nothing(toy_lm, toy_batch, bad):
+def test_refused_qk_clip_step_changes_nothing(toy_lm, toy_batch, bad, assert_same_optimizer_state):
     """Bad max logits are refused before the update: params and state are bit-identical
     (they used to be checked only after the update had been applied, issue #12)."""
     model, opt = _clip_setup(toy_lm)
@@ -268,10 +329,7 @@ def test_refused_qk_clip_step_changes_nothing(toy_lm, toy_batch, bad):
     with pytest.raises(ValueError):
         opt.step(max_logits=bad)
     assert all(torch.equal(p, params[n]) for n, p in model.named_parameters())
-    after = opt.state_dict()
-    for k, v in state["state"].items():
-        for name, t in v.items():
-            assert torch.equal(after["state"][k][name], t), (k, name)
+    assert_same_optimizer_state(state, opt.state_dict())
 
 
 def test_negative_and_mixed_sign_logits_never_clip(toy_lm, toy_batch):
