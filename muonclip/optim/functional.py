@@ -204,7 +204,7 @@ def newton_schulz(
     if coeffs is None:
         coeffs = ORTHOGONALIZERS["ns5"].schedule(steps)
     shape = G.shape
-    X = G.reshape(-1, shape[-2], shape[-1])
+    X = G.reshape(math.prod(shape[:-2]), shape[-2], shape[-1])  # explicit: -1 is ambiguous when empty
     transposed = X.shape[-2] > X.shape[-1]
     X = _newton_schulz_wide([X.mT if transposed else X], coeffs, impl, dtype, norm_safety)
     return (X.mT if transposed else X).reshape(shape)
@@ -220,9 +220,12 @@ def _newton_schulz_wide(mats: Sequence[Tensor], coeffs: Sequence[Coeffs], impl: 
     choice = {"auto": not low_precision and gram_is_cheaper(n, m, coeffs=coeffs), "gram": True, "direct": False}
     if impl not in choice:
         raise ValueError(f"unknown impl {impl!r}; expected 'auto', 'gram' or 'direct'")
+    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    if n == 0:  # empty matrices (a zero-size layer) have empty directions
+        return torch.zeros((sum(x.shape[0] for x in mats), n, m), dtype=out_dtype, device=mats[0].device)
     X = _normalized_batch(mats, dtype, norm_safety)
     X = _quintic_gram(X, coeffs) if choice[impl] else _quintic_direct(X, coeffs)
-    return X.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    return X.to(out_dtype)
 
 
 def orthogonalize(G: Tensor, method: OrthogonalizerSpec = "ns5", steps: int | None = None, *,
@@ -284,7 +287,8 @@ def muon_directions(
         wide = [mats[i] if mats[i].shape[-2] <= mats[i].shape[-1] else mats[i].mT for i in members]
         # The last iteration is linear in (a, b, c): scaling them applies the update scale for
         # free instead of another pass over every matrix.
-        scale = update_scale(*mats[members[0]].shape[-2:], scale_mode) if scaled else 1.0
+        n, m = mats[members[0]].shape[-2:]
+        scale = update_scale(n, m, scale_mode) if scaled and n and m else 1.0  # empty: nothing to scale
         a, b, c = coeffs[-1]
         scaled_coeffs = coeffs[:-1] + ((a * scale, b * scale, c * scale),)
         out = _newton_schulz_wide(wide, scaled_coeffs, impl, dtype, spec.norm_safety)

@@ -112,6 +112,16 @@ def test_zero_gradient_gives_zero_not_nan():
     assert torch.equal(ortho, torch.zeros(8, 12))
 
 
+@pytest.mark.parametrize("shape", [(0, 12), (12, 0), (3, 0, 5)])
+def test_empty_matrices_have_empty_directions(shape):
+    """A zero-size layer (a pruned or rank-0 weight) steps like any other: its direction is empty,
+    not an error from a reduction over an empty dimension."""
+    assert muon_math.newton_schulz(torch.zeros(shape)).shape == shape
+    directions = muon_math.muon_directions([torch.zeros(shape), torch.ones(4, 6)], [shape, (4, 6)],
+                                           scale_mode="original")
+    assert directions[0].shape == shape and torch.isfinite(directions[1]).all()
+
+
 def test_tiny_norm_gradient_still_orthogonalises():
     G = torch.randn(16, 32) * 1e-30
     s = _svals(muon_math.newton_schulz(G))
