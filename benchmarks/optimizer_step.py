@@ -4,7 +4,8 @@ Prints one JSON line. Everything is measured in one process, interleaved, with m
 because timing noise on small shared CPUs is large. The JSON names the CPU and its bf16
 capability beside every figure.
 
-Shape set (facts §5): d=256, 4 layers, each layer 4x(d,d) + (4d,d) + (d,4d) = 3.1M params.
+Shape set (facts §5): d=256, 4 layers, each layer 4x(d,d) + (4d,d) + (d,4d) = 3.1M params
+(``--d`` and ``--layers`` change it; the tests run it at toy size so it cannot rot).
 Bounds: the NS5 FLOPs of the shape set (15 GEMMs per matrix, direct form) at the rate of one
 1024^3 matmul in fp32 and in bf16, measured here.
 Accuracy per mode: relative Frobenius distance of the orthogonalised output to a float64 NS5
@@ -97,19 +98,23 @@ def accuracy(precisions: list[str]) -> dict:
 
 def measure(args) -> dict:
     torch.manual_seed(0)
-    shapes = shape_set()
+    shapes = shape_set(args.d, args.layers)
     native = cpu_has_native_bf16()
     opts = {
         "muonclip_auto": MuonClip(make_params(shapes), lr=0.02, weight_decay=0.1),
         "muonclip_fp32": MuonClip(make_params(shapes), lr=0.02, weight_decay=0.1, ns_precision="fp32"),
         "muonclip_fp32_direct": MuonClip(make_params(shapes), lr=0.02, ns_precision="fp32", ns_impl="direct"),
         "muonclip_bf16": MuonClip(make_params(shapes), lr=0.02, weight_decay=0.1, ns_precision="bf16"),
+        # not a default anywhere (2e-2 to 9e-2 from float64 NS5, docs/performance.md); timed so
+        # a native-bf16 run shows what its 38% fewer FLOPs on the (d, 4d) matrices buy
+        "muonclip_bf16_gram": MuonClip(make_params(shapes), lr=0.02, weight_decay=0.1, ns_precision="bf16",
+                                       ns_impl="gram"),
         "adamw": torch.optim.AdamW(make_params(shapes), lr=3e-3, weight_decay=0.1),
     }
     if hasattr(torch.optim, "Muon") and not args.skip_torch_muon:
         opts["torch_muon"] = torch.optim.Muon(make_params(shapes), lr=0.02, weight_decay=0.1)
     # bf16 NS is emulated without native bf16: time those rows only --slow-repeats times.
-    slow = {"torch_muon"} | (set() if native else {"muonclip_bf16"})
+    slow = {"torch_muon"} | (set() if native else {"muonclip_bf16", "muonclip_bf16_gram"})
     if not native and resolve_ns_dtype("auto", "cpu") == torch.bfloat16:
         slow.add("muonclip_auto")
 
@@ -120,9 +125,9 @@ def measure(args) -> dict:
     for r in range(args.repeats):
         # the matmul rates that define the bounds are sampled in the same rounds as the steps,
         # so a change in machine load moves both sides of each ratio alike
-        rates["fp32"].append(matmul_gflops(torch.float32, repeats=3))
+        rates["fp32"].append(matmul_gflops(torch.float32, args.matmul_n, repeats=3))
         if native or r < args.slow_repeats:
-            rates["bf16"].append(matmul_gflops(torch.bfloat16, repeats=3 if native else 1))
+            rates["bf16"].append(matmul_gflops(torch.bfloat16, args.matmul_n, repeats=3 if native else 1))
         for name, opt in opts.items():
             if name in slow and r >= args.slow_repeats:
                 continue
@@ -147,7 +152,9 @@ def measure(args) -> dict:
         "cpu_bf16_flags": list(cpu_bf16_flags()),
         "native_bf16": native,
         "auto_precision": str(auto_dtype).replace("torch.", ""),
+        "shape_set": {"d": args.d, "layers": args.layers},
         "matrix_params": sum(n * m for n, m in shapes),
+        "matmul_n": args.matmul_n,
         "step_ms": ms,
         "matmul_gflops": {"fp32": round(fp32_rate, 1), "bf16": round(bf16_rate, 1)},
         "ns5_gflop": round(ns5_flops / 1e9, 2),
@@ -155,6 +162,7 @@ def measure(args) -> dict:
         "over_bound": {
             "fp32": round(ms["muonclip_fp32"] / fp32_bound, 3),
             "bf16": round(ms["muonclip_bf16"] / bf16_bound, 3),
+            "bf16_gram": round(ms["muonclip_bf16_gram"] / bf16_bound, 3),
             "auto": round(ms["muonclip_auto"] / default_bound, 3),
         },
         "torch_muon_over_muonclip_auto": (round(ms["torch_muon"] / ms["muonclip_auto"], 2)
@@ -166,21 +174,21 @@ def measure(args) -> dict:
     if not args.skip_accuracy:
         result["accuracy"] = accuracy(["fp32", "bf16"])
     if args.breakdown:
-        result["breakdown_ms"] = breakdown(args.repeats, ["fp32", "bf16"] if native else ["fp32"])
+        result["breakdown_ms"] = breakdown(args.repeats, ["fp32", "bf16"] if native else ["fp32"], args.d, args.layers)
     return result
 
 
-def breakdown(repeats: int, precisions: list[str]) -> dict:
+def breakdown(repeats: int, precisions: list[str], d: int = 256, layers: int = 4) -> dict:
     """Where one MuonClip step's time goes, per phase, on the same shape set (medians, interleaved):
     the momentum update, the orthogonalisation per precision, the weight update, and the rate of
     the batched products NS5 runs on (the bound assumes the 1024^3 rate)."""
-    shapes = shape_set()
+    shapes = shape_set(d, layers)
     g = torch.Generator().manual_seed(2)
     grads = [torch.randn(s, generator=g) for s in shapes]
     bufs = [torch.zeros(s) for s in shapes]
     params = [torch.randn(s, generator=g) * 0.02 for s in shapes]
     updates = muon_math.muon_momentum_(bufs, grads, 0.95, True)
-    wide = torch.randn(8, 256, 1024, generator=g)
+    wide = torch.randn(8, d, 4 * d, generator=g)
     phases = {
         "momentum": lambda: muon_math.muon_momentum_(bufs, grads, 0.95, True),
         "apply": lambda: muon_math.apply_updates_(params, updates, 0.02, 0.1),
@@ -191,7 +199,7 @@ def breakdown(repeats: int, precisions: list[str]) -> dict:
     for p in precisions:
         x = wide.to(resolve_ns_dtype(p, "cpu"))
         phases[f"bmm_{p}"] = (lambda x=x: torch.bmm(x, x.mT))
-        batched[p] = 2 * 8 * 256 * 256 * 1024
+        batched[p] = 2 * 8 * d * d * 4 * d
     times: dict[str, list[float]] = {k: [] for k in phases}
     for fn in phases.values():
         fn()
@@ -202,14 +210,15 @@ def breakdown(repeats: int, precisions: list[str]) -> dict:
             times[name].append(time.perf_counter() - t0)
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     out = {k: round(v, 2) for k, v in ms.items() if not k.startswith("bmm_")}
-    out["batched_bmm_gflops_8x256x1024x256"] = {p: round(batched[p] / (ms[f"bmm_{p}"] / 1e3) / 1e9, 1)
+    out[f"batched_bmm_gflops_8x{d}x{4 * d}x{d}"] = {p: round(batched[p] / (ms[f"bmm_{p}"] / 1e3) / 1e9, 1)
                                                 for p in precisions}
     return out
 
 
 def _avx2_child(args) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--repeats", str(args.repeats),
-           "--slow-repeats", str(args.slow_repeats), "--threads", str(args.threads), "--skip-accuracy"]
+    cmd = [sys.executable, __file__, "--child", "--repeats", str(args.repeats), "--slow-repeats",
+           str(args.slow_repeats), "--threads", str(args.threads), "--skip-accuracy", "--d", str(args.d),
+           "--layers", str(args.layers), "--matmul-n", str(args.matmul_n)]
     if args.skip_torch_muon:
         cmd.append("--skip-torch-muon")
     out = subprocess.run(cmd, env={**os.environ, **AVX2_ENV}, capture_output=True, text=True, check=True)
@@ -219,7 +228,7 @@ def _avx2_child(args) -> dict:
     return {k: child[k] for k in keep}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7, help="timed steps per optimizer (median reported)")
     ap.add_argument("--slow-repeats", type=int, default=2,
@@ -233,14 +242,21 @@ def main() -> None:
                     help="torch threads (0: torch's default); 1 avoids OpenMP thrashing on a shared machine")
     ap.add_argument("--breakdown", action="store_true",
                     help="also time the step's phases (momentum, NS per precision, update) and batched bmm rates")
+    ap.add_argument("--d", type=int, default=256, help="model width of the shape set (default 256, facts §5)")
+    ap.add_argument("--layers", type=int, default=4, help="layers of the shape set (default 4)")
+    ap.add_argument("--matmul-n", type=int, default=1024,
+                    help="size of the square matmul whose rate defines the bounds (default 1024)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if min(args.d, args.layers, args.repeats, args.matmul_n) < 1:
+        ap.error("--d, --layers, --repeats and --matmul-n must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     result = measure(args)
     if not args.child and not args.no_avx2_regime:
         result["avx2_only"] = _avx2_child(args)
     print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

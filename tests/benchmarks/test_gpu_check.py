@@ -1,4 +1,4 @@
-"""The benchmarks run their code paths at toy size on CPU (gpu_check, ns_bf16_variants), so they cannot rot unseen."""
+"""The benchmarks run their code paths at toy size on CPU, so they cannot rot unseen."""
 import json
 
 import pytest
@@ -67,3 +67,20 @@ def test_ns_bf16_variants_rejects_a_malformed_shape(load_benchmark, capsys):
     with pytest.raises(SystemExit):
         load_benchmark("ns_bf16_variants").main(["--shape", "4x256"])
     assert "BATCHxROWSxCOLS" in capsys.readouterr().err
+
+
+def test_optimizer_step_toy_run(load_benchmark):
+    """benchmarks/optimizer_step.py at toy size, AVX2 child included: every row timed, the
+    ratios the speed targets read are present, and the AVX2-capped child defaults to fp32."""
+    result = load_benchmark("optimizer_step").main(
+        ["--d", "16", "--layers", "1", "--repeats", "2", "--slow-repeats", "1", "--matmul-n", "64",
+         "--skip-accuracy", "--breakdown", "--threads", "1"])
+    assert result["shape_set"] == {"d": 16, "layers": 1} and result["matrix_params"] == (4 + 2 * 4) * 16 * 16
+    assert set(result["step_ms"]) >= {"muonclip_auto", "muonclip_fp32", "muonclip_fp32_direct", "muonclip_bf16",
+                                      "muonclip_bf16_gram", "adamw"}
+    assert all(ms > 0 for ms in result["step_ms"].values())
+    assert set(result["over_bound"]) == {"fp32", "bf16", "bf16_gram", "auto"}
+    assert result["cpu_capability"] and isinstance(result["native_bf16"], bool)
+    assert set(result["breakdown_ms"]) >= {"momentum", "apply", "ns_fp32"}
+    child = result["avx2_only"]
+    assert child["native_bf16"] is False and child["auto_precision"] == "float32"
