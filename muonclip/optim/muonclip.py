@@ -231,7 +231,8 @@ class MuonClip(Optimizer):
             if missing:
                 raise ValueError(
                     f"QK-Clip spec names parameters the optimizer does not hold: {missing[:5]}. "
-                    "Build groups with muonclip.build_param_groups so groups carry 'param_names'."
+                    "Build groups with muonclip.build_param_groups so groups carry 'param_names'; it "
+                    "leaves out frozen parameters (requires_grad=False), whose layers the spec must omit."
                 )
             check_qk_clip_params(names, self.qk_clip_spec)
 

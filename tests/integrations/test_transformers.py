@@ -607,6 +607,80 @@ def test_unsupported_models_are_refused():
     assert model.config._attn_implementation == "flash_attention_2"
 
 
+def test_frozen_attention_layers_are_left_out_of_qk_clip():
+    """Partial fine-tuning: a frozen layer's q/k are neither tracked nor clipped (the optimizer
+    does not hold them; building it used to fail with "spec names parameters the optimizer does
+    not hold"), the trainable layers clip as usual, and a layer with only k frozen is refused."""
+    model = make_model("llama", "sdpa")
+    model.model.layers[0].requires_grad_(False)
+    frozen = {n: p.detach().clone() for n, p in model.model.layers[0].named_parameters()}
+    opt, handle = make_muonclip_optimizer(model, lr=0.0, weight_decay=0.0, qk_clip_tau=1e9)
+    try:
+        assert handle.layer_names == ["model.layers.1.self_attn"]
+        batch = make_batch()
+        model(**batch).loss.backward()
+        (logits,) = handle.max_logits()
+        opt.qk_clip_tau = 0.5 * float(logits.max())
+        opt.step()
+        assert opt.last_qk_clip.n_clipped > 0
+        assert all(torch.equal(p, frozen[n]) for n, p in model.model.layers[0].named_parameters())
+    finally:
+        handle.remove()
+    model = make_model("llama", "sdpa")
+    model.model.layers[0].self_attn.k_proj.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"model.layers.0.self_attn: \['model.layers.0.self_attn.k_proj.weight'\]"):
+        make_muonclip_optimizer(model, lr=1e-3)
+
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+            intermediate_size=64, vocab_size=97, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def _hf(model_class: str, config_class: str, **overrides):
+    """A tiny transformers model by class name, or a skip when this transformers lacks it."""
+    model_cls, config_cls = getattr(transformers, model_class, None), getattr(transformers, config_class, None)
+    if model_cls is None or config_cls is None:
+        pytest.skip(f"transformers {transformers.__version__} has no {model_class}")
+    return model_cls(config_cls(**{**TINY, **overrides}))
+
+
+@pytest.mark.parametrize("model_class,config_class,overrides,match", [
+    ("Llama4ForCausalLM", "Llama4TextConfig",
+     dict(intermediate_size_mlp=64, num_local_experts=2, use_qk_norm=True, no_rope_layers=[1, 1]), "qk_norm"),
+    ("HunYuanDenseV1ForCausalLM", "HunYuanDenseV1Config", {}, "query_layernorm"),
+    ("OlmoForCausalLM", "OlmoConfig", dict(clip_qkv=0.5), "clip_qkv"),
+])
+def test_q_k_changed_after_the_projection_is_refused(model_class, config_class, overrides, match):
+    """Llama 4's qk_norm, HunYuan's query_layernorm and OLMo's clip_qkv act on q/k after
+    q_proj/k_proj, so scaling those rows does not cap the logit: QK-Clip reported heads clipped
+    while their logits stayed up to 11% above tau. They are refused, like Qwen3's q_norm."""
+    model = _hf(model_class, config_class, **overrides)
+    with pytest.raises(NotImplementedError, match=match):
+        enable_qk_clip(model, allow_untested=True)
+
+
+def test_eager_tracking_delegates_to_the_function_the_module_calls():
+    """Llama 4's vision attention calls vision_eager_attention_forward, not its file's
+    eager_attention_forward (the text one, which failed on its scaling=None): the tracked forward
+    must delegate to the function the module calls and return the same output, bit for bit."""
+    ml4 = pytest.importorskip("transformers.models.llama4.modeling_llama4")
+    from muonclip.integrations.transformers.registration import original_attention
+
+    cfg = transformers.Llama4VisionConfig(
+        hidden_size=32, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, image_size=16,
+        patch_size=8, vision_output_dim=32, projector_input_dim=32, projector_output_dim=32, pixel_shuffle_ratio=0.5)
+    model = transformers.Llama4VisionModel._from_config(cfg, attn_implementation="eager").train()
+    attention = next(m for m in model.modules() if isinstance(m, ml4.Llama4VisionAttention))
+    assert original_attention(attention, "eager") is ml4.vision_eager_attention_forward
+    pixels = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    untracked = model(pixels).last_hidden_state
+    with enable_qk_clip(model, allow_untested=True) as handle:
+        tracked = model(pixels).last_hidden_state
+        (logits,) = handle.max_logits()
+    assert torch.equal(tracked, untracked)
+    assert logits.shape == (4,) and torch.isfinite(logits).all()
+
+
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("tie", [True, False])
 def test_param_groups_route_hf_llama(tie):
@@ -780,6 +854,19 @@ def test_head_blocks_for_refuses_unsupported_models():
         head_blocks_for(gpt2)
     with pytest.raises(ValueError, match="no attention modules with a known head layout in GPT2LMHeadModel"):
         head_blocks_for(gpt2, allow_untested=True)
+
+
+def test_head_blocks_for_finds_phis_dense_output_or_says_it_found_none():
+    """Phi names its output projection ``dense``: include_output splits it per head (it was left
+    out silently); an attention with no output projection at all is refused, not skipped."""
+    phi = _hf("PhiForCausalLM", "PhiConfig")
+    blocks = head_blocks_for(phi, include_output=True, allow_untested=True)
+    assert blocks["model.layers.0.self_attn.dense.weight"] == (1, 8)
+    model = make_model("llama")
+    del model.model.layers[1].self_attn.o_proj
+    with pytest.raises(ValueError, match="model.layers.1.self_attn: found no output projection"):
+        head_blocks_for(model, include_output=True)
+    assert "model.layers.0.self_attn.q_proj.weight" in head_blocks_for(model)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -122,7 +122,8 @@ class QKClipHandle:
         self.remove()
 
 
-def enable_qk_clip(model: nn.Module, *, allow_untested: bool = False, max_elements: int = 1 << 22) -> QKClipHandle:
+def enable_qk_clip(model: nn.Module, *, allow_untested: bool = False, max_elements: int = 1 << 22,
+                   trainable_only: bool = False) -> QKClipHandle:
     """Track exact per-head max logits of ``model``'s attention and describe its q/k rows.
 
     Works on Llama, Mistral, Qwen2 (GQA, q/k biases) and DeepSeek-V3 (MLA) causal LMs with
@@ -131,14 +132,21 @@ def enable_qk_clip(model: nn.Module, *, allow_untested: bool = False, max_elemen
     (registered with ``transformers.AttentionInterface``: the same attention, plus the record).
     The logits are the ones softmax sees apart from the mask: after RoPE, with the attention's
     own ``scaling`` (DeepSeek's yarn mscale included), over the entries the
-    causal/padding/sliding-window mask leaves visible. ``max_elements`` caps the logits
-    materialised at once (query rows are chunked).
+    causal/padding/sliding-window mask leaves visible, and before a logit softcap (Gemma 2's
+    ``attn_logit_softcapping``): the value scaling the q/k rows scales, so a clip lands it on
+    tau, as in the lab's model. ``max_elements`` caps the logits materialised at once (query
+    rows are chunked). ``trainable_only``: track only the layers whose q/k weights train (an
+    optimizer cannot clip frozen ones); a layer with some of them frozen is refused.
     Other model types with the same module layout need ``allow_untested=True``.
+    Models that change q/k after their projections (QK-norm, a clamp) are refused with
+    ``NotImplementedError``: scaling the rows would not cap their logits.
     """
     check_model_type(model, allow_untested)
     layers = attention_layers(model)
     if not layers:
         raise ValueError(f"found no attention modules with a known q/k layout in {type(model).__name__}")
+    if trainable_only:
+        layers = _trainable_layers(model, layers)
     modules = [layer.module for layer in layers]
     check_implementations(model, modules)
     handle = QKClipHandle(model, layers, max_elements)
@@ -158,6 +166,24 @@ def enable_qk_clip(model: nn.Module, *, allow_untested: bool = False, max_elemen
             handle.remove()
             raise
     return handle
+
+
+def _trainable_layers(model: nn.Module, layers: Sequence[AttentionLayer]) -> list[AttentionLayer]:
+    """The layers whose q/k weights all require grad; a layer with only some frozen is refused,
+    since QK-Clip scales q and k together."""
+    trains = {name: p.requires_grad for name, p in model.named_parameters()}
+    kept = []
+    for layer in layers:
+        frozen = [name for name in layer.spec.param_names() if not trains[name]]
+        if not frozen:
+            kept.append(layer)
+        elif len(frozen) < len(layer.spec.param_names()):
+            raise ValueError(f"{layer.name}: {frozen} are frozen but its other q/k weights train; QK-Clip scales q "
+                             "and k together, so freeze or train them together")
+    if not kept:
+        raise ValueError(f"every attention layer of {type(model).__name__} has frozen q/k weights: nothing to clip "
+                         "(pass qk_clip_tau=None)")
+    return kept
 
 
 def _live_tracker(module: nn.Module) -> LayerTracker | None:

@@ -30,7 +30,8 @@ def make_muonclip_optimizer(
 ) -> tuple[MuonClip, QKClipHandle | None]:
     """``(MuonClip, handle)`` for a transformers model: Muon on hidden matrices, AdamW on
     embeddings / lm_head (tied or not) / norms / biases, QK-Clip at ``qk_clip_tau`` after
-    every step with the max logits of all micro-batches since the previous step.
+    every step with the max logits of all micro-batches since the previous step, on the
+    attention layers whose q/k weights train (frozen layers are neither tracked nor clipped).
 
     ``kwargs`` go to :class:`MuonClip` (momentum, gqa_mode, ...). With ``qk_clip_tau=None``
     no tracking is installed and the handle is None. Call ``handle.remove()`` when done.
@@ -53,7 +54,7 @@ def make_muonclip_optimizer(
                                 adamw_weight_decay=adamw_weight_decay, head_blocks=head_blocks)
     if qk_clip_tau is None:
         return MuonClip(groups, lr=lr, weight_decay=weight_decay, **kwargs), None
-    handle = enable_qk_clip(model, allow_untested=allow_untested)
+    handle = enable_qk_clip(model, allow_untested=allow_untested, trainable_only=True)
     try:
         opt = MuonClip(groups, lr=lr, weight_decay=weight_decay, qk_clip_tau=qk_clip_tau,
                        qk_clip_spec=handle.spec(), max_logits_fn=handle.pop_max_logits, **kwargs)

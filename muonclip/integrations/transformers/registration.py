@@ -57,14 +57,36 @@ def _modeling_module(cls: type) -> Any:
     return sys.modules.get(cls.__module__)
 
 
+@functools.lru_cache(maxsize=256)
+def _eager_function(cls: type) -> Callable | None:
+    """The eager attention function instances of ``cls`` call: the one named in the forward of
+    the first class along its MRO that defines a forward (Llama4's vision attention names
+    ``vision_eager_attention_forward``, its text attention ``eager_attention_forward``), else
+    the modeling file's ``eager_attention_forward``. None when that forward names several."""
+    for klass in cls.__mro__:
+        forward = vars(klass).get("forward")
+        if forward is None:
+            continue
+        code = getattr(inspect.unwrap(forward), "__code__", None)
+        mod = sys.modules.get(klass.__module__)
+        named = sorted({name for name in (code.co_names if code is not None else ())
+                        if name.endswith("eager_attention_forward") and callable(getattr(mod, name, None))})
+        if len(named) > 1:
+            return None
+        if named:
+            return getattr(mod, named[0])
+        break
+    return getattr(_modeling_module(cls), "eager_attention_forward", None)
+
+
 def original_attention(module: nn.Module, impl: str) -> Callable | None:
-    """The function ``module`` would call for ``impl`` if it were not tracked: its modeling
-    file's ``eager_attention_forward`` for eager (transformers has no registry entry for
-    eager), else that file's ``ALL_ATTENTION_FUNCTIONS[impl]`` (a model may keep a local
+    """The function ``module`` would call for ``impl`` if it were not tracked: for eager, the
+    eager function its class's forward names (transformers has no registry entry for eager),
+    else its modeling file's ``ALL_ATTENTION_FUNCTIONS[impl]`` (a model may keep a local
     override there)."""
-    mod = _modeling_module(type(module))
     if impl == "eager":
-        return getattr(mod, "eager_attention_forward", None)
+        return _eager_function(type(module))
+    mod = _modeling_module(type(module))
     functions = getattr(mod, "ALL_ATTENTION_FUNCTIONS", None)
     if not isinstance(functions, AttentionInterface):
         functions = ALL_ATTENTION_FUNCTIONS
@@ -153,7 +175,8 @@ def check_implementations(model: nn.Module, modules: Sequence[nn.Module]) -> Non
                 f"attn_implementation {impl!r} is not supported; use one of {SUPPORTED_ATTN_IMPLEMENTATIONS}"
             )
         if m is not None and impl in (None, "eager") and original_attention(m, "eager") is None:
-            raise ValueError(f"{type(m).__name__}: its modeling file has no eager_attention_forward to track")
+            raise ValueError(f"{type(m).__name__}: found no single eager attention function that it calls, so its "
+                             "eager attention cannot be tracked; load the model with attn_implementation='sdpa'")
 
 
 def _set_implementation(model: nn.Module | None, config: Any, name: str | None) -> None:

@@ -2,6 +2,7 @@
 QK-Clip specs, per-head Muon blocks (``head_blocks_for``) and attention-layer discovery."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -83,7 +84,7 @@ def _qkv_layout(name: str, m: nn.Module, config: Any) -> HeadLayout:
         raise ValueError(f"{name}: projections give {n_head} q / {n_kv} kv heads but the config says "
                          f"{cfg_heads} / {cfg_kv}")
     return HeadLayout(n_head=n_head, n_kv_head=n_kv, q=(m.q_proj, hd), k=(m.k_proj, hd),
-                      v=_linear(m, "v_proj", hd), o=_linear(m, "o_proj", hd))
+                      v=_linear(m, "v_proj", hd), o=_linear(m, "o_proj", hd) or _linear(m, "dense", hd))  # Phi: dense
 
 
 def _mla_layout(name: str, m: nn.Module) -> HeadLayout:
@@ -118,13 +119,32 @@ def _row_blocks(names: dict[int, str], lin: nn.Linear, width: int, offset: int =
     return tuple(out)
 
 
-def _qkv_spec(name: str, m: nn.Module, layout: HeadLayout, names: dict[int, str]) -> QKClipLayerSpec:
-    for attr in ("q_norm", "k_norm", "q_layernorm", "k_layernorm"):
-        if isinstance(getattr(m, attr, None), nn.Module):
+# Submodules that normalise q or k after their projection, by the names transformers uses:
+# q_norm/k_norm (Qwen3, Gemma3, OLMo2), q_layernorm (Persimmon), qk_norm (Llama 4),
+# query_layernorm/key_layernorm (HunYuan), q_layer_norm, q_input_layernorm, k_ln, ...
+_QK_NORM_NAME = re.compile(r"(q|k|qk|query|key)(_[a-z]+)*_?(norm|layernorm|ln)")
+# Config flags that change q/k after the projection: QK-norm, and OLMo's clamp of q, k, v.
+_QK_CONFIG_FLAGS = ("use_qk_norm", "qk_layernorm", "use_qk_layernorm", "qk_norm", "clip_qkv")
+
+
+def _check_rows_scale_logits(name: str, m: nn.Module, config: Any) -> None:
+    """Raise ``NotImplementedError`` where scaling q_proj/k_proj rows would not scale the logit
+    by the same factor: a QK-norm, or a clamp of q/k, between the projection and the product.
+    QK-Clip would then report heads as clipped while their logits barely moved."""
+    for child, module in m.named_children():
+        if _QK_NORM_NAME.fullmatch(child.lower()):
             raise NotImplementedError(
-                f"{name} normalises q/k ({attr}); scaling q_proj/k_proj rows does not change its "
-                "logits, so this QK-Clip spec would be wrong (QK-norm models rarely need QK-Clip)"
-            )
+                f"{name} normalises q/k ({child}: {type(module).__name__}); scaling q_proj/k_proj rows does not "
+                "change its logits, so QK-Clip cannot cap them (QK-norm models rarely need QK-Clip)")
+    for flag in _QK_CONFIG_FLAGS:
+        value = getattr(config, flag, None)
+        if value is not None and value is not False:
+            raise NotImplementedError(
+                f"{name}: its config sets {flag}={value!r}, which acts on q/k after their projections, so "
+                "scaling q_proj/k_proj rows does not scale the logits and QK-Clip cannot cap them")
+
+
+def _qkv_spec(name: str, m: nn.Module, layout: HeadLayout, names: dict[int, str]) -> QKClipLayerSpec:
     return QKClipLayerSpec(
         n_head=layout.n_head, n_kv_head=layout.n_kv_head,
         q=_row_blocks(names, *layout.q), k=_row_blocks(names, *layout.k),
@@ -155,10 +175,17 @@ def _mla_spec(name: str, m: nn.Module, layout: HeadLayout, names: dict[int, str]
 
 
 def attention_layers(model: nn.Module) -> list[AttentionLayer]:
-    """Every attention module of ``model`` whose q/k layout is known, in model order, with its spec."""
+    """Every attention module of ``model`` whose q/k layout is known, in model order, with its
+    spec. Raises ``NotImplementedError`` for a q/k layout whose logits row scaling cannot cap."""
     names = {id(p): n for n, p in model.named_parameters()}
-    return [AttentionLayer(name, m, (_mla_spec if layout.mla_nope is not None else _qkv_spec)(name, m, layout, names))
-            for name, m, layout in head_layouts(model)]
+    out = []
+    for name, m, layout in head_layouts(model):
+        if layout.mla_nope is not None:
+            out.append(AttentionLayer(name, m, _mla_spec(name, m, layout, names)))
+        else:
+            _check_rows_scale_logits(name, m, getattr(m, "config", None) or getattr(model, "config", None))
+            out.append(AttentionLayer(name, m, _qkv_spec(name, m, layout, names)))
+    return out
 
 
 def check_model_type(model: nn.Module, allow_untested: bool) -> None:
@@ -191,6 +218,9 @@ def head_blocks_for(model: nn.Module, include_output: bool = False, *, rules: Se
     found = False
     for name, _, layout in head_layouts(model):
         found = True
+        if include_output and layout.o is None:
+            raise ValueError(f"{name}: found no output projection (o_proj or dense) to split per head; "
+                             "pass include_output=False")
         for lin, dim, width, heads in layout.head_splits(include_output):
             size = lin.weight.shape[dim]
             if size != heads * width:
