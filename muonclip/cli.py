@@ -56,15 +56,19 @@ def _cmd_story(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .io import LockedError
     from .lab import DataError
     from .lab.checkpoint import CheckpointError
-    from .lab.train import resume_config, train
+    from .lab.resume import resume_config
+    from .lab.train import train
 
     overrides = list(args.set or [])
     try:
         if args.resume:
             if args.preset or args.optimizer or args.data or args.hf_dataset:
                 raise ConfigError("--resume takes its config from the run directory; use only --set run.steps=N etc.")
+            if args.out or args.force:
+                raise ConfigError("--resume RUN_DIR trains in RUN_DIR; it takes neither --out nor --force")
             run_dir = Path(args.resume)
             cfg = resume_config(run_dir, overrides)
         else:
@@ -89,8 +93,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return launch(nproc, args.argv)
         summary = train(cfg, run_dir, resume=bool(args.resume),
                         progress=None if not args.no_progress else False)
-    except (ConfigError, DataError, CheckpointError) as exc:
+    except (ConfigError, DataError, CheckpointError, LockedError, ImportError) as exc:
         print(f"muonclip train: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the run directory cannot be created or written
+        print(f"muonclip train: error: cannot write the run: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, from rank 0
         print(json.dumps(summary))

@@ -46,7 +46,7 @@ def check(cond: bool, msg: str) -> None:
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """`` (did you mean 'a' or 'b'?)`` for the close matches of ``word``, or ``""``."""
-    close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(dict.fromkeys(candidates)), n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
@@ -138,7 +138,8 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
         check(isinstance(value, (int, float)) and not isinstance(value, bool),
               f"{where}: expected a float, got {value!r}")
         value = float(value)
-        check(not math.isnan(value), f"{where}: NaN is not allowed")
+        check(math.isfinite(value), f"{where}: {'NaN' if math.isnan(value) else value} is not allowed "
+                                    "(a finite number is needed)")
         return value
     if tp is str:
         check(isinstance(value, str), f"{where}: expected a string, got {value!r}")

@@ -1,19 +1,27 @@
-"""Atomic file writes: a temp file in the target's directory, fsync, then ``os.replace``.
+"""Atomic file writes (a temp file in the target's directory, fsync, then ``os.replace``) and
+an exclusive lock file for a directory one process writes at a time.
 
 A reader never sees a half-written file: it sees either the old content or the new
 content. Parent directories are created when missing.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json"]
+__all__ = ["LockedError", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "exclusive_lock",
+           "read_json"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+class LockedError(RuntimeError):
+    """Another live process holds the lock file."""
 
 
 def _open_temp(directory: Path, name: str) -> tuple[int, Path]:
@@ -94,3 +102,56 @@ def read_json(path: PathLike, error: type[Exception], what: str, hint: str = "")
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{what} file {path} is not valid JSON: {exc}") from exc
+
+
+def _holder(path: Path) -> tuple[int, str] | None:
+    """``(pid, host)`` written in a lock file, or None when it cannot be read."""
+    try:
+        pid, host = path.read_text(encoding="utf-8").split(maxsplit=1)
+        return int(pid), host.strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: PathLike, what: str):
+    """Hold the lock file ``path`` for the ``with`` block; ``what`` names the locked thing in errors.
+
+    The file is created exclusively and holds this process's pid and host. If another live
+    process holds it (or one on another host: its liveness cannot be checked), raise
+    :class:`LockedError` naming it; a lock left by a process of this host that has died
+    (a killed run) is taken over. The file is removed on exit.
+    """
+    path = Path(path)
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            holder = _holder(path)
+            if holder is not None and holder[1] == socket.gethostname() and not _alive(holder[0]):
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            who = f"process {holder[0]} on {holder[1]}" if holder else "another process"
+            raise LockedError(f"{what} is being written by {who} (lock file {path}); wait for it to finish, "
+                              "or remove the lock file if that process is gone") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(me)
+        break
+    else:  # pragma: no cover - three stale takeovers lost in a row
+        raise LockedError(f"could not take the lock file {path} for {what}")
+    try:
+        yield path
+    finally:
+        if _holder(path) == (os.getpid(), socket.gethostname()):
+            path.unlink(missing_ok=True)

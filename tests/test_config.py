@@ -12,6 +12,7 @@ from muonclip.config import (
     ConfigError,
     apply_overrides,
     config_hash,
+    did_you_mean,
     from_dict,
     load_config,
     parse_value,
@@ -23,7 +24,8 @@ from muonclip.config import (
 from muonclip.lab.config import TrainConfig
 from muonclip.lab.config import load_config as load_train_config
 from muonclip.lab.presets import get_preset
-from muonclip.lab.train import RESUMABLE_KEYS, _model_hash, build_model
+from muonclip.lab.resume import RESUMABLE_KEYS, model_hash
+from muonclip.lab.train import build_model
 from muonclip.models import GPTConfig
 
 # A valid, non-default text for every GPTConfig field, each set alone on the tiny preset
@@ -184,8 +186,8 @@ def test_lab_resume_hash_ignores_only_resumable_keys():
     base = get_preset("tiny")
     changed = {"run.device": "cuda"}  # a valid other value per key (the device must be cpu/cuda)
     longer = apply_overrides(base, [f"{key}={changed.get(key, 7)}" for key in RESUMABLE_KEYS])
-    assert _model_hash(longer) == _model_hash(base)
-    assert _model_hash(apply_overrides(base, ["model.rope_base=1e5"])) != _model_hash(base)
+    assert model_hash(longer) == model_hash(base)
+    assert model_hash(apply_overrides(base, ["model.rope_base=1e5"])) != model_hash(base)
 
 
 @pytest.mark.parametrize("text, tp, expected", [
@@ -195,3 +197,21 @@ def test_lab_resume_hash_ignores_only_resumable_keys():
 def test_parse_value(text, tp, expected):
     value = parse_value(text, tp, "x")
     assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("override", ["optim.lr=inf", "optim.qk_clip_tau=-inf"])
+def test_non_finite_floats_are_refused_by_name(override):
+    """inf passed every range check and failed later, unnamed, when the config was saved."""
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
+        apply_overrides(get_preset("tiny"), [override])
+
+
+def test_muon_heads_per_block_must_divide_the_heads():
+    cfg = get_preset("tiny")
+    with pytest.raises(ConfigError, match="muon_heads_per_block=3 does not divide"):
+        apply_overrides(cfg, ["optim.muon_heads_per_block=3"])
+    apply_overrides(cfg, ["optim.muon_heads_per_block=8"])  # more than the heads: one block per matrix
+
+
+def test_close_matches_are_named_once():
+    assert did_you_mean("l1_coef", ["l1_coeff", "l1_coeff", "lr"]) == " (did you mean 'l1_coeff'?)"

@@ -194,7 +194,9 @@ class ScheduleCfg:
 @dataclass(frozen=True)
 class RunCfg:
     """Run length and cadence. ``*_every = 0`` turns that periodic action off (a loop may
-    still evaluate/checkpoint once at the end). ``seed`` seeds init and batches. ``device``: cpu,
+    still evaluate/checkpoint once at the end). ``log_every``: TensorBoard scalars every N steps
+    (metrics.jsonl keeps one row per step, which the reports and resume read). ``seed`` seeds
+    init and batches. ``device``: cpu,
     cuda or cuda:N (under torchrun, cuda is each rank's local GPU); the model is always initialised
     on the CPU, so every device starts from the same weights."""
 
@@ -257,6 +259,10 @@ class TrainConfig:
         )
         check(self.schedule.warmup_steps <= self.run.steps,
               f"schedule.warmup_steps={self.schedule.warmup_steps} exceeds run.steps={self.run.steps}")
+        group = self.optim.muon_heads_per_block
+        for what, heads in (("model.n_head", m.n_head), ("KV heads", m.kv_heads)):
+            check(not group or heads % min(group, heads) == 0,
+                  f"optim.muon_heads_per_block={group} does not divide the {heads} {what}; pick a divisor of it")
 
     def replace(self, **sections: Any) -> TrainConfig:
         """A copy with whole sections replaced, e.g. ``cfg.replace(run=...)``."""

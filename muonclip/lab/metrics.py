@@ -61,10 +61,11 @@ class MetricsLog:
             # purge_step drops events the checkpoint does not cover (TensorBoard's own mechanism).
             self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=(resume_step + 1) if resume_step else None)
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: dict[str, Any], tensorboard: bool = True) -> None:
+        """Append ``row``; with ``tensorboard``, also its scalars (``run.log_every`` thins those)."""
         self._fh.write(json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")
         self._fh.flush()
-        if self._tb is not None:
+        if self._tb is not None and tensorboard:
             step = row["step"]
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -13,7 +13,7 @@ from .train import build_model, load_dataset
 
 __all__ = ["attention_entropy", "ENTROPY_FILE"]
 
-ENTROPY_FILE = "attention_entropy.json"
+ENTROPY_FILE = "attention_entropy.json"  # listed in rundir.RUN_ARTIFACTS
 
 
 @torch.no_grad()

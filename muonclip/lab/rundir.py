@@ -20,21 +20,32 @@ SPECTRA_FILE = "spectra.npz"
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run.json"
 SUMMARY_FILE = "summary.json"  # written last: its presence marks a finished run
+# Everything a training run writes in its directory; a fresh run (``--force``) removes them
+# all first, so nothing of an earlier run (its checkpoint, spectra, tokenizer, TensorBoard
+# events, cached probe) survives into the new one. Other files are left alone.
+RUN_ARTIFACTS = (METRICS_FILE, SPECTRA_FILE, CONFIG_FILE, RUN_INFO_FILE, SUMMARY_FILE, "checkpoint.pt",
+                 "tokenizer.json", "attention_entropy.json", "tb")
+LOCK_FILE = ".lock"  # held while a process trains in the directory
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """All complete rows of a metrics.jsonl (a torn last line from a kill is ignored)."""
+    """The rows of a metrics.jsonl up to the first line that is not a JSON object (a torn last
+    line from a kill, or damage: the resume check compares the rows with the checkpoint)."""
     path = Path(path)
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # undecodable bytes become U+FFFD, so such a line ends the log like any torn line
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             break
+        if not isinstance(row, dict):
+            break
+        rows.append(row)
     return rows
 
 

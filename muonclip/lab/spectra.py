@@ -1,12 +1,17 @@
-"""Singular-value measurements of weights and updates: spectra, spectral entropy, effective rank."""
+"""Singular-value measurements of weights and updates: spectra, spectral entropy, effective rank, and their store."""
 from __future__ import annotations
 
+import io
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["singular_values", "spectral_entropy", "effective_rank"]
+from ..io import atomic_write_bytes
+
+__all__ = ["singular_values", "spectral_entropy", "effective_rank", "SpectraStore"]
 
 
 def singular_values(W: Tensor) -> Tensor:
@@ -31,3 +36,36 @@ def spectral_entropy(s: Tensor) -> float:
 def effective_rank(s: Tensor) -> float:
     """exp(spectral entropy) (Roy & Vetterli 2007): between 1 and the number of values."""
     return math.exp(spectral_entropy(s))
+
+
+class SpectraStore:
+    """Snapshots of singular values, saved to spectra.npz (arrays keyed 'NAME|weight' etc.)."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.values: dict[str, list[np.ndarray]] = {}
+
+    def add(self, step: int, name: str, kind: str, s: torch.Tensor) -> None:
+        if not self.steps or self.steps[-1] != step:
+            self.steps.append(step)
+        self.values.setdefault(f"{name}|{kind}", []).append(s.float().cpu().numpy())
+
+    def save(self, path: Path) -> None:
+        buf = io.BytesIO()
+        arrays = {k: np.stack(v) for k, v in self.values.items()}
+        np.savez(buf, steps=np.asarray(self.steps, dtype=np.int64), **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path, up_to_step: int) -> "SpectraStore":
+        out = cls()
+        if not path.exists():
+            return out
+        with np.load(path) as data:
+            steps = data["steps"].tolist()
+            keep = sum(1 for s in steps if s <= up_to_step)
+            out.steps = steps[:keep]
+            for key in data.files:
+                if key != "steps":
+                    out.values[key] = list(data[key][:keep])
+        return out

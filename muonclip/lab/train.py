@@ -11,9 +11,10 @@ A run directory holds:
 """
 from __future__ import annotations
 
-import io
 import math
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..io import atomic_write_bytes, atomic_write_json
+from ..io import atomic_write_json, exclusive_lock, read_json
 from ..models import GPT
 from ..optim import MuonClip, build_param_groups
 from . import distributed as lab_dist
@@ -32,27 +33,22 @@ from .checkpoint import CheckpointError, checkpoint_due, load_checkpoint, save_c
 from .config import (
     ConfigError,
     TrainConfig,
-    apply_overrides,
     config_hash,
-    load_config,
     orthogonalizer_spec,
     save_config,
-    to_dict,
 )
 from .data import TokenDataset, load_corpus
 from .metrics import MetricsLog
+from .resume import check_metrics_cover, model_hash
+from .rundir import LOCK_FILE, METRICS_FILE, RUN_ARTIFACTS, SUMMARY_FILE, read_metrics
 from .schedule import lr_multiplier
-from .spectra import effective_rank, singular_values, spectral_entropy
+from .spectra import SpectraStore, effective_rank, singular_values, spectral_entropy
 from .tokenizer import load_tokenizer, make_tokenizer
 
-__all__ = ["train", "build_model", "build_optimizer", "load_dataset", "TRACKED_MATRICES", "RESUMABLE_KEYS"]
+__all__ = ["train", "build_model", "build_optimizer", "load_dataset", "TRACKED_MATRICES"]
 
 # Matrices whose spectra are tracked in every layer (suffixes of parameter names).
 TRACKED_MATRICES = ("attn.q_proj.weight", "attn.k_proj.weight", "attn.o_proj.weight", "mlp.up_proj.weight")
-# Keys a resumed run may change: how long it runs and how often it logs/saves.
-# The device too: a checkpoint holds CPU tensors, so a run may move between cpu and cuda.
-RESUMABLE_KEYS = ("run.steps", "run.eval_every", "run.checkpoint_every", "run.spectra_every", "run.log_every",
-                  "run.device")
 
 
 def build_model(cfg: TrainConfig) -> GPT:
@@ -169,39 +165,6 @@ def evaluate(model: torch.nn.Module, batches) -> float:
     return sum(losses) / len(losses)
 
 
-class _Spectra:
-    """Snapshots of singular values, saved to spectra.npz (arrays keyed 'NAME|weight' etc.)."""
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.values: dict[str, list[np.ndarray]] = {}
-
-    def add(self, step: int, name: str, kind: str, s: torch.Tensor) -> None:
-        if not self.steps or self.steps[-1] != step:
-            self.steps.append(step)
-        self.values.setdefault(f"{name}|{kind}", []).append(s.float().cpu().numpy())
-
-    def save(self, path: Path) -> None:
-        buf = io.BytesIO()
-        arrays = {k: np.stack(v) for k, v in self.values.items()}
-        np.savez(buf, steps=np.asarray(self.steps, dtype=np.int64), **arrays)
-        atomic_write_bytes(path, buf.getvalue())
-
-    @classmethod
-    def load(cls, path: Path, up_to_step: int) -> "_Spectra":
-        out = cls()
-        if not path.exists():
-            return out
-        with np.load(path) as data:
-            steps = data["steps"].tolist()
-            keep = sum(1 for s in steps if s <= up_to_step)
-            out.steps = steps[:keep]
-            for key in data.files:
-                if key != "steps":
-                    out.values[key] = list(data[key][:keep])
-        return out
-
-
 def train(
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -213,11 +176,33 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir`` and return its summary.
 
-    ``stop_after`` ends the session early after that many steps (for tests of resume);
-    the run stays resumable.
+    One process writes a run directory at a time: a second is refused (a lock file, taken
+    over when its process has died). A fresh run first removes everything an earlier run left
+    there (:data:`~muonclip.lab.rundir.RUN_ARTIFACTS`). Resuming checks that the metrics log
+    covers the checkpoint; resuming a complete run changes nothing and returns its summary,
+    and a ``run.steps`` below the checkpoint's step is refused. ``stop_after`` ends the
+    session early after that many steps (for tests of resume); the run stays resumable.
     """
     run_dir = Path(run_dir)
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 writes the directory and holds its lock
+        return _train(cfg, run_dir, resume, progress, log, stop_after)
+    if resume and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} does not exist: there is no run to resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(run_dir / LOCK_FILE, f"run directory {run_dir}"):
+        if not resume:
+            for name in RUN_ARTIFACTS:
+                path = run_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+        return _train(cfg, run_dir, resume, progress, log, stop_after)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None, log: Callable[[str], None],
+           stop_after: int | None) -> dict[str, Any]:
     torch.manual_seed(cfg.run.seed)
     dctx = lab_dist.from_env()  # None unless launched by torchrun with WORLD_SIZE > 1
     main = lab_dist.is_main(dctx)  # only rank 0 writes to run_dir
@@ -230,7 +215,7 @@ def train(
 
     if resume:
         state = load_checkpoint(ckpt_path)
-        if state["config_hash_model"] != _model_hash(cfg):
+        if state["config_hash_model"] != model_hash(cfg):
             raise CheckpointError(f"{ckpt_path} was written for a different model/optimizer/data config")
         dataset.check_state_dict(state["data"])
         model.load_state_dict(state["model"])
@@ -239,17 +224,23 @@ def train(
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_step, tokens, prior_time = state["step"], state["tokens"], state["time"]
+        if start_step > cfg.run.steps:
+            raise ConfigError(f"{ckpt_path} is at step {start_step}, past run.steps={cfg.run.steps}: a run cannot "
+                              f"end before its checkpoint (--set run.steps={start_step} or more)")
+        if main:
+            check_metrics_cover(run_dir, start_step)
+        if start_step == cfg.run.steps:
+            log(f"{run_dir} is complete at step {start_step}; nothing to train")
+            return _finished_summary(run_dir, cfg, tokens) if main else {}
         if isinstance(optimizer, MuonClip):
             optimizer.skipped_steps = state.get("skipped_steps", 0)
         log(f"resuming {run_dir} at step {start_step}/{cfg.run.steps}")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
     if main:
         save_config(cfg, run_dir / "config.json")
         atomic_write_json(run_dir / "run.json", run_info(cfg))
 
     metrics = MetricsLog(run_dir, resume_step=start_step if resume else None) if main else lab_dist.NullLog()
-    spectra = _Spectra.load(run_dir / "spectra.npz", start_step) if resume else _Spectra()
+    spectra = SpectraStore.load(run_dir / "spectra.npz", start_step) if resume else SpectraStore()
     r, o, s = cfg.run, cfg.optim, cfg.schedule
     mult = lr_multiplier(s.kind, r.steps, s.warmup_steps, s.decay_fraction, s.min_lr_ratio)
     for group in optimizer.param_groups:
@@ -277,7 +268,7 @@ def train(
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(), "data": dataset.state_dict(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "config_hash_model": _model_hash(cfg),
+            "config_hash_model": model_hash(cfg),
             "skipped_steps": getattr(optimizer, "skipped_steps", 0),
         })
 
@@ -346,7 +337,7 @@ def train(
             if val_batches and ((step + 1) % r.eval_every == 0 or step + 1 == r.steps):
                 val_loss = evaluate(model, val_batches)
                 row["val_loss"] = val_loss
-            metrics.write(row)
+            metrics.write(row, tensorboard=bool(r.log_every) and (step + 1) % r.log_every == 0)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", max_logit=f"{row['max_logit']:.1f}",
                             tok_s=f"{row['tokens_per_s']:.0f}")
@@ -357,13 +348,31 @@ def train(
         bar.close()
         metrics.close()
         lab_dist.shutdown(dctx)
-    summary = {
-        "run_dir": str(run_dir), "steps": end_step, "complete": end_step == r.steps, "tokens": tokens,
-        "final_loss": row.get("loss"), "final_val_loss": val_loss, "final_max_logit": row.get("max_logit"),
+    summary = _summary(run_dir, cfg, end_step, tokens, row, val_loss)
+    if end_step == r.steps and main:
+        atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def _summary(run_dir: Path, cfg: TrainConfig, steps: int, tokens: int, last_row: dict, val_loss: float | None) -> dict:
+    return {
+        "run_dir": str(run_dir), "steps": steps, "complete": steps == cfg.run.steps, "tokens": tokens,
+        "final_loss": last_row.get("loss"), "final_val_loss": val_loss, "final_max_logit": last_row.get("max_logit"),
         "config_hash": config_hash(cfg),
     }
-    if end_step == r.steps and main:
-        atomic_write_json(run_dir / "summary.json", summary)
+
+
+def _finished_summary(run_dir: Path, cfg: TrainConfig, tokens: int) -> dict:
+    """The summary of a complete run: summary.json, or, when a kill came between the last
+    checkpoint and writing it, rebuilt from the metrics log and written."""
+    path = run_dir / SUMMARY_FILE
+    if path.exists():
+        return read_json(path, CheckpointError, "run summary")
+    rows = read_metrics(run_dir / METRICS_FILE)
+    val_losses = [r["val_loss"] for r in rows if "val_loss" in r]
+    summary = _summary(run_dir, cfg, cfg.run.steps, tokens, rows[-1] if rows else {},
+                       val_losses[-1] if val_losses else None)
+    atomic_write_json(path, summary)
     return summary
 
 
@@ -377,24 +386,3 @@ def _max_logits_after_step(model: GPT, x: torch.Tensor, dctx) -> list[torch.Tens
     """
     model(x)  # training mode: the forward tracks max logits (no dropout, no RNG use)
     return lab_dist.max_across([t.clone() for t in model.max_logits()], dctx)
-
-
-def _model_hash(cfg: TrainConfig) -> str:
-    """Hash of everything a checkpoint's tensors depend on (not how long the run is)."""
-    return config_hash(cfg, 16, exclude=RESUMABLE_KEYS)
-
-
-def resume_config(run_dir: str | Path, overrides: list[str]) -> TrainConfig:
-    """The saved config of ``run_dir`` with the allowed overrides applied."""
-    run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    if not path.exists():
-        raise ConfigError(f"{run_dir} has no config.json; is it a muonclip run directory?")
-    cfg = load_config(path)
-    new = apply_overrides(cfg, overrides)
-    old_d, new_d = to_dict(cfg), to_dict(new)
-    changed = [f"{sec}.{k}" for sec in new_d for k in new_d[sec] if new_d[sec][k] != old_d[sec][k]]
-    bad = [c for c in changed if c not in RESUMABLE_KEYS]
-    if bad:
-        raise ConfigError(f"cannot change {bad} when resuming (only {list(RESUMABLE_KEYS)})")
-    return new

@@ -40,6 +40,16 @@ def test_read_metrics_ignores_a_torn_last_line(tmp_path):
     assert metrics.read_metrics is read_metrics  # the writer module reads through the same function
 
 
+@pytest.mark.parametrize("damage", [b"[1, 2]\n", b"\xff\xfe{\n", b"not json\n"])
+def test_read_metrics_ends_at_a_damaged_line(tmp_path, damage):
+    """A line that is not a JSON object (a list, undecodable bytes, text) ends the log like a
+    torn line instead of raising; the resume check then sees the missing steps."""
+    path = tmp_path / "metrics.jsonl"
+    rows = [_row(1), _row(2), _row(3)]
+    path.write_bytes(json.dumps(rows[0]).encode() + b"\n" + damage + json.dumps(rows[2]).encode() + b"\n")
+    assert read_metrics(path) == rows[:1]
+
+
 def test_read_spectra_config_and_info(tmp_path):
     run, _ = _run_dir(tmp_path)
     steps, spectra = read_spectra(run / "spectra.npz")

@@ -1,5 +1,6 @@
 """The training loop: each optimizer trains, the metrics schema, exact resume, kill -9, errors."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 from muonclip.cli import main as cli_main
+from muonclip.io import exclusive_lock
 from muonclip.lab import apply_overrides, get_preset
 from muonclip.lab.checkpoint import CheckpointError, load_checkpoint
+from muonclip.lab.config import ConfigError
 from muonclip.lab.metrics import METRIC_FIELDS, read_metrics
 from muonclip.lab.train import train
 
@@ -139,6 +142,127 @@ def test_sigkill_then_resume_has_each_row_once(tmp_path, corpus_file):
     assert cli_main(["train", "--resume", str(run), "--set", "steps=60", "--no-progress"]) == 0
     steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
     assert steps == list(range(1, 61))
+
+
+def _files(run):
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_cannot_end_before_the_checkpoint(tmp_path, corpus_file, capsys):
+    """run.steps below the checkpoint's step used to be accepted: the checkpoint was relabelled
+    with the smaller step while holding the later weights. It is refused, and nothing changes."""
+    run = tmp_path / "run"
+    train(tiny(corpus_file, "run.steps=6"), run, progress=False)
+    before = _files(run)
+    with pytest.raises(ConfigError, match="is at step 6, past run.steps=4"):
+        train(tiny(corpus_file, "run.steps=4"), run, resume=True, progress=False)
+    assert cli_main(["train", "--resume", str(run), "--set", "steps=4", "--no-progress"]) == 2
+    assert "run.steps=6 or more" in capsys.readouterr().err
+    assert _files(run) == before
+
+
+def test_resuming_a_complete_run_changes_nothing(tmp_path, corpus_file, capsys):
+    """It used to retrain nothing and overwrite summary.json with null losses."""
+    run = tmp_path / "run"
+    train(tiny(corpus_file, "run.steps=4"), run, progress=False)
+    before = _files(run)
+    assert cli_main(["train", "--resume", str(run), "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert _files(run) == before
+    assert printed == json.loads(before["summary.json"]) and printed["final_loss"] is not None
+    (run / "summary.json").unlink()  # a kill between the last checkpoint and the summary
+    rebuilt = train(tiny(corpus_file, "run.steps=4"), run, resume=True, progress=False)
+    assert rebuilt == json.loads(before["summary.json"])
+
+
+def test_force_starts_from_a_clean_directory(tmp_path, corpus_file):
+    """--force used to keep the earlier run's checkpoint, summary, spectra, tokenizer and
+    TensorBoard events, so a killed forced run looked finished and resumed from the old one."""
+    run = tmp_path / "run"
+    bpe = ["data.tokenizer=bpe", "data.bpe_vocab_size=300", "model.vocab_size=300"]
+    train(tiny(corpus_file, "run.steps=4", "run.spectra_every=2", *bpe), run, progress=False)
+    (run / "notes.txt").write_text("mine")
+    old_tokenizer = (run / "tokenizer.json").read_bytes()
+    other = tmp_path / "other.txt"
+    other.write_text("An entirely different corpus about optimisers and attention heads. " * 60, encoding="utf-8")
+    assert cli_main(["train", "--data", str(other), "--set", "steps=2", "spectra_every=0", *bpe,
+                     "--out", str(run), "--force", "--no-progress"]) == 0
+    assert not (run / "spectra.npz").exists()
+    assert (run / "tokenizer.json").read_bytes() != old_tokenizer  # trained on the new corpus
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    assert len(list((run / "tb").iterdir())) == 1  # only the new run's event file
+    assert (run / "notes.txt").read_text() == "mine"  # not a run artifact: left alone
+
+
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, corpus_file, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    args = ["train", "--data", str(corpus_file), "--set", "steps=2", "--out", str(run), "--no-progress"]
+    with exclusive_lock(run / ".lock", "the test's run"):  # held by this (live) process
+        assert cli_main(args) == 2
+        assert f"is being written by process {os.getpid()}" in capsys.readouterr().err
+    assert not (run / ".lock").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    (run / ".lock").write_text(f"{dead.pid} {socket.gethostname()}")  # a killed run's lock
+    assert cli_main(args) == 0
+    assert not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_resume_refuses_a_metrics_log_that_misses_checkpointed_steps(tmp_path, corpus_file, damage):
+    run = tmp_path / "run"
+    cfg = tiny(corpus_file, "run.steps=10", "run.checkpoint_every=3")
+    train(cfg, run, progress=False, stop_after=6)
+    log = run / "metrics.jsonl"
+    if damage == "truncate":
+        log.write_text("".join(line + "\n" for line in log.read_text().splitlines()[:3]))
+    else:
+        log.unlink()
+    with pytest.raises(CheckpointError, match="lacks .* of the 6 steps the checkpoint covers"):
+        train(cfg, run, resume=True, progress=False)
+
+
+def test_resume_cannot_stretch_a_decaying_schedule(tmp_path, corpus_file, capsys):
+    """A cosine run resumed with more steps jumped from lr 0 back up; only a constant schedule
+    continues exactly, so the others are refused."""
+    run = tmp_path / "run"
+    assert cli_main(["train", "--data", str(corpus_file), "--set", "steps=4", "schedule.kind=cosine",
+                     "--out", str(run), "--no-progress"]) == 0
+    assert cli_main(["train", "--resume", str(run), "--set", "steps=6", "--no-progress"]) == 2
+    assert "cosine schedule" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--out", "elsewhere"], "takes neither --out nor --force"),
+    (["--force"], "takes neither --out nor --force"),
+])
+def test_resume_rejects_out_and_force(tmp_path, corpus_file, capsys, extra, message):
+    run = tmp_path / "run"
+    train(tiny(corpus_file, "run.steps=2"), run, progress=False)
+    assert cli_main(["train", "--resume", str(run), *extra, "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unwritable_run_directory_is_a_clean_error(tmp_path, corpus_file, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert cli_main(["train", "--data", str(corpus_file), "--out", str(blocker / "run"), "--no-progress"]) == 2
+    assert "cannot write the run" in capsys.readouterr().err
+
+
+def test_log_every_thins_tensorboard_and_keeps_every_metrics_row(tmp_path, corpus_file):
+    """run.log_every used to do nothing; it sets the TensorBoard cadence, while metrics.jsonl
+    keeps a row per step for the reports and the resume check."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(tiny(corpus_file, "run.steps=6", "run.log_every=3"), run, progress=False)
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, 7))
+    events = EventAccumulator(str(run / "tb")).Reload()
+    assert [e.step for e in events.Scalars("loss")] == [3, 6]
 
 
 def test_corrupt_checkpoint_gives_clear_error(tmp_path, corpus_file, capsys):
