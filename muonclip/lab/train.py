@@ -227,10 +227,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
         if start_step > cfg.run.steps:
             raise ConfigError(f"{ckpt_path} is at step {start_step}, past run.steps={cfg.run.steps}: a run cannot "
                               f"end before its checkpoint (--set run.steps={start_step} or more)")
-        if main:
-            check_metrics_cover(run_dir, start_step)
+        check_metrics_cover(run_dir, start_step)  # on every rank, so all of them raise alike
         if start_step == cfg.run.steps:
             log(f"{run_dir} is complete at step {start_step}; nothing to train")
+            lab_dist.shutdown(dctx)
             return _finished_summary(run_dir, cfg, tokens) if main else {}
         if isinstance(optimizer, MuonClip):
             optimizer.skipped_steps = state.get("skipped_steps", 0)
