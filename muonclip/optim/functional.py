@@ -77,6 +77,8 @@ UPDATE_SCALES = ("rms_match", "original")
 # squares inside the norm cannot underflow (1e-30 gradients; NVIDIA Emerging-Optimizers #229).
 # The papers' "+ 1e-7" on the norm is not used: it only guards 0/0, and it swamps small inputs.
 _SAFE_NORM = 1e-15
+# Parameter dtypes updated in place; narrower ones (bf16, fp16) are updated in fp32 and cast back.
+_FULL = (torch.float32, torch.float64)
 
 
 def update_scale(n: int, m: int, mode: str = "rms_match") -> float:
@@ -132,7 +134,8 @@ def _normalized_batch(mats: Sequence[Tensor], dtype: torch.dtype, safety: float 
 
     Tiny inputs (norm < 1e-15) are first divided by their max-abs entry, so the norm's squares
     cannot underflow and 1e-30 gradients orthogonalise like any other (NVIDIA
-    Emerging-Optimizers #229). A zero matrix stays zero instead of 0/0 = NaN (dion PR #24).
+    Emerging-Optimizers #229); so are huge ones, whose norm overflows fp32 (entries ~1e18:
+    the direction would be 0). A zero matrix stays zero instead of 0/0 = NaN (dion PR #24).
     """
     owned = len(mats) > 1
     X = torch.cat(mats) if owned else mats[0]
@@ -140,7 +143,7 @@ def _normalized_batch(mats: Sequence[Tensor], dtype: torch.dtype, safety: float 
         X, owned = X.float(), True
     tiny = torch.finfo(X.dtype).tiny
     norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-    if bool((norm < _SAFE_NORM).any()):  # a host check: one synchronisation per batch on CUDA
+    if bool(((norm < _SAFE_NORM) | ~norm.isfinite()).any()):  # a host check: one sync per batch on CUDA
         X, owned = X / X.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(tiny), True
         norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
     inv = (norm * safety).clamp_min(tiny).reciprocal()
@@ -308,19 +311,19 @@ def apply_updates_(params: list[Tensor], directions: list[Tensor], lr: float, we
     """
     if cautious and weight_decay:
         for p, d in zip(params, directions, strict=True):
-            w = p if p.dtype == torch.float32 else p.float()
+            w = p if p.dtype in _FULL else p.float()
             w.mul_(_cautious_decay(d, w, lr * weight_decay)).add_(d, alpha=-lr)
             if w is not p:
                 p.copy_(w)
         return
-    full = [i for i, p in enumerate(params) if p.dtype == torch.float32]
+    full = [i for i, p in enumerate(params) if p.dtype in _FULL]
     if full:
         ps = [params[i] for i in full]
         if weight_decay:
             torch._foreach_mul_(ps, 1.0 - lr * weight_decay)
         torch._foreach_add_(ps, [directions[i] for i in full], alpha=-lr)
     for i, p in enumerate(params):
-        if p.dtype != torch.float32:
+        if p.dtype not in _FULL:
             w = p.float()
             if weight_decay:
                 w.mul_(1.0 - lr * weight_decay)
@@ -345,7 +348,7 @@ def adamw_update_(p: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, 
     step's update -- and the weight agree in sign.
     """
     beta1, beta2 = betas
-    full = p.dtype in (torch.float32, torch.float64)
+    full = p.dtype in _FULL
     w = p if full else p.float()
     grad = grad if full else grad.float()
     if not cautious:
@@ -382,7 +385,8 @@ def muon_update(
     flattened (out, in*k...) matrix unless ``expert_stack`` declares a 3-D stack of experts.
     Returns a float32 tensor of grad's shape. The optimizer runs exactly these steps.
     """
-    (u,) = muon_momentum_([momentum_buffer], [grad.float()], momentum, nesterov)
+    (u,) = muon_momentum_([momentum_buffer], [grad.to(torch.promote_types(grad.dtype, torch.float32))], momentum,
+                          nesterov)
     (d,) = muon_directions([u], [grad.shape], [expert_stack], method=method, steps=ns_steps,
                            scale_mode=scale_mode, dtype=dtype, head_blocks=[head_block])
     return d

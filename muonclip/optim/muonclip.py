@@ -35,8 +35,14 @@ NONFINITE_POLICIES = ("raise", "skip")
 NS_IMPLS = ("auto", "gram", "direct")
 
 
-# State MuonClip keeps in fp32 whatever the parameter's dtype (see ``_init_state``).
-_FP32_STATE = ("momentum_buffer", "normuon_second_moment", "exp_avg", "exp_avg_sq")
+# State MuonClip keeps in at least fp32 whatever the parameter's dtype (see ``_init_state``).
+_WIDE_STATE = ("momentum_buffer", "normuon_second_moment", "exp_avg", "exp_avg_sq")
+
+
+def _state_dtype(p: Tensor) -> torch.dtype:
+    """fp32 for fp32/bf16/fp16 parameters, fp64 for fp64 ones: state is never narrower than fp32
+    nor than the parameter."""
+    return torch.promote_types(p.dtype, torch.float32)
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -121,8 +127,9 @@ class MuonClip(Optimizer):
 
     Precision (``ns_precision``): ``"auto"`` (default) runs Newton-Schulz's products in bf16 on
     CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), fp32 elsewhere; ``"fp32"`` and
-    ``"bf16"`` force one. Momentum, weights and the normalisation stay fp32 in every mode;
-    parameters of any float dtype work (the update is computed in fp32 and cast back).
+    ``"bf16"`` force one. Momentum, moments and the normalisation stay fp32 in every mode (fp64
+    for fp64 parameters, which are updated in fp64); bf16/fp16 parameters are updated in fp32
+    and cast back.
 
     Notes:
       * Muon's update ignores the gradient's scale (NS normalises it), so clipping the
@@ -133,6 +140,9 @@ class MuonClip(Optimizer):
       * A parameter whose ``grad`` is None is skipped (no state is created for it).
       * A refused step (non-finite gradient or max logit, malformed max logits) raises before
         anything changes: parameters and optimizer state stay bit-identical.
+      * ``torch.optim.lr_scheduler.OneCycleLR(cycle_momentum=True)`` cycles ``betas[0]`` (it
+        finds ``betas`` in the defaults), which only AdamW groups use; Muon groups keep their
+        ``momentum``. Pass ``cycle_momentum=False``, or set ``group["momentum"]`` yourself.
 
     Distributed (``torch.distributed`` initialised; see :mod:`muonclip.optim.distributed`):
       * DDP: gradients arrive averaged; each rank orthogonalises its FLOP-balanced share of
@@ -263,10 +273,10 @@ class MuonClip(Optimizer):
         super().load_state_dict(state_dict)
         for param_id, entries in state_dict["state"].items():
             p = id_to_param.get(param_id)
-            for key in _FP32_STATE if p is not None else ():
+            for key in _WIDE_STATE if p is not None else ():
                 value = entries.get(key)
                 if isinstance(value, Tensor) and value.is_floating_point():
-                    self.state[p][key] = value.to(device=p.device, dtype=torch.float32)
+                    self.state[p][key] = value.to(device=p.device, dtype=_state_dtype(p))
 
     def _check_loadable(self, state_dict: dict) -> dict:
         """Raise ``ValueError`` unless ``state_dict`` fits this optimizer; return saved id -> param.
@@ -308,7 +318,8 @@ class MuonClip(Optimizer):
 
     # -- state ----------------------------------------------------------------------------
     def _init_state(self, p: Tensor, group: dict, expert_stack: bool = False) -> dict:
-        """The state of ``p`` (created on first use: fp32, shaped and sharded like ``p``).
+        """The state of ``p`` (created on first use: fp32, or fp64 for an fp64 ``p``; shaped and
+        sharded like ``p``).
 
         Muon: ``momentum_buffer``, plus ``normuon_second_moment`` (per row of p, sharded like
         p's rows) in a NorMuon group -- also added later if a group turns NorMuon on.
@@ -317,14 +328,14 @@ class MuonClip(Optimizer):
         state = self.state[p]
         if group.get("algorithm", "muon") == "muon":
             if not state:
-                state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+                state["momentum_buffer"] = torch.zeros_like(p, dtype=_state_dtype(p))
             if group.get("normuon") and "normuon_second_moment" not in state:
                 state["normuon_second_moment"] = distributed.zeros_rows_like(
                     p, second_moment_shape(p.shape, expert_stack))
         elif not state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=_state_dtype(p))
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=_state_dtype(p))
         return state
 
     def init_state(self) -> None:
@@ -461,7 +472,7 @@ class MuonClip(Optimizer):
             blocks = [all_blocks[i] for i in keep]
             bufs = [distributed.local(self._init_state(p, group, f)["momentum_buffer"])
                     for p, f in zip(params, flags, strict=True)]
-            grads = [distributed.local(p.grad).float() for p in params]
+            grads = [distributed.local(p.grad).to(_state_dtype(p)) for p in params]
             updates = muon_math.muon_momentum_(bufs, grads, group["momentum"], group["nesterov"])
             work.append((group, params, updates, flags, blocks))
         if ctx is not None:

@@ -122,6 +122,14 @@ def test_empty_matrices_have_empty_directions(shape):
     assert directions[0].shape == shape and torch.isfinite(directions[1]).all()
 
 
+@pytest.mark.parametrize("scale", [1e18, 1e30])
+def test_huge_gradient_still_orthogonalises(scale):
+    """A finite gradient whose Frobenius norm overflows fp32 (entries ~1e18) gave a zero
+    direction (x * 1/inf); it is prescaled like a tiny one, so the direction ignores the scale."""
+    G = torch.randn(32, 96, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(muon_math.newton_schulz(G * scale), muon_math.newton_schulz(G), rtol=1e-4, atol=1e-5)
+
+
 def test_tiny_norm_gradient_still_orthogonalises():
     G = torch.randn(16, 32) * 1e-30
     s = _svals(muon_math.newton_schulz(G))

@@ -32,6 +32,50 @@ def test_muon_matches_float64_reference_over_10_steps(shape, nesterov, request):
     torch.testing.assert_close(opt.state[p]["momentum_buffer"].double(), ref_buf, rtol=1e-6, atol=1e-6)
 
 
+def test_float64_parameters_are_not_narrowed():
+    """fp64 parameters used to crash an AdamW group (fp32 moments against an fp64 gradient,
+    after part of the step was applied) and were rounded to fp32 on every Muon step, even at
+    lr 0. State now follows the parameter when it is wider than fp32."""
+    g = torch.Generator().manual_seed(7)
+    w0, b0 = torch.randn(12, 20, dtype=torch.float64, generator=g), torch.randn(20, dtype=torch.float64, generator=g)
+    w, b = nn.Parameter(w0.clone()), nn.Parameter(b0.clone())
+    opt = MuonClip([{"params": [w]}, {"params": [b], "algorithm": "adamw"}], lr=0.0, weight_decay=0.0,
+                   ns_precision="fp32")
+    w.grad = torch.randn(12, 20, dtype=torch.float64, generator=g)
+    b.grad = torch.randn(20, dtype=torch.float64, generator=g)
+    opt.step()
+    assert torch.equal(w.detach(), w0) and torch.equal(b.detach(), b0)
+    assert {t.dtype for st in opt.state.values() for k, t in st.items() if k != "step"} == {torch.float64}
+
+
+def test_float64_adamw_group_matches_torch_adamw_bit_for_bit():
+    g = torch.Generator().manual_seed(8)
+    b0 = torch.randn(20, dtype=torch.float64, generator=g)
+    ours, theirs = nn.Parameter(b0.clone()), nn.Parameter(b0.clone())
+    opt = MuonClip([{"params": [ours], "algorithm": "adamw"}], lr=1e-2, weight_decay=0.1)
+    reference = torch.optim.AdamW([theirs], lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95), foreach=False)
+    for _ in range(6):
+        grad = torch.randn(20, dtype=torch.float64, generator=g)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        opt.step()
+        reference.step()
+    assert torch.equal(ours.detach(), theirs.detach())
+
+
+def test_float64_muon_matches_float64_reference():
+    g = torch.Generator().manual_seed(9)
+    w = nn.Parameter(torch.randn(24, 40, dtype=torch.float64, generator=g) * 0.1)
+    opt = MuonClip([w], lr=0.02, weight_decay=0.1, ns_precision="fp32")
+    ref_w, ref_buf = w.detach().clone(), torch.zeros(24, 40, dtype=torch.float64)
+    for _ in range(5):
+        grad = torch.randn(24, 40, dtype=torch.float64, generator=g)
+        w.grad = grad.clone()
+        opt.step()
+        ref_w, ref_buf = reference_muon_step(ref_w, grad, ref_buf, lr=0.02, weight_decay=0.1)
+    torch.testing.assert_close(w.detach(), ref_w, rtol=0, atol=1e-5)  # NS itself runs in fp32
+    torch.testing.assert_close(opt.state[w]["momentum_buffer"], ref_buf, rtol=1e-12, atol=1e-12)
+
+
 def _adamw_pair(toy_lm, **kw):
     torch.manual_seed(0)
     model = toy_lm()
