@@ -120,6 +120,10 @@ def _cmd_sae(args: argparse.Namespace) -> int:
 
             cfg = resume_sae_config(args.resume, overrides)
             result = train_sae(cfg, args.resume, resume=True, progress=None if not args.no_progress else False)
+            if result.get("complete"):
+                from .sae.plots import save_l0_png
+
+                save_l0_png([Path(args.resume)], Path(args.resume) / "l0.png")
             print(json.dumps(result))
             return 0
         if not args.run:
@@ -130,6 +134,10 @@ def _cmd_sae(args: argparse.Namespace) -> int:
         done = (out / "checkpoint.pt").exists() or (out / "compare.json").exists()
         if done and not args.force:
             raise ConfigError(f"{out} already holds an SAE; --resume it, pick another --out, or --force")
+        if args.force:
+            from .sae.train import clear_sae_dir
+
+            clear_sae_dir(out)
         if args.layer is not None:
             overrides.append(f"layer={args.layer}")
         if args.kind:
@@ -154,6 +162,9 @@ def _cmd_sae(args: argparse.Namespace) -> int:
         save_l0_png([out], out / "l0.png")
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"muonclip sae: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the SAE directory cannot be created or written
+        print(f"muonclip sae: error: cannot write the SAE: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
     return 0

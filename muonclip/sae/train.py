@@ -12,6 +12,7 @@ An SAE directory holds:
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ from .config import (
 from .model import SparseAutoencoder
 
 __all__ = ["SAE_METRIC_FIELDS", "SUMMARY_FIELDS", "build_sae", "build_sae_optimizer", "train_sae", "run_sae",
-           "resume_sae_config", "evaluate_sae", "load_sae"]
+           "resume_sae_config", "evaluate_sae", "load_sae", "clear_sae_dir"]
 
 # Every metrics.jsonl row has exactly these keys (documented schema; tests check it).
 SAE_METRIC_FIELDS = (
@@ -168,6 +169,9 @@ def _train_sae(cfg: SAEConfig, sae_dir: str | Path, buffer: ActivationBuffer | N
         optimizer.load_state_dict(state["optimizer"])
         last_fired = state["last_fired"]
         start_step, prior_time = state["step"], state["time"]
+        if start_step > cfg.steps:
+            raise ConfigError(f"{ckpt_path} is at step {start_step}, past steps={cfg.steps}: an SAE cannot end "
+                              f"before its checkpoint (--set steps={start_step} or more)")
         log(f"resuming {sae_dir} at step {start_step}/{cfg.steps}")
     else:
         sae_dir.mkdir(parents=True, exist_ok=True)
@@ -252,9 +256,16 @@ def _loss_recovered(sae: SparseAutoencoder, buffer: ActivationBuffer, source: di
     if not run_dir or not Path(run_dir).is_dir():
         return {}
     try:
-        run_cfg, model, dataset, _ = load_run(run_dir)
+        run_cfg, model, dataset, info = load_run(run_dir)
     except (ConfigError, CheckpointError) as exc:
         log(f"skipping loss-recovered evaluation: {exc}")
+        return {}
+    trained_on = (source.get("run_config_hash"), source.get("run_step"))
+    if trained_on != (info["run_config_hash"], info["run_step"]):
+        # the run was retrained or continued since the activations were collected: splicing
+        # this SAE into that model would measure a model it never saw
+        log(f"skipping loss-recovered evaluation: {run_dir} is now config {info['run_config_hash']} at step "
+            f"{info['run_step']}, but this SAE was trained on config {trained_on[0]} at step {trained_on[1]}")
         return {}
     s = buffer.scale
     mean = buffer.eval.mean(0) / s
@@ -324,6 +335,28 @@ def _run_sae(run_dir: str | Path, cfg: SAEConfig, sae_dir: str | Path, *, buffer
     })
     return train_sae(cfg, sae_dir, buffer, progress=progress, log=log, stop_after=stop_after,
                      tensorboard=tensorboard)
+
+
+# What training an SAE (or a comparison) writes in its directory; ``--force`` removes these
+# first, so a forced run that is killed cannot leave the earlier SAE's summary or checkpoint
+# beside its own config. The activation buffer is kept: it is reused only when it matches.
+SAE_ARTIFACTS = ("checkpoint.pt", "summary.json", "config.json", "sae.json", "metrics.jsonl", "tb", "l0.png",
+                 "compare.json", "compare.md")
+
+
+def clear_sae_dir(out: str | Path) -> None:
+    """Remove :data:`SAE_ARTIFACTS` from ``out`` and from the SAE directories inside it (a
+    comparison's ``adam/`` and ``muon/``); other files stay."""
+    out = Path(out)
+    if not out.is_dir():
+        return
+    for directory in [out, *(d for d in out.iterdir() if d.is_dir() and (d / "sae.json").is_file())]:
+        for name in SAE_ARTIFACTS:
+            path = directory / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def resume_sae_config(sae_dir: str | Path, overrides: list[str]) -> SAEConfig:

@@ -209,3 +209,69 @@ def test_cli_errors_exit_2(run_dir, tmp_path, capsys):
         (tmp_path / "r" / "config.json").write_text(json.dumps({"d_sae": 8, "layer": 0}))
         resume_sae_config(tmp_path / "r", ["lr=0.5"])
     assert not (tmp_path / "o").exists()
+
+
+SMALL = ["steps=20", "l1_warmup_steps=5", "n_tokens=4096", "n_eval_tokens=512", "batch_size=128",
+         "dead_window=10"]
+
+
+def test_resume_cannot_end_before_the_checkpoint_and_draws_l0(run_dir, tmp_path, capsys):
+    """steps below the checkpoint's step was accepted and relabelled the checkpoint with the
+    earlier step while it held the later weights; a CLI resume never drew l0.png."""
+    sae = tmp_path / "sae"
+    run_sae(run_dir, apply_overrides(QUICK, SMALL), sae, progress=False, log=lambda m: None, stop_after=12)
+    checkpoint = (sae / "checkpoint.pt").read_bytes()
+    assert main(["sae", "--resume", str(sae), "--set", "steps=10", "--no-progress"]) == 2
+    assert "is at step 12, past steps=10" in capsys.readouterr().err
+    assert (sae / "checkpoint.pt").read_bytes() == checkpoint
+    assert main(["sae", "--resume", str(sae), "--no-progress"]) == 0
+    assert (sae / "l0.png").is_file()
+
+
+def test_force_clears_the_earlier_sae_and_nothing_else(run_dir, tmp_path):
+    from muonclip.sae.train import SAE_ARTIFACTS, clear_sae_dir
+
+    out = tmp_path / "cmp"
+    for directory in (out, out / "adam"):
+        (directory / "tb").mkdir(parents=True)
+        for name in SAE_ARTIFACTS:
+            if name != "tb":
+                (directory / name).write_text("old")
+    (out / "activations.pt").write_text("a cache, reused only when it matches")
+    (out / "notes.txt").write_text("mine")
+    (out / "other").mkdir()
+    (out / "other" / "summary.json").write_text("not an SAE directory: no sae.json")
+    clear_sae_dir(out)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "activations.pt", "adam", "notes.txt", "other", "other/summary.json"]
+    first = tmp_path / "sae"
+    assert main(["sae", "--run", str(run_dir), "--quick", "--set", *SMALL, "--out", str(first), "--no-progress"]) == 0
+    assert main(["sae", "--run", str(run_dir), "--quick", "--set", *SMALL, "kind=topk", "k=4", "--out", str(first),
+                 "--force", "--no-progress"]) == 0
+    assert json.loads((first / "summary.json").read_text())["kind"] == "topk"
+    assert len(list((first / "tb").iterdir())) == 1
+
+
+def test_loss_recovered_is_skipped_when_the_run_changed(run_dir, tmp_path):
+    """Resuming an SAE after its run was retrained spliced it into a model it never saw and
+    reported that loss as its own; the evaluation is now skipped, with a message."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    sae = tmp_path / "sae"
+    run_sae(run, apply_overrides(QUICK, SMALL), sae, progress=False, log=lambda m: None, stop_after=12)
+    cfg = apply_overrides(json_config(run), ["run.steps=12"])
+    train(cfg, run, progress=False, log=lambda m: None)  # a fresh run in the same directory
+    messages = []
+    from muonclip.sae.train import resume_sae_config, train_sae
+
+    summary = train_sae(resume_sae_config(sae, []), sae, resume=True, progress=False, log=messages.append)
+    assert summary["complete"] and "loss_recovered" not in summary
+    assert any("skipping loss-recovered evaluation" in m and "trained on config" in m for m in messages)
+
+
+def json_config(run):
+    from muonclip.lab.config import load_config
+
+    return load_config(run / "config.json")
