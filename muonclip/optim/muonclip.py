@@ -343,7 +343,10 @@ class MuonClip(Optimizer):
 
         ``torch.distributed.checkpoint.state_dict`` otherwise initialises state with a fake
         ``step()`` at lr 0, which would also run QK-Clip on stale max logits; call this on a
-        fresh optimizer before ``get_optimizer_state_dict`` / ``set_optimizer_state_dict``.
+        fresh optimizer before ``get_optimizer_state_dict`` / ``set_optimizer_state_dict``, and
+        before saving too, so that a parameter that never stepped (skipped on every rank) has
+        state in the checkpoint: a load asks for every parameter's. Zero state is what a first
+        step would create, so training goes on identically.
         """
         for group in self.param_groups:
             for p, stack in zip(group["params"], expert_flags(group), strict=True):
@@ -436,7 +439,8 @@ class MuonClip(Optimizer):
                 f"non-finite gradient {where}; the step was refused and parameters and optimizer "
                 "state are unchanged (pass nonfinite='skip' to skip such steps instead)")
         if flags[-1] < 1.0:
-            shown = [t.tolist() for t in logits] if logits is not None else "on another rank"
+            local_bad = logits is not None and not all(bool(torch.isfinite(t).all()) for t in logits)
+            shown = [t.tolist() for t in logits] if local_bad else "on another rank"
             raise ValueError(f"max logits must be finite for QK-Clip, got {shown}; the step was refused "
                              "and parameters and optimizer state are unchanged")
         return (flags[:-2] > 0.5).tolist()

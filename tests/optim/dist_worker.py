@@ -186,8 +186,10 @@ class _Partial(nn.Module):
         return y.square().mean()
 
 
-def scenario_none_grad(rank: int, world: int) -> dict:
+def scenario_none_grad(rank: int, world: int, outdir: Path) -> dict:
     import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     out = {}
@@ -206,6 +208,24 @@ def scenario_none_grad(rank: int, world: int) -> dict:
         opt.step()
     out["manual"] = {n: p.detach().clone() for n, p in m.named_parameters()}
     out["manual_before"] = before
+    # b and c never stepped, so they have no state. The documented DCP recipe calls
+    # init_state() before saving as well as before loading, so their (zero) state is saved and
+    # the fresh optimizer's load finds every key it asks for.
+    ckpt = outdir / "none_grad_ckpt"
+    opt.init_state()
+    msd, osd = get_state_dict(m, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(ckpt))
+    dist.barrier()
+    fresh = _Partial(use_b=rank == 0)
+    opt_fresh = MuonClip([{"params": [fresh.a.weight, fresh.b.weight], "algorithm": "muon"},
+                          {"params": [fresh.c], "algorithm": "adamw"}], lr=0.02)
+    opt_fresh.init_state()
+    msd, osd = get_state_dict(fresh, opt_fresh)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(ckpt))
+    set_state_dict(fresh, opt_fresh, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    out["dcp_momentum"] = (opt.state[m.a.weight]["momentum_buffer"].clone(),
+                           opt_fresh.state[fresh.a.weight]["momentum_buffer"].clone())
     # 2. DDP with find_unused_parameters=True and b unused on rank 1 (KellerJordan/Muon #37).
     m2 = _Partial(use_b=rank == 0)
     ddp = DDP(m2, find_unused_parameters=True)
@@ -406,7 +426,7 @@ def scenario_fsdp_variants(rank: int, world: int, outdir: Path) -> dict:
 SCENARIOS = {"ddp": scenario_ddp, "fsdp": scenario_fsdp, "none_grad": scenario_none_grad, "dcp": scenario_dcp,
              "empty_shard": scenario_empty_shard, "dcp_sched": scenario_dcp_sched,
              "ddp_variants": scenario_ddp_variants, "fsdp_variants": scenario_fsdp_variants}
-_NEEDS_OUTDIR = {"dcp", "dcp_sched", "fsdp_variants"}
+_NEEDS_OUTDIR = {"dcp", "dcp_sched", "fsdp_variants", "none_grad"}
 
 
 def _worker(rank: int, world: int, outdir: str, scenarios: list[str]) -> None:

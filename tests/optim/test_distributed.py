@@ -195,6 +195,10 @@ def test_grad_none_on_one_rank_does_not_hang(tmp_path):
     assert torch.equal(r0["manual"]["b.weight"], before["b.weight"])
     assert torch.equal(r0["manual"]["c"], before["c"])
     assert not torch.equal(r0["manual"]["a.weight"], before["a.weight"])
+    # the DCP recipe resumes although b and c never stepped (their state used to be missing)
+    for r in (r0, r1):
+        saved, loaded = r["dcp_momentum"]
+        assert torch.equal(saved, loaded)
     # a NaN gradient on rank 1 only: skipped on both ranks, then refused on both ranks
     for r, where in ((r0, "on another rank"), (r1, "in parameter #0")):
         (skip, skipped), (raised, msg) = r["nonfinite"]

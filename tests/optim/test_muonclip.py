@@ -376,6 +376,24 @@ def test_refused_qk_clip_step_changes_nothing(toy_lm, toy_batch, bad, assert_sam
     assert_same_optimizer_state(state, opt.state_dict())
 
 
+def test_refusal_for_another_ranks_nan_logit_says_so(toy_lm, toy_batch, monkeypatch):
+    """When only rank 1's max logits are NaN, rank 0 refuses too, but its message used to show
+    its own finite values as the culprit."""
+    from muonclip.optim import distributed
+
+    model, opt = _clip_setup(toy_lm)
+    model(toy_batch()).logsumexp(-1).mean().backward()
+
+    def min_with_a_nan_rank(flags, op, ctx):
+        flags[-1] = 0.0  # the MIN all-reduce with a rank whose max logits are not finite
+        return flags
+
+    monkeypatch.setattr(distributed, "context", lambda params, group: object())
+    monkeypatch.setattr(distributed, "all_reduce_", min_with_a_nan_rank)
+    with pytest.raises(ValueError, match="must be finite for QK-Clip, got on another rank"):
+        opt.step(max_logits=[torch.tensor([5.0, 1.0]), torch.tensor([1.0])])
+
+
 def test_negative_and_mixed_sign_logits_never_clip(toy_lm, toy_batch):
     """Megatron-LM #7517 (NaN weights for negative max logits) through the optimizer."""
     model, opt = _clip_setup(toy_lm)
