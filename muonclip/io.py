@@ -10,12 +10,13 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import socket
 from pathlib import Path
 from typing import Any, Union
 
 __all__ = ["LockedError", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "exclusive_lock",
-           "read_json"]
+           "read_json", "remove_named"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -154,4 +155,15 @@ def exclusive_lock(path: PathLike, what: str):
         yield path
     finally:
         if _holder(path) == (os.getpid(), socket.gethostname()):
+            path.unlink(missing_ok=True)
+
+
+def remove_named(directory: PathLike, names: tuple[str, ...]) -> None:
+    """Remove the files and folders called ``names`` in ``directory`` (absent ones are fine);
+    nothing else there is touched."""
+    for name in names:
+        path = Path(directory) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
             path.unlink(missing_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..io import atomic_write_json, exclusive_lock, read_json
+from ..io import atomic_write_json, exclusive_lock, read_json, remove_named
 from ..models import GPT
 from ..optim import MuonClip, build_param_groups
 from . import distributed as lab_dist
@@ -192,12 +191,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(run_dir / LOCK_FILE, f"run directory {run_dir}"):
         if not resume:
-            for name in RUN_ARTIFACTS:
-                path = run_dir / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+            remove_named(run_dir, RUN_ARTIFACTS)
         return _train(cfg, run_dir, resume, progress, log, stop_after)
 
 

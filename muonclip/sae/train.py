@@ -12,7 +12,6 @@ An SAE directory holds:
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..io import atomic_write_json
+from ..io import atomic_write_json, remove_named
 from ..lab.checkpoint import CheckpointError, checkpoint_due, load_checkpoint, save_checkpoint
 from ..lab.config import ConfigError, apply_overrides
 from ..lab.metrics import MetricsLog, read_metrics
@@ -351,12 +350,7 @@ def clear_sae_dir(out: str | Path) -> None:
     if not out.is_dir():
         return
     for directory in [out, *(d for d in out.iterdir() if d.is_dir() and (d / "sae.json").is_file())]:
-        for name in SAE_ARTIFACTS:
-            path = directory / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+        remove_named(directory, SAE_ARTIFACTS)
 
 
 def resume_sae_config(sae_dir: str | Path, overrides: list[str]) -> SAEConfig:
