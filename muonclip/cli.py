@@ -196,7 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="MuonClip: Muon with exact QK-Clip, a CPU-scale training lab and a measured story.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="the main job (what `make demo` runs)")
+    demo = sub.add_parser(
+        "demo", help="the main job (what `make demo` runs)",
+        description="The full story on the embedded default corpus: `muonclip story` with its defaults. Trains "
+                    "every run the story needs into runs/cache (runs whose config hash matches are reused, and a "
+                    "killed run resumes from its checkpoint), draws each figure from the measured runs, and writes "
+                    "runs/story/report.html. For a shortened version, run `muonclip story --quick`.",
+    )
     demo.set_defaults(func=_cmd_demo)
     st = sub.add_parser(
         "story", help="train/reuse the story's runs and draw every figure, GIF and report.html",

@@ -292,6 +292,14 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+def test_missing_datasets_package_is_a_clean_error(tmp_path, capsys, monkeypatch):
+    """It used to print the ImportError's traceback."""
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now raises ImportError
+    assert cli_main(["train", "--hf-dataset", "some/corpus", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "optional 'datasets' package" in err and "Traceback" not in err
+
+
 def test_empty_corpus_is_an_error(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
