@@ -115,6 +115,8 @@ def _holder(path: Path) -> tuple[int, str] | None:
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would signal the process there, not probe it
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
