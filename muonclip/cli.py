@@ -33,6 +33,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job: the full story (runs cached in runs/cache, report in runs/story)."""
     print("muonclip demo: the MuonClip story, drawn from measured runs (cached runs are reused)", flush=True)
@@ -46,8 +56,12 @@ def _cmd_story(args: argparse.Namespace) -> int:
     from .story.pipeline import run_story
 
     t0 = time.perf_counter()
-    result = run_story(args.out, cache_dir=args.cache, quick=args.quick, sae=not args.no_sae,
-                       threads=args.threads or 1)
+    try:
+        result = run_story(args.out, cache_dir=args.cache, quick=args.quick, sae=not args.no_sae,
+                           threads=args.threads or 1)
+    except (OSError, ValueError) as exc:  # an unwritable --out or --cache, a damaged cached file
+        print(f"muonclip story: error: {exc}", file=sys.stderr)
+        return 2
     print(f"story: {len(result.files)} files in {result.out_dir} ({time.perf_counter() - t0:.0f} s)")
     for name, err in result.errors.items():
         print(f"story: problem with {name}: {err}", file=sys.stderr)
@@ -177,7 +191,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     try:
         path = reproduce_main(only=args.only, quick=args.quick, cache=args.cache, out=args.out,
                               threads=args.threads, determinism=not args.no_determinism_check)
-    except (ConfigError, DataError, ValueError) as exc:
+    except (ConfigError, DataError, ValueError, OSError) as exc:
         print(f"muonclip reproduce: error: {exc}", file=sys.stderr)
         return 2
     print(path)
@@ -199,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="the main job (what `make demo` runs)",
         description="The full story on the embedded default corpus: `muonclip story` with its defaults. Trains "
-                    "every run the story needs into runs/cache (runs whose config hash matches are reused, and a "
-                    "killed run resumes from its checkpoint), draws each figure from the measured runs, and writes "
+                    "every run the story needs into runs/cache (runs whose config hash matches are reused; a "
+                    "killed run is trained again, as the story's presets checkpoint only at the end), draws each "
+                    "figure from the measured runs, and writes "
                     "runs/story/report.html. For a shortened version, run `muonclip story --quick`.",
     )
     demo.set_defaults(func=_cmd_demo)
@@ -213,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--cache", default="runs/cache", metavar="DIR", help="run cache (default: runs/cache)")
     st.add_argument("--out", default="runs/story", metavar="DIR", help="output folder (default: runs/story)")
     st.add_argument("--no-sae", action="store_true", help="skip the sparse-autoencoder L0 chapter")
-    st.add_argument("--threads", type=int, metavar="N",
-                    help="torch CPU threads (default 1: steadiest on a shared machine)")
+    st.add_argument("--threads", type=_non_negative_int, metavar="N",
+                    help="torch CPU threads (default 1: steadiest on a shared machine; 0 also means 1)")
     st.set_defaults(func=_cmd_story)
     tr = sub.add_parser(
         "train", help="train a lab model (see `muonclip presets`)",
@@ -262,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "see `muonclip presets`), the QK-Clip trade-off sweep and the field comparison's table "
                     "through a run cache keyed by config hash, then write OUT/results.md "
                     "with the exact commands, the measured numbers, the targets met or missed, and PNG figures in "
-                    "OUT/figures/. Cached runs are reused, interrupted ones resumed. The full set takes ~20-40 "
+                    "OUT/figures/. Complete cached runs are reused; interrupted ones are trained again (the presets "
+                    "checkpoint only at the end). The full set takes ~20-40 "
                     "min on 2 CPU cores; --quick runs shortened versions in a few minutes.",
     )
     rp.add_argument("--only", action="append", metavar="NAME",
@@ -273,15 +289,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run cache directory (default: runs/reproduce)")
     rp.add_argument("--out", default="docs", metavar="DIR",
                     help="where results.md and figures/ go (default: docs)")
-    rp.add_argument("--threads", type=int, default=1, metavar="N",
-                    help="torch CPU threads (default 1: deterministic and fastest on a shared 2-core machine)")
+    rp.add_argument("--threads", type=_non_negative_int, default=1, metavar="N",
+                    help="torch CPU threads (default 1: deterministic and fastest on a shared 2-core machine; "
+                         "0 keeps torch's own setting)")
     rp.add_argument("--no-determinism-check", action="store_true",
                     help="skip training a short MuonClip run twice to check bit-for-bit determinism")
     rp.set_defaults(func=_cmd_reproduce)
-    pr = sub.add_parser("presets", help="list the named training presets")
+    pr = sub.add_parser("presets", help="list the named training presets",
+                        description="List every named training preset with what it trains; use one with "
+                                    "`muonclip train --preset NAME` and change it with --set key=value.")
     pr.set_defaults(func=_cmd_presets)
-    bench = sub.add_parser("bench", help="optimizer step benchmark; extra args go to the script")
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench = sub.add_parser(
+        "bench", help="optimizer step benchmark; extra args go to the script",
+        description="Run benchmarks/optimizer_step.py: MuonClip in each precision against torch.optim.Muon and "
+                    "AdamW, side by side in one process, with the CPU's bf16 capability, the NS5 FLOP bounds and "
+                    "an AVX2-capped child. Prints one JSON line. Arguments after `bench` go to the script, e.g. "
+                    "`muonclip bench --threads 2 --breakdown`; `python benchmarks/optimizer_step.py --help` "
+                    "lists them.")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, metavar="ARGS",
+                       help="arguments for benchmarks/optimizer_step.py")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

@@ -7,6 +7,7 @@ through :func:`load_run`, which returns everything in one :class:`RunData`.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,12 @@ def read_spectra(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     path = Path(path)
     if not path.exists():
         return np.zeros(0, dtype=np.int64), {}
-    with np.load(path) as data:
-        steps = data["steps"].copy() if "steps" in data.files else np.zeros(0, dtype=np.int64)
-        return steps, {k: data[k].copy() for k in data.files if k != "steps"}
+    try:
+        with np.load(path) as data:
+            steps = data["steps"].copy() if "steps" in data.files else np.zeros(0, dtype=np.int64)
+            return steps, {k: data[k].copy() for k in data.files if k != "steps"}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is damaged ({exc}); delete its run directory to train the run again") from exc
 
 
 def _read_json(path: Path, default: Any) -> Any:
@@ -80,8 +84,15 @@ def read_run_info(run_dir: str | Path) -> dict:
 
 
 def is_complete(run_dir: str | Path) -> bool:
-    """True once the run has finished (its summary.json is written last)."""
-    return (Path(run_dir) / SUMMARY_FILE).exists()
+    """True once the run has finished (its summary.json is written last) and its metrics log
+    still holds every step the summary counts; a damaged log would draw a shortened run."""
+    run_dir = Path(run_dir)
+    try:
+        steps = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    logged = {row.get("step") for row in read_metrics(run_dir / METRICS_FILE)}
+    return isinstance(steps, int) and all(step in logged for step in range(1, steps + 1))
 
 
 @dataclass

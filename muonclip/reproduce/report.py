@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..io import atomic_write_text
 from ..lab import apply_overrides, get_preset
 from ..lab.rundir import read_metrics
 from ..lab.train import train
@@ -88,6 +89,12 @@ def main(*, only: list[str] | None = None, quick: bool = False, cache: str | Pat
     bad = [n for n in names if n not in SECTIONS]
     if bad:
         raise ValueError(f"unknown section {bad[0]!r}; choose from {', '.join(SECTION_NAMES)}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 keeps torch's setting), got {threads}")
+    out = Path(out)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)  # before training: an unwritable --out fails first
+    Path(cache).mkdir(parents=True, exist_ok=True)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -97,9 +104,6 @@ def main(*, only: list[str] | None = None, quick: bool = False, cache: str | Pat
         sections = [SECTIONS[n](rn) for n in names]
         sae_md = sae_section(rn) if only is None else None
         det = determinism_check(log) if determinism else None
-        out = Path(out)
-        fig_dir = out / "figures"
-        fig_dir.mkdir(parents=True, exist_ok=True)
         for sec in sections:
             for stem, fig in sec.figures.items():
                 fig.savefig(fig_dir / f"{stem}.png", dpi=110)
@@ -108,6 +112,6 @@ def main(*, only: list[str] | None = None, quick: bool = False, cache: str | Pat
     finally:
         torch.set_num_threads(before)
     path = out / "results.md"
-    path.write_text(text + "\n", encoding="utf-8")
+    atomic_write_text(path, text + "\n")
     log(f"[reproduce] wrote {path}")
     return path

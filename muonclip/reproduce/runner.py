@@ -42,8 +42,10 @@ def ensure_run(cfg: TrainConfig, cache_dir: str | Path, label: str, *, progress:
                log: Callable[[str], None] | None = None) -> Path:
     """The run directory of ``cfg``, training it first unless a complete run is cached.
 
-    A cached run counts only if its ``summary.json`` exists (it is written last). A run that
-    was interrupted resumes from its checkpoint; one whose checkpoint is unreadable restarts.
+    A cached run counts only if its ``summary.json`` exists (it is written last) and its
+    metrics log is whole. A run that was interrupted resumes from its checkpoint, if it wrote
+    one (``run.checkpoint_every``, or the end of the run); one whose checkpoint or metrics log
+    is damaged trains again from the start, with a message.
     """
     cached = cached_run(cfg, cache_dir, label)
     if cached is not None:
@@ -54,9 +56,11 @@ def ensure_run(cfg: TrainConfig, cache_dir: str | Path, label: str, *, progress:
     resume = (run_dir / "checkpoint.pt").exists()
     try:
         train(cfg, run_dir, resume=resume, progress=progress, log=log)
-    except CheckpointError:
+    except CheckpointError as exc:
         if not resume:
             raise
+        if log:
+            log(f"training {run_dir} again from the start: {exc}")
         train(cfg, run_dir, resume=False, progress=progress, log=log)
     return run_dir
 

@@ -243,6 +243,15 @@ def run_sweep(cfg: TradeoffConfig, taus=SWEEP_TAUS, seq_lens=SWEEP_SEQ_LENS, *,
             "seq_lens": list(seq_lens), "cells": cells, "seconds": time.perf_counter() - t0}
 
 
+def _read_cached(path: Path) -> dict | None:
+    """A cached result, or None when absent or damaged (then it is computed again)."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
 def ensure_tradeoff_sweep(cfg: TradeoffConfig, cache_dir: str | Path, taus=SWEEP_TAUS, seq_lens=SWEEP_SEQ_LENS, *,
                           git_sha: str | None = None,
                           progress: Callable[[int], None] | None = None) -> tuple[dict, Path]:
@@ -251,8 +260,9 @@ def ensure_tradeoff_sweep(cfg: TradeoffConfig, cache_dir: str | Path, taus=SWEEP
     key = hashlib.sha256(spec.encode("utf-8")).hexdigest()[:12]
     run_dir = Path(cache_dir) / f"tradeoff-sweep-{key}"
     path = run_dir / "result.json"
-    if path.exists():
-        return json.loads(path.read_text(encoding="utf-8")), run_dir
+    cached = _read_cached(path)
+    if cached is not None:
+        return cached, run_dir
     result = run_sweep(cfg, taus, seq_lens, progress=progress)
     result["run_id"] = run_dir.name
     result["git_sha"] = git_sha
@@ -266,8 +276,9 @@ def ensure_tradeoff(cfg: TradeoffConfig, cache_dir: str | Path, *, git_sha: str 
     """The cached result for ``cfg`` (``cache_dir/tradeoff-HASH/result.json``), computing it if absent."""
     run_dir = Path(cache_dir) / f"tradeoff-{cfg.hash()}"
     path = run_dir / "result.json"
-    if path.exists():
-        return json.loads(path.read_text(encoding="utf-8")), run_dir
+    cached = _read_cached(path)
+    if cached is not None:
+        return cached, run_dir
     result = run_tradeoff(cfg, progress=progress)
     result["run_id"] = run_dir.name
     result["git_sha"] = git_sha

@@ -175,7 +175,7 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
 
     numbers: dict[str, Any] = {}
     manifest: dict[str, Any] = {}
-    key = _story_key(plan_info, quick, opts)
+    key = _story_key(plan_info, quick, opts, Path(cache_dir))
     previous = _previous(out_dir, key)
     for spec in FIGURES:
         bar.set_description(f"story: figure {spec.key}")
@@ -209,7 +209,7 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
                 if (out_dir / name).exists():
                     used = [p for p in plan_info if any(spec.uses(r) for r in p["roles"])]
                     if spec.key == "loss_vs_tokens" and not used:  # no efficiency runs: drawn from these
-                        used = [p for p in plan_info if set(p["roles"]) & {"dragon", "dragon_adamw", "guardrail"}]
+                        used = [p for p in plan_info if set(p["roles"]) & {"dragon", "dragon_adamw", "dragon_clip"}]
                     if spec.key == "l0" and opts.get("sae_source"):
                         used = [opts["sae_source"]]
                     manifest[name] = {"figure": spec.key, "runs": used}
@@ -245,11 +245,30 @@ def _code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def _story_key(plan_info: list[dict], quick: bool, opts: dict) -> str:
-    """Identity of everything the figures are drawn from: run ids, mode, SAE dirs, drawing code."""
+# The files of a run (or trade-off, or SAE) directory that figures are drawn from.
+_CONTENT_FILES = ("summary.json", "metrics.jsonl", "spectra.npz", "result.json", "compare.json")
+
+
+def _content_digest(directory: Path) -> str:
+    """sha256 of the files figures read in ``directory``: a run retrained under the same name,
+    or a cache swapped for another, changes it."""
+    digest = hashlib.sha256()
+    for name in _CONTENT_FILES:
+        path = directory / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _story_key(plan_info: list[dict], quick: bool, opts: dict, cache_dir: Path) -> str:
+    """Identity of everything the figures are drawn from: run ids and their contents, mode, SAE
+    dirs and their contents, drawing code."""
+    sae_dirs = [Path(d) for d in (opts.get("sae_dirs") or {}).values()]
     parts = {"runs": sorted(p["run_id"] for p in plan_info), "quick": quick, "code": _code_digest(),
-             "sae": sorted(str(Path(d).name) for d in (opts.get("sae_dirs") or {}).values()),
-             "sae_parent": sorted({str(Path(d).parent.name) for d in (opts.get("sae_dirs") or {}).values()})}
+             "contents": sorted(_content_digest(cache_dir / p["run_id"]) for p in plan_info),
+             "sae": sorted(str(d.name) for d in sae_dirs),
+             "sae_parent": sorted({str(d.parent.name) for d in sae_dirs}),
+             "sae_contents": sorted(_content_digest(d) for d in sae_dirs)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

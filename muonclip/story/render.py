@@ -1,11 +1,14 @@
 """Writing figures and animations to disk, with provenance in the files' metadata."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from matplotlib.animation import Animation, PillowWriter
 from matplotlib.figure import Figure
 from PIL import Image
+
+from ..io import atomic_write_bytes
 
 __all__ = ["save_figure", "save_animation", "ProvenanceGifWriter", "provenance_lines"]
 
@@ -22,7 +25,9 @@ def save_figure(fig: Figure, path: str | Path, *, description: str = "", dpi: in
     meta = {"Software": "muonclip story", "Source": " || ".join(provenance_lines(fig))}
     if description:
         meta["Description"] = description
-    fig.savefig(path, dpi=dpi, metadata=meta)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, metadata=meta)
+    atomic_write_bytes(path, buffer.getvalue())  # a kill mid-write must not leave a truncated PNG
     return path
 
 

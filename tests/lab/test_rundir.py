@@ -50,6 +50,27 @@ def test_read_metrics_ends_at_a_damaged_line(tmp_path, damage):
     assert read_metrics(path) == rows[:1]
 
 
+def test_a_run_with_a_truncated_log_is_not_complete(tmp_path):
+    """A cached run whose metrics.jsonl lost rows was drawn as a shortened run; it no longer
+    counts as complete (the story trains it again)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"steps": 3}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(_row(s)) + "\n" for s in (1, 2, 3)))
+    assert is_complete(run)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(_row(s)) + "\n" for s in (1, 2)))
+    assert not is_complete(run)
+    (run / "summary.json").write_text("{")
+    assert not is_complete(run)
+
+
+def test_a_damaged_spectra_file_is_named(tmp_path):
+    path = tmp_path / "spectra.npz"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="spectra.npz is damaged"):
+        read_spectra(path)
+
+
 def test_read_spectra_config_and_info(tmp_path):
     run, _ = _run_dir(tmp_path)
     steps, spectra = read_spectra(run / "spectra.npz")

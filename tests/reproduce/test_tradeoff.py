@@ -32,6 +32,14 @@ def test_ensure_tradeoff_caches_by_config_hash(tmp_path, monkeypatch):
     assert same_dir == run_dir and again["arms"] == result["arms"]
 
 
+def test_a_damaged_cached_tradeoff_is_computed_again(tmp_path):
+    """A truncated result.json used to crash the story with a JSONDecodeError."""
+    result, run_dir = tradeoff.ensure_tradeoff(TINY, tmp_path)
+    (run_dir / "result.json").write_text('{"arms": [')
+    again, _ = tradeoff.ensure_tradeoff(TINY, tmp_path)
+    assert again["arms"] == result["arms"]
+
+
 def test_sweep_cells_and_edge_are_cached_and_complete(tmp_path, monkeypatch):
     from muonclip.reproduce import results
 

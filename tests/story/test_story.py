@@ -1,6 +1,7 @@
 """`muonclip story --quick` from fresh runs: every file, real animations, provenance, numbers."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 
@@ -107,3 +108,40 @@ def test_second_story_reuses_runs_and_figures(quick_story, monkeypatch, tmp_path
     tradeoff.ensure_tradeoff(tiny, tmp_path)
     assert started == ["tradeoff"]
 
+
+
+def test_story_key_follows_the_runs_contents(tmp_path):
+    """A run retrained under the same name kept its old figures: the key named runs only."""
+    from muonclip.story.pipeline import _story_key
+
+    run = tmp_path / "dragon-muon-abc"
+    run.mkdir()
+    (run / "summary.json").write_text('{"steps": 50}')
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    plan = [{"run_id": run.name, "roles": ["dragon"]}]
+    before = _story_key(plan, True, {}, tmp_path)
+    assert _story_key(plan, True, {}, tmp_path) == before
+    (run / "summary.json").write_text('{"steps": 100}')
+    assert _story_key(plan, True, {}, tmp_path) != before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["story", "--quick", "--threads", "-1"], "must be >= 0"),
+    (["story", "--quick", "--out", "{file}"], "File exists"),
+    (["reproduce", "--quick", "--only", "dragon", "--out", "{file}"], "Not a directory"),
+])
+def test_story_and_reproduce_refuse_bad_places_before_training(tmp_path, capsys, monkeypatch, args, message):
+    import muonclip.reproduce.runner as runner
+    from muonclip.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before checking where to write")
+
+    monkeypatch.setattr(runner, "train", no_training)
+    argv = [a.replace("{file}", str(blocker)) for a in args] + ["--cache", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit) if "--threads" in args else contextlib.nullcontext():
+        assert main(argv) == 2
+    assert message in capsys.readouterr().err
