@@ -85,14 +85,20 @@ def read_run_info(run_dir: str | Path) -> dict:
 
 def is_complete(run_dir: str | Path) -> bool:
     """True once the run has finished (its summary.json is written last) and its metrics log
-    still holds every step the summary counts; a damaged log would draw a shortened run."""
+    still holds every step the summary counts (a damaged log would draw a shortened run); an
+    unreadable summary is not complete."""
     run_dir = Path(run_dir)
     try:
-        steps = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))["steps"]
-    except (OSError, ValueError, KeyError, TypeError):
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
+    if not isinstance(summary, dict):
+        return False
+    steps = summary.get("steps")
+    if not isinstance(steps, int):
+        return "steps" not in summary  # a summary that counts no steps has no log to check
     logged = {row.get("step") for row in read_metrics(run_dir / METRICS_FILE)}
-    return isinstance(steps, int) and all(step in logged for step in range(1, steps + 1))
+    return all(step in logged for step in range(1, steps + 1))
 
 
 @dataclass
