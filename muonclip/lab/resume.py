@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig, apply_overrides, config_hash, load_config, to_dict
-from .rundir import METRICS_FILE, read_metrics
+from .rundir import METRICS_FILE, missing_steps
 
 __all__ = ["RESUMABLE_KEYS", "model_hash", "resume_config", "check_metrics_cover"]
 
@@ -45,8 +45,7 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> TrainConfig:
 def check_metrics_cover(run_dir: Path, step: int) -> None:
     """Refuse to resume when metrics.jsonl lacks a step the checkpoint covers: resuming keeps
     only the rows up to the checkpoint, so the missing ones would be lost for good."""
-    logged = {row.get("step") for row in read_metrics(run_dir / METRICS_FILE)}
-    missing = [s for s in range(1, step + 1) if s not in logged]
+    missing = missing_steps(run_dir, step)
     if missing:
         raise CheckpointError(
             f"{run_dir / METRICS_FILE} lacks {len(missing)} of the {step} steps the checkpoint covers (first: step "

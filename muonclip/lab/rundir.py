@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RunData", "load_run", "read_metrics", "read_spectra", "read_config", "read_run_info", "is_complete"]
+__all__ = ["RunData", "load_run", "read_metrics", "read_spectra", "read_config", "read_run_info", "is_complete",
+           "missing_steps"]
 
 METRICS_FILE = "metrics.jsonl"
 SPECTRA_FILE = "spectra.npz"
@@ -97,8 +98,13 @@ def is_complete(run_dir: str | Path) -> bool:
     steps = summary.get("steps")
     if not isinstance(steps, int):
         return "steps" not in summary  # a summary that counts no steps has no log to check
-    logged = {row.get("step") for row in read_metrics(run_dir / METRICS_FILE)}
-    return all(step in logged for step in range(1, steps + 1))
+    return not missing_steps(run_dir, steps)
+
+
+def missing_steps(run_dir: str | Path, steps: int) -> list[int]:
+    """The steps among 1..``steps`` that ``run_dir``'s metrics log has no row for."""
+    logged = {row.get("step") for row in read_metrics(Path(run_dir) / METRICS_FILE)}
+    return [step for step in range(1, steps + 1) if step not in logged]
 
 
 @dataclass

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..io import atomic_write_bytes
+from .rundir import read_spectra
 
 __all__ = ["singular_values", "spectral_entropy", "effective_rank", "SpectraStore"]
 
@@ -59,13 +60,8 @@ class SpectraStore:
     @classmethod
     def load(cls, path: Path, up_to_step: int) -> "SpectraStore":
         out = cls()
-        if not path.exists():
-            return out
-        with np.load(path) as data:
-            steps = data["steps"].tolist()
-            keep = sum(1 for s in steps if s <= up_to_step)
-            out.steps = steps[:keep]
-            for key in data.files:
-                if key != "steps":
-                    out.values[key] = list(data[key][:keep])
+        steps, arrays = read_spectra(path)  # absent: no snapshots; damaged: a ValueError naming it
+        keep = int((steps <= up_to_step).sum())
+        out.steps = steps[:keep].tolist()
+        out.values = {key: list(values[:keep]) for key, values in arrays.items()}
         return out

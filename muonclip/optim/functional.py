@@ -139,7 +139,7 @@ def _normalized_batch(mats: Sequence[Tensor], dtype: torch.dtype, safety: float 
     """
     owned = len(mats) > 1
     X = torch.cat(mats) if owned else mats[0]
-    if X.dtype not in (torch.float32, torch.float64):
+    if X.dtype not in _FULL:
         X, owned = X.float(), True
     tiny = torch.finfo(X.dtype).tiny
     norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)

@@ -39,9 +39,12 @@ NS_IMPLS = ("auto", "gram", "direct")
 _WIDE_STATE = ("momentum_buffer", "normuon_second_moment", "exp_avg", "exp_avg_sq")
 
 
-def _state_dtype(p: Tensor) -> torch.dtype:
-    """fp32 for fp32/bf16/fp16 parameters, fp64 for fp64 ones: state is never narrower than fp32
-    nor than the parameter."""
+def _state_dtype(p: Tensor, key: str = "momentum_buffer") -> torch.dtype:
+    """The dtype ``_init_state`` gives state ``key`` of ``p``: fp32 for fp32/bf16/fp16
+    parameters, fp64 for fp64 ones (never narrower than fp32 nor than the parameter); the
+    NorMuon second moment, a row statistic of fp32 directions, is always fp32."""
+    if key == "normuon_second_moment":
+        return torch.float32
     return torch.promote_types(p.dtype, torch.float32)
 
 
@@ -276,7 +279,7 @@ class MuonClip(Optimizer):
             for key in _WIDE_STATE if p is not None else ():
                 value = entries.get(key)
                 if isinstance(value, Tensor) and value.is_floating_point():
-                    self.state[p][key] = value.to(device=p.device, dtype=_state_dtype(p))
+                    self.state[p][key] = value.to(device=p.device, dtype=_state_dtype(p, key))
 
     def _check_loadable(self, state_dict: dict) -> dict:
         """Raise ``ValueError`` unless ``state_dict`` fits this optimizer; return saved id -> param.
