@@ -11,6 +11,9 @@ are counted against the direct form's:
 * ``bf16_gram_restart_k``: the Gram form restarted after iteration k (X = Q X0 and a fresh Gram
   matrix), the Dao-lab remedy for its drift;
 * ``bf16_then_fp32_last``: four bf16 iterations, the last in fp32;
+* ``bf16_direct_a_on_diagonal``: X <- (a I + b A + c A^2) X, the ``a X`` term folded into the
+  n x n factor's diagonal: it saves copying X into each product's output (a possible CPU
+  saving), at the cost of rounding ``a`` into that bf16 factor;
 * ``bf16_products_fp32_out_direct`` / ``_gram``: iterates kept in fp32, each product's inputs
   rounded to bf16 and accumulated and returned in fp32 -- what CUDA's
   ``torch.bmm(a, b, out_dtype=torch.float32)`` on bf16 inputs and oneDNN's bf16 fpmath mode
@@ -39,16 +42,21 @@ from muonclip.optim.reference import reference_orthogonalize
 COEFFS = ORTHOGONALIZERS["ns5"].schedule(5)
 
 
-def _step(X: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
-    """One quintic step with the library's fused products (one rounding per product)."""
+def _step(X: torch.Tensor, a: float, b: float, c: float, a_on_diagonal: bool = False) -> torch.Tensor:
+    """One quintic step with the library's fused products (one rounding per product);
+    ``a_on_diagonal``: a X + B X computed as (B + a I) X."""
     A = torch.bmm(X, X.mT)
-    return torch.baddbmm(X, torch.baddbmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+    if a_on_diagonal:
+        B.diagonal(dim1=-2, dim2=-1).add_(a)
+        return torch.bmm(B, X)
+    return torch.baddbmm(X, B, X, beta=a)
 
 
-def direct(X0: torch.Tensor, dtypes: list[torch.dtype]) -> torch.Tensor:
+def direct(X0: torch.Tensor, dtypes: list[torch.dtype], a_on_diagonal: bool = False) -> torch.Tensor:
     X = X0
     for (a, b, c), dtype in zip(COEFFS, dtypes, strict=True):
-        X = _step(X.to(dtype), a, b, c)
+        X = _step(X.to(dtype), a, b, c, a_on_diagonal)
     return X.float()
 
 
@@ -142,6 +150,7 @@ def variants(batch: int, rows: int, cols: int, seed: int = 1) -> dict:
         "bf16_gram_restart_2": gram(X0, bf16, restart_after=2),
         "bf16_gram_restart_3": gram(X0, bf16, restart_after=3),
         "bf16_then_fp32_last": direct(X0, [bf16] * 4 + [fp32]),
+        "bf16_direct_a_on_diagonal": direct(X0, [bf16] * 5, a_on_diagonal=True),
         "bf16_products_fp32_out_direct": fp32_iterates(X0, _bf16_product),
         "bf16_products_fp32_out_gram": fp32_iterates(X0, _bf16_product, "gram"),
         "bf16x3_direct": fp32_iterates(X0, _bf16x3_product),

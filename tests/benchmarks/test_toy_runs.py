@@ -49,7 +49,8 @@ def test_ns_bf16_variants_toy_run(load_benchmark):
     assert [r["shape"] for r in results] == [[1, 8, 32], [2, 32, 8]]
     for variants in (r["variants"] for r in results):
         assert set(variants) == {"fp32_direct", "bf16_direct", "bf16_gram", "bf16_gram_restart_2",
-                                 "bf16_gram_restart_3", "bf16_then_fp32_last", "bf16_products_fp32_out_direct",
+                                 "bf16_gram_restart_3", "bf16_then_fp32_last", "bf16_direct_a_on_diagonal",
+                                 "bf16_products_fp32_out_direct",
                                  "bf16_products_fp32_out_gram", "bf16x3_direct", "tf32_direct"}
         dist = {k: v["rel_dist_to_fp64_ns5"] for k, v in variants.items()}
         assert dist["fp32_direct"] < 1e-4
@@ -61,6 +62,7 @@ def test_ns_bf16_variants_toy_run(load_benchmark):
         flops = {k: v["flops_vs_direct"] for k, v in variants.items()}
         assert flops["bf16_gram"] < flops["bf16_gram_restart_2"] < 1.0 == flops["bf16_direct"]
         assert flops["bf16x3_direct"] == 3.0
+        assert flops["bf16_direct_a_on_diagonal"] == 1.0
 
 
 def test_ns_bf16_variants_rejects_a_malformed_shape(load_benchmark, capsys):
