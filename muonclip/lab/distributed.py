@@ -143,7 +143,7 @@ def rank0_first(fn: Callable[[], T], ctx: LabDist | None) -> T:
 class NullLog:
     """Stands in for MetricsLog on ranks other than 0."""
 
-    def write(self, row) -> None:  # noqa: D401 - same interface as MetricsLog
+    def write(self, row: dict, tensorboard: bool = True) -> None:  # noqa: D401 - same interface as MetricsLog
         pass
 
     def sync(self) -> None:

@@ -58,7 +58,8 @@ def read_spectra(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     if not path.exists():
         return np.zeros(0, dtype=np.int64), {}
     try:
-        with np.load(path) as data:
+        # np.load leaves a path it opened itself open when the archive is damaged
+        with open(path, "rb") as handle, np.load(handle) as data:
             steps = data["steps"].copy() if "steps" in data.files else np.zeros(0, dtype=np.int64)
             return steps, {k: data[k].copy() for k in data.files if k != "steps"}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
