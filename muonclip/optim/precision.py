@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Literal, get_args
 
 import torch
 
-__all__ = ["NS_PRECISIONS", "cpu_bf16_flags", "cpu_has_native_bf16", "resolve_ns_dtype"]
+__all__ = ["NS_PRECISIONS", "NsPrecision", "cpu_bf16_flags", "cpu_has_native_bf16", "resolve_ns_dtype"]
 
-NS_PRECISIONS = ("auto", "fp32", "bf16")
+NsPrecision = Literal["auto", "fp32", "bf16"]
+NS_PRECISIONS: tuple[str, ...] = get_args(NsPrecision)
 
 # CPU flags (as /proc/cpuinfo names them) that make bf16 matmuls native in oneDNN.
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")

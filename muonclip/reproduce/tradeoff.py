@@ -32,6 +32,7 @@ from ..config import check, config_hash, validate_fields
 from ..io import atomic_write_json
 from ..models import GPT, GPTConfig
 from ..optim import MuonClip, build_param_groups
+from ..optim.precision import NsPrecision
 from ..viz.style import fmt_g
 
 __all__ = ["TradeoffConfig", "QUICK", "FULL", "SWEEP", "SWEEP_TAUS", "SWEEP_SEQ_LENS", "SWEEP_QUICK",
@@ -61,6 +62,7 @@ class TradeoffConfig:
     adamw_lr: float = 3e-3
     weight_decay: float = 0.0
     tau: float = 2.0            # the "low" tau of the clipped arm
+    ns_precision: NsPrecision = "fp32"  # the same run on every CPU (auto: bf16 where native)
     # measurement
     snapshot_every: int = 20
     n_probe: int = 64
@@ -111,7 +113,7 @@ def _build(cfg: TradeoffConfig, clip: bool):
     model = GPT(GPTConfig(vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, seq_len=cfg.seq_len + 1))
     groups = build_param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, adamw_lr=cfg.adamw_lr)
-    opt = MuonClip(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    opt = MuonClip(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, ns_precision=cfg.ns_precision,
                    qk_clip_tau=cfg.tau if clip else None,
                    qk_clip_spec=model.qk_clip_spec() if clip else None,
                    max_logits_fn=model.max_logits if clip else None)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from ..config import PathLike, check, config_hash, from_dict, load_config, save_config, to_dict, validate_fields
+from ..optim.precision import NsPrecision
 
 __all__ = [
     "SAEConfig", "DEFAULT", "QUICK", "RESUMABLE_KEYS", "sae_to_dict", "sae_from_dict",
@@ -40,7 +41,9 @@ class SAEConfig:
     ``optimizer="adam"``: torch.optim.Adam at ``lr`` on everything. ``"muon"``: MuonClip
     (no clip) at ``muon_lr`` (``None``: ``lr``; the ``rms_match`` update scale makes Muon's
     per-entry step comparable to Adam's) on the encoder and decoder matrices, its AdamW
-    group at ``lr`` on the biases. The lr decays linearly to 0 over the last
+    group at ``lr`` on the biases; its Newton-Schulz runs in ``ns_precision`` (default fp32, so
+    a run is the same on every CPU; ``auto`` picks bf16 where the CPU multiplies it natively).
+    The lr decays linearly to 0 over the last
     ``lr_decay_fraction`` of steps.
 
     Data: ``n_tokens`` activations from the training split (shuffled once) are the
@@ -65,6 +68,7 @@ class SAEConfig:
     lr: float = 3e-3
     muon_lr: float | None = None
     momentum: float = 0.95
+    ns_precision: NsPrecision = "fp32"
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     lr_decay_fraction: float = 0.2

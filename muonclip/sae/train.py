@@ -94,7 +94,7 @@ def build_sae_optimizer(sae: SparseAutoencoder, cfg: SAEConfig) -> torch.optim.O
     groups = build_param_groups(sae, lr=cfg.muon_lr_resolved, weight_decay=cfg.weight_decay, rules=rules,
                                 adamw_lr=cfg.lr)
     return MuonClip(groups, lr=cfg.muon_lr_resolved, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                    betas=tuple(cfg.betas))
+                    betas=tuple(cfg.betas), ns_precision=cfg.ns_precision)
 
 
 def _metrics(x: Tensor, x_hat: Tensor, z: Tensor) -> dict[str, float]:
