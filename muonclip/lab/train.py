@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_write_json, exclusive_lock, read_json, remove_named
 from ..models import GPT
-from ..optim import MuonClip, build_param_groups
+from ..optim import MuonClip, build_param_groups, precision
 from . import distributed as lab_dist
 from .checkpoint import CheckpointError, checkpoint_due, load_checkpoint, save_checkpoint
 from .config import (
@@ -128,6 +128,11 @@ def run_info(cfg: TrainConfig) -> dict[str, Any]:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
+        # what decides the run's numerics beyond the config: the kernels and, with
+        # ns_precision="auto", the Newton-Schulz dtype picked for this device
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_flags": list(precision.cpu_bf16_flags()),
+        "ns_dtype": str(precision.resolve_ns_dtype(cfg.optim.ns_precision, cfg.run.device)).removeprefix("torch."),
         "argv": sys.argv,
     }
 

@@ -5,6 +5,7 @@ import platform
 
 import torch
 
+from ..optim import precision
 from ..viz.style import fmt
 from . import presets
 from .sections import NOTES, Section
@@ -26,7 +27,9 @@ def _header(quick: bool, threads: int, elapsed: float) -> list[str]:
         "",
         f"Environment: torch {torch.__version__}, Python {platform.python_version()}, "
         f"{platform.machine()}, torch threads = {threads}. Wall time of this report: {elapsed / 60:.1f} min "
-        f"(cached runs are reused by config hash).",
+        f"(cached runs are reused by config hash). CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"bf16 flags: {', '.join(precision.cpu_bf16_flags()) or 'none'}. Every run's Newton-Schulz is "
+        f"{presets.NS_PRECISION} (`presets.NS_PRECISION`), whatever the CPU's bf16 support.",
         "",
     ]
 

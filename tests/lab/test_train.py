@@ -355,3 +355,23 @@ def test_cuda_device_is_refused_clearly_where_there_is_none(tmp_path, monkeypatc
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
     with pytest.raises(ConfigError, match="cpu, cuda or cuda:N"):
         apply_overrides(get_preset("tiny"), ["run.device=tpu"])
+
+
+def test_run_info_records_what_decides_the_numerics_beyond_the_config(monkeypatch):
+    """run.json names the CPU capability, its bf16 flags and the Newton-Schulz dtype that
+    ns_precision resolved to, so two runs of one config on different CPUs can be told apart."""
+    import dataclasses
+
+    from muonclip.lab.presets import get_preset
+    from muonclip.lab.train import run_info
+    from muonclip.optim import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ("amx_bf16",))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    cfg = get_preset("tiny")
+    for ns_precision, dtype in (("auto", "bfloat16"), ("fp32", "float32")):
+        info = run_info(cfg.replace(optim=dataclasses.replace(cfg.optim, ns_precision=ns_precision)))
+        assert info["ns_dtype"] == dtype
+        assert info["cpu_bf16_flags"] == ["amx_bf16"]
+        assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
