@@ -73,6 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .io import LockedError
     from .lab import DataError
     from .lab.checkpoint import CheckpointError
+    from .lab.distributed import launched_rank
     from .lab.resume import resume_config
     from .lab.train import train
 
@@ -113,7 +114,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except OSError as exc:  # the run directory cannot be created or written
         print(f"muonclip train: error: cannot write the run: {exc}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", "0")) == 0:  # one summary line, from rank 0
+    if launched_rank() == 0:  # one summary line, from rank 0
         print(json.dumps(summary))
     return 0
 

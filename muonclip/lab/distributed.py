@@ -32,8 +32,8 @@ from ..optim.distributed import all_reduce_max
 
 T = TypeVar("T")
 
-__all__ = ["LabDist", "NullLog", "from_env", "rank0_first", "launch", "max_across", "mean_across", "shard_batch",
-           "shutdown", "strip_nproc", "torchrun_command", "wrap_model", "is_main"]
+__all__ = ["LabDist", "NullLog", "from_env", "launched_rank", "rank0_first", "launch", "max_across", "mean_across",
+           "shard_batch", "shutdown", "strip_nproc", "torchrun_command", "wrap_model", "is_main"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,12 @@ def is_main(ctx: LabDist | None) -> bool:
 def backend() -> str:
     """gloo for CPU tensors; with CUDA available also nccl for CUDA tensors."""
     return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 for a plain process), readable before
+    :func:`from_env` joins the process group."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def from_env() -> LabDist | None:

@@ -12,7 +12,6 @@ A run directory holds:
 from __future__ import annotations
 
 import math
-import os
 import platform
 import subprocess
 import sys
@@ -189,7 +188,7 @@ def train(
     """
     run_dir = Path(run_dir)
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 writes the directory and holds its lock
+    if lab_dist.launched_rank() != 0:  # rank 0 writes the directory and holds its lock
         return _train(cfg, run_dir, resume, progress, log, stop_after)
     if resume and not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} does not exist: there is no run to resume")

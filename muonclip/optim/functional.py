@@ -81,6 +81,11 @@ _SAFE_NORM = 1e-15
 _FULL = (torch.float32, torch.float64)
 
 
+def _working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a parameter of ``dtype`` is updated and its state kept in: fp32, or fp64 for fp64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def update_scale(n: int, m: int, mode: str = "rms_match") -> float:
     """Scale applied to an orthogonalised (n x m) update."""
     if mode == "rms_match":
@@ -385,8 +390,7 @@ def muon_update(
     flattened (out, in*k...) matrix unless ``expert_stack`` declares a 3-D stack of experts.
     Returns a float32 tensor of grad's shape. The optimizer runs exactly these steps.
     """
-    (u,) = muon_momentum_([momentum_buffer], [grad.to(torch.promote_types(grad.dtype, torch.float32))], momentum,
-                          nesterov)
+    (u,) = muon_momentum_([momentum_buffer], [grad.to(_working_dtype(grad.dtype))], momentum, nesterov)
     (d,) = muon_directions([u], [grad.shape], [expert_stack], method=method, steps=ns_steps,
                            scale_mode=scale_mode, dtype=dtype, head_blocks=[head_block])
     return d

@@ -45,7 +45,7 @@ def _state_dtype(p: Tensor, key: str = "momentum_buffer") -> torch.dtype:
     NorMuon second moment, a row statistic of fp32 directions, is always fp32."""
     if key == "normuon_second_moment":
         return torch.float32
-    return torch.promote_types(p.dtype, torch.float32)
+    return muon_math._working_dtype(p.dtype)
 
 
 class NonFiniteGradientError(FloatingPointError):
