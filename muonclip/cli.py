@@ -13,6 +13,7 @@ import runpy
 import sys
 from pathlib import Path
 
+from . import reproduce as _reproduce  # noqa: F401  (registers the story's presets: the lab knows none)
 from .config import ConfigError, apply_overrides
 from .lab.presets import get_preset, list_presets
 

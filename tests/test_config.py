@@ -102,6 +102,8 @@ def test_model_values_are_checked_by_the_lab_checker():
 
 
 def test_presets_keep_mlp_ratio_4_while_gpt_config_defaults_to_8_over_3():
+    import muonclip.reproduce  # noqa: F401  (registers the story presets)
+
     assert GPTConfig().mlp_ratio == 8 / 3 and TrainConfig().model.mlp_ratio == 8 / 3
     for name in ("tiny", "small", "dragon", "guardrail", "spectra", "lifecycle", "efficiency"):
         model = get_preset(name).model

@@ -1,8 +1,8 @@
 """Named training presets: the registry (register/get/list) and the lab's own ``tiny`` and ``small``.
 
-The reproduction's presets (``dragon``, ``guardrail``, ...) are registered by
-:func:`muonclip.reproduce.presets.register_presets`, which the registry calls before the
-first lookup.
+The lab knows no experiment: the reproduction's presets (``dragon``, ``guardrail``, ...) are
+registered by :mod:`muonclip.reproduce` itself when it is imported (the CLI, which sits above
+both, imports it before it looks a preset up).
 """
 from __future__ import annotations
 
@@ -31,25 +31,8 @@ def register_preset(name: str, cfg: TrainConfig, description: str, *, overwrite:
     return cfg
 
 
-_reproduce_registered = False
-
-
-def _register_reproduce_presets() -> None:
-    """Register the reproduction's presets once, before the first lookup."""
-    global _reproduce_registered
-    if _reproduce_registered:
-        return
-    _reproduce_registered = True
-    # Imported here, not at the top: muonclip.reproduce builds on the lab (its presets module
-    # imports this one), so a top-level import would be circular.
-    from ..reproduce.presets import register_presets
-
-    register_presets()
-
-
 def get_preset(name: str) -> TrainConfig:
     """The preset called ``name``; :class:`ConfigError` lists the available ones."""
-    _register_reproduce_presets()
     if isinstance(name, str) and name in PRESETS:
         return PRESETS[name]
     raise ConfigError(f"unknown preset {name!r}{did_you_mean(str(name), PRESETS)}; "
@@ -58,7 +41,6 @@ def get_preset(name: str) -> TrainConfig:
 
 def list_presets() -> list[tuple[str, str]]:
     """``(name, description)`` of every preset, sorted by name."""
-    _register_reproduce_presets()
     return [(n, PRESET_DESCRIPTIONS.get(n, "")) for n in sorted(PRESETS)]
 
 

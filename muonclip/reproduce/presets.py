@@ -1,8 +1,8 @@
 """Presets of the CPU-scale MuonClip reproduction (issue #5), found by experiment.
 
 Every preset is one :class:`~muonclip.lab.config.TrainConfig`; :func:`register_presets` adds
-them to the lab's registry (:mod:`muonclip.lab.presets` calls it before its first lookup); each
-description states its seed and purpose.
+them to the lab's registry (importing :mod:`muonclip.reproduce` calls it: the lab does not know
+the experiments); each description states its seed and purpose.
 ``dragon``, ``spectra`` and ``efficiency`` share one small model -- a 4-layer pre-norm GPT,
 d_model 128, **8 heads of 32** (q/k/v 256 wide: more heads per layer so that "a few rogue heads" can be seen), RoPE, no
 QK-norm, byte-level tokens of the embedded stdlib-docs corpus, T = 128, batch 16 -- so that
