@@ -17,6 +17,7 @@ in the lab's registry: the lab knows no experiment, the experiments register the
 Only the presets load on import (``muonclip presets`` stays quick); ``ensure_run`` and
 ``run_dir_for`` load the runner on first use.
 """
+import importlib
 from typing import Any
 
 from . import presets
@@ -31,11 +32,7 @@ __all__ = ["ensure_run", "run_dir_for", "presets", "results", "QUICK_OVERRIDES",
 def __getattr__(name: str) -> Any:
     # The runner imports the training loop; load it when asked for, not with the presets.
     if name in ("ensure_run", "run_dir_for"):
-        from . import runner
-
-        return getattr(runner, name)
+        return getattr(importlib.import_module(f"{__name__}.runner"), name)
     if name == "results":
-        from . import results
-
-        return results
+        return importlib.import_module(f"{__name__}.results")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

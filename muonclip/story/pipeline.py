@@ -231,7 +231,7 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
 
 
 # The code the figures and their numbers come from: changed code redraws every figure.
-_DRAWING_CODE = ("viz/*.py", "story/*.py", "reproduce/results.py", "lab/rundir.py")
+_DRAWING_CODE = ("viz/*.py", "story/*.py", "reproduce/results/*.py", "lab/rundir.py")
 
 
 def _code_digest() -> str:
