@@ -18,6 +18,7 @@ from . import distributed
 from . import functional as muon_math
 from .group_options import expert_flags, head_blocks, label, validate_group
 from .normuon import NORMUON_BETA2, normuon_directions_, second_moment_shape
+from .ns_forms import NS_IMPLS, Workspace, ns_form
 from .orthogonalizers import OrthogonalizerSpec, resolve_orthogonalizer
 from .precision import resolve_ns_dtype
 from .qk_clip import (
@@ -32,7 +33,6 @@ from .qk_clip import (
 __all__ = ["MuonClip", "NonFiniteGradientError", "QKClipStats"]
 
 NONFINITE_POLICIES = ("raise", "skip")
-NS_IMPLS = ("auto", "gram", "direct")
 
 
 # State MuonClip keeps in at least fp32 whatever the parameter's dtype (see ``_init_state``).
@@ -223,10 +223,10 @@ class MuonClip(Optimizer):
             cautious_weight_decay=cautious_weight_decay, normuon=normuon, normuon_beta2=normuon_beta2,
             heads_per_block=heads_per_block,
         )
+        self.ns_impl = ns_impl  # before super().__init__, whose add_param_group checks it
         super().__init__(params, defaults)
         self.register_load_state_dict_post_hook(MuonClip._fill_group_defaults)
 
-        self.ns_impl = ns_impl
         self.qk_clip_tau = qk_clip_tau
         self.qk_clip_spec = list(qk_clip_spec) if qk_clip_spec is not None else None
         self.max_logits_fn = max_logits_fn
@@ -235,6 +235,8 @@ class MuonClip(Optimizer):
         self.nonfinite = nonfinite
         self.process_group = process_group
         self.skipped_steps = 0
+        # Reused Newton-Schulz buffers for CPU parameters (not optimizer state: never saved).
+        self._workspace = Workspace()
         self.last_qk_clip = QKClipStats()
         if qk_clip_tau is not None:
             if self.qk_clip_spec is None:
@@ -252,7 +254,11 @@ class MuonClip(Optimizer):
     # -- validation -----------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        validate_group(self.param_groups[-1])
+        group = self.param_groups[-1]
+        validate_group(group)
+        if self.ns_impl == "gram" and group.get("algorithm", "muon") == "muon" and group["params"]:
+            # checked here, not in the step: a refused step must leave the momentum untouched
+            ns_form(1, 2, "gram", dtype=self._ns_dtype(group, group["params"][0]))
 
     @staticmethod
     def _fill_group_defaults(opt: "MuonClip") -> None:
@@ -480,26 +486,38 @@ class MuonClip(Optimizer):
             bufs = [distributed.local(self._init_state(p, group, f)["momentum_buffer"])
                     for p, f in zip(params, flags, strict=True)]
             grads = [distributed.local(p.grad).to(_state_dtype(p)) for p in params]
-            updates = muon_math.muon_momentum_(bufs, grads, group["momentum"], group["nesterov"])
+            out = None
+            if ctx is None and params[0].device.type == "cpu":  # reused buffers: no page faults
+                out = [self._workspace.get(("update", id(p)), b.shape, b) for p, b in zip(params, bufs, strict=True)]
+            updates = muon_math.muon_momentum_(bufs, grads, group["momentum"], group["nesterov"], out=out)
             work.append((group, params, updates, flags, blocks))
         if ctx is not None:
             if work:
                 self._muon_distributed(work, ctx)
             return
         for group, params, updates, flags, blocks in work:
-            directions = self._directions(group, params, updates, flags, blocks)
+            # Directions stay in the iteration's dtype (bf16 on native-bf16 hardware) up to the
+            # update, which adds them to fp32 weights: converting them first is one more pass.
+            out_dtype = None if group.get("normuon", False) else self._ns_dtype(group, params[0])
+            workspace = self._workspace if params[0].device.type == "cpu" else None
+            directions = self._directions(group, params, updates, flags, blocks, out_dtype=out_dtype,
+                                          workspace=workspace)
             self._apply(group, params, self._normuon(group, params, directions, flags, blocks, None))
 
     def _schedule(self, group: dict) -> tuple[tuple[float, float, float], ...]:
         return resolve_orthogonalizer(group["orthogonalizer"]).schedule(group.get("ns_steps"))
 
     def _directions(self, group: dict, params: list[Tensor], updates: list[Tensor],
-                    flags: list[bool], blocks: list) -> list[Tensor]:
-        """s NS(U) (or the unscaled NS(U) in a NorMuon group, scaled after the row normalisation)."""
+                    flags: list[bool], blocks: list, out_dtype: torch.dtype | None = None,
+                    workspace: Workspace | None = None) -> list[Tensor]:
+        """s NS(U) (or the unscaled NS(U) in a NorMuon group, scaled after the row normalisation),
+        in ``out_dtype`` (default fp32, fp64 for fp64 parameters); with a workspace they are
+        views of its buffers, to be applied before the next group's directions are computed."""
         return muon_math.muon_directions(
             updates, [p.shape for p in params], flags, method=group["orthogonalizer"],
             steps=len(self._schedule(group)), scale_mode=group["update_scale"], impl=self.ns_impl,
-            dtype=self._ns_dtype(group, params[0]), head_blocks=blocks, scaled=not group.get("normuon", False))
+            dtype=self._ns_dtype(group, params[0]), head_blocks=blocks, scaled=not group.get("normuon", False),
+            out_dtype=out_dtype, workspace=workspace)
 
     def _normuon(self, group: dict, params: list[Tensor], directions: list[Tensor], flags: list[bool],
                  blocks: list, ctx: distributed.DistContext | None) -> list[Tensor]:

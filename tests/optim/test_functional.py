@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from muonclip.optim import functional as muon_math
+from muonclip.optim import ns_forms
 from muonclip.optim.reference import reference_orthogonalize, reference_polar_express
 
 # Documented singular-value bands after 5 iterations, for directions whose singular value is
@@ -167,13 +168,13 @@ def test_ns_flops_counts_what_the_kernels_do(n, m):
     """ns_flops (used by the benchmark bound and the distributed partition) equals the FLOPs
     torch counts in the products the two evaluations actually run."""
     X = torch.randn(1, n, m)
-    assert _counted_flops(muon_math._quintic_direct, X) == muon_math.ns_flops(n, m)
-    assert _counted_flops(muon_math._quintic_gram, X) == muon_math.ns_flops(n, m, gram=True)
+    assert _counted_flops(ns_forms.quintic_direct, X) == muon_math.ns_flops(n, m)
+    assert _counted_flops(ns_forms.quintic_gram, X) == muon_math.ns_flops(n, m, gram=True)
 
 
 def test_gram_saves_flops_for_wide_matrices():
     X = torch.randn(1, 64, 256)
-    assert _counted_flops(muon_math._quintic_gram, X) < 0.75 * _counted_flops(muon_math._quintic_direct, X)
+    assert _counted_flops(ns_forms.quintic_gram, X) < 0.75 * _counted_flops(ns_forms.quintic_direct, X)
     assert muon_math.gram_is_cheaper(256, 1024) and not muon_math.gram_is_cheaper(256, 256)
 
 
