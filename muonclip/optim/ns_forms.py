@@ -26,11 +26,12 @@ form runs.
 """
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import torch
 from torch import Tensor
 
+from . import triton_ns
 from .orthogonalizers import Coeffs
 
 __all__ = [
@@ -171,19 +172,28 @@ def _gram(X: Tensor, tall: bool, out: Tensor) -> Tensor:
     return torch.bmm(X.mT, X, out=out) if tall else torch.bmm(X, X.mT, out=out)
 
 
-def quintic_direct(X: Tensor, coeffs: Sequence[Coeffs], ws: Workspace | None = None) -> Tensor:
+def quintic_direct(X: Tensor, coeffs: Sequence[Coeffs], ws: Workspace | None = None,
+                   symmetric: Callable[..., Tensor] | None = None) -> Tensor:
     """X <- a X + (b A + c A^2) X with A = X X^T (wide, n <= m) or X <- a X + X (b A + c A^2)
-    with A = X^T X (tall). A cubic iteration (c = 0) skips the A^2 product. With a workspace
-    the iterates alternate between two buffers of X's shape ("x0", where
-    :func:`normalized_batch` writes the input, and "x1")."""
+    with A = X^T X (tall). A cubic iteration (c = 0) skips the A^2 product.
+
+    ``symmetric`` (:func:`.triton_ns.symmetric_product` on CUDA) computes the two symmetric
+    products, ``A`` and ``b A + c A A^T``, from their upper tiles only. With a workspace the
+    iterates alternate between two buffers of X's shape ("x0", where :func:`normalized_batch`
+    writes the input, and "x1"), so X itself is overwritten.
+    """
     tall = X.shape[-2] > X.shape[-1]
     k = min(X.shape[-2:])
     small = (X.shape[0], k, k)
     A_buf, B_buf = _buffer(ws, "a", small, X), _buffer(ws, "b", small, X)
     iterates = [X, _buffer(ws, "x1", X.shape, X)]
     for i, (a, b, c) in enumerate(coeffs):
-        A = _gram(X, tall, A_buf)
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c, out=B_buf) if c != 0 else A.mul_(b)
+        if symmetric is not None:
+            A = symmetric(X.mT if tall else X, out=A_buf)
+            B = symmetric(A, alpha=c, beta=b, C0=A, out=B_buf) if c != 0 else A.mul_(b)
+        else:
+            A = _gram(X, tall, A_buf)
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c, out=B_buf) if c != 0 else A.mul_(b)
         Y = iterates[(i + 1) % 2] if ws is not None else torch.empty_like(X)
         X = torch.baddbmm(X, X, B, beta=a, out=Y) if tall else torch.baddbmm(X, B, X, beta=a, out=Y)
     return X
@@ -235,4 +245,6 @@ def newton_schulz_batch(mats: Sequence[Tensor], coeffs: Sequence[Coeffs], impl: 
     if min(n, m) == 0:  # empty matrices (a zero-size layer) have empty directions
         return torch.zeros((sum(x.shape[0] for x in mats), n, m), dtype=dtype, device=mats[0].device)
     X = normalized_batch(mats, dtype, norm_safety, ws)
-    return quintic_gram(X, coeffs, ws) if form == "gram" else quintic_direct(X, coeffs, ws)
+    if form == "gram":
+        return quintic_gram(X, coeffs, ws)
+    return quintic_direct(X, coeffs, ws, symmetric=triton_ns.symmetric_product_fn(X))
