@@ -131,6 +131,7 @@ def attention_tracking(sizes: dict, device: torch.device, repeats: int) -> dict:
 
 def dragon_run(sizes: dict, device: torch.device) -> dict:
     """The first steps of the ``dragon`` preset (vanilla Muon, no decay) on ``device``."""
+    import muonclip.reproduce  # noqa: F401  (registers the story's presets, dragon among them)
     from muonclip.lab.presets import get_preset
     from muonclip.lab.train import build_model, build_optimizer, load_dataset
 

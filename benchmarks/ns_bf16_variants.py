@@ -1,13 +1,14 @@
 """Which low-precision Newton-Schulz variants keep fp32-class accuracy: distance to a float64 NS5, and FLOPs.
 
 Prints one JSON line. For each shape (default 4 x 256 x 1024, the (d, 4d) weights of the
-GPT-like shape set) of Gaussian matrices and NS5's coefficients, each variant's output is
-compared with the float64 NS5 of the same input (relative Frobenius distance), and its FLOPs
-are counted against the direct form's:
+GPT-like shape set) of Gaussian or ill-conditioned matrices (``--input``) and NS5's
+coefficients, each variant's output is compared with the float64 NS5 of the same input
+(relative Frobenius distance), and its FLOPs are counted against the direct form's:
 
 * ``fp32_direct``: the fp32 path (the accuracy to aim for);
 * ``bf16_direct``: what ``ns_precision="bf16"`` runs (products in bf16, normalisation in fp32);
-* ``bf16_gram``: the Gram form in bf16 (n x n products only, then one n x m product);
+* ``bf16_gram``: the Gram form in bf16 (n x n products only, then one n x m product); the
+  library refuses it (``--input log1e-3`` shows why: its output blows up);
 * ``bf16_gram_restart_k``: the Gram form restarted after iteration k (X = Q X0 and a fresh Gram
   matrix), the Dao-lab remedy for its drift;
 * ``bf16_then_fp32_last``: four bf16 iterations, the last in fp32;
@@ -133,10 +134,29 @@ def flops(n: int, m: int, variant: str) -> float:
     return total
 
 
-def variants(batch: int, rows: int, cols: int, seed: int = 1) -> dict:
-    """Distance to float64 NS5 and FLOPs of every variant on one (batch, rows, cols) Gaussian batch."""
+INPUTS = ("gaussian", "log1e-3", "log1e-6")
+
+
+def test_batch(batch: int, rows: int, cols: int, kind: str = "gaussian", seed: int = 1) -> torch.Tensor:
+    """A (batch, rows, cols) batch: Gaussian, or with singular values log-spaced from 1 to
+    1e-3 / 1e-6 (``log1e-3``, ``log1e-6``; real gradients are ill-conditioned like these)."""
     g = torch.Generator().manual_seed(seed)
-    G = torch.randn(batch, rows, cols, generator=g)
+    if kind == "gaussian":
+        return torch.randn(batch, rows, cols, generator=g)
+    if kind not in INPUTS:
+        raise ValueError(f"unknown input {kind!r}; expected one of {INPUTS}")
+    k = min(rows, cols)
+    mats = []
+    for _ in range(batch):
+        U, _ = torch.linalg.qr(torch.randn(rows, k, generator=g, dtype=torch.float64))
+        V, _ = torch.linalg.qr(torch.randn(cols, k, generator=g, dtype=torch.float64))
+        mats.append((U * torch.logspace(0, float(kind[3:]), k, dtype=torch.float64)) @ V.T)
+    return torch.stack(mats).float()
+
+
+def variants(batch: int, rows: int, cols: int, seed: int = 1, kind: str = "gaussian") -> dict:
+    """Distance to float64 NS5 and FLOPs of every variant on one (batch, rows, cols) test batch."""
+    G = test_batch(batch, rows, cols, kind, seed)
     ref = reference_orthogonalize(G, expert_stack=True)
     X0 = G / G.norm(dim=(-2, -1), keepdim=True)  # the fp32 normalisation every variant shares
     if rows > cols:
@@ -177,13 +197,18 @@ def _shape(text: str) -> tuple[int, int, int]:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", type=_shape, action="append", metavar="BxNxM",
-                    help="batch x rows x cols of the Gaussian test batch; repeat for several "
+                    help="batch x rows x cols of the test batch; repeat for several "
                          "(default: 4x256x1024)")
+    ap.add_argument("--input", choices=INPUTS, action="append",
+                    help="test matrices: Gaussian, or singular values log-spaced from 1 to 1e-3 or "
+                         "1e-6; repeat for several (default: gaussian)")
     args = ap.parse_args(argv)
     shapes = args.shape or [(4, 256, 1024)]
+    kinds = args.input or ["gaussian"]
     result = {
         "benchmark": "ns_bf16_variants", "torch": torch.__version__,
-        "results": [{"shape": list(shape), "variants": variants(*shape)} for shape in shapes],
+        "results": [{"shape": list(shape), "input": kind, "variants": variants(*shape, kind=kind)}
+                    for shape in shapes for kind in kinds],
     }
     print(json.dumps(result))
     return result

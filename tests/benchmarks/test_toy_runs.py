@@ -72,17 +72,34 @@ def test_ns_bf16_variants_rejects_a_malformed_shape(load_benchmark, capsys):
 
 
 def test_optimizer_step_toy_run(load_benchmark):
-    """benchmarks/optimizer_step.py at toy size, AVX2 child included: every row timed, the
-    ratios the speed targets read are present, and the AVX2-capped child defaults to fp32."""
+    """benchmarks/optimizer_step.py at toy size, children included: every form timed with its own
+    FLOPs and bound, the ratios the speed targets read present, accuracy beside torch.optim.Muon's,
+    the Gram form measured in bf16 but refused there, and the AVX2-capped child on fp32."""
     result = load_benchmark("optimizer_step").main(
         ["--d", "16", "--layers", "1", "--repeats", "2", "--slow-repeats", "1", "--matmul-n", "64",
-         "--skip-accuracy", "--breakdown", "--threads", "1"])
+         "--breakdown", "--threads", "1"])
     assert result["shape_set"] == {"d": 16, "layers": 1} and result["matrix_params"] == (4 + 2 * 4) * 16 * 16
     assert set(result["step_ms"]) >= {"muonclip_auto", "muonclip_fp32", "muonclip_fp32_direct", "muonclip_bf16",
-                                      "muonclip_bf16_gram", "adamw"}
+                                      "adamw", "torch_muon"}
     assert all(ms > 0 for ms in result["step_ms"].values())
-    assert set(result["over_bound"]) == {"fp32", "bf16", "bf16_gram", "auto"}
+    forms = result["forms"]
+    assert set(forms) == {"muonclip_auto", "muonclip_fp32", "muonclip_fp32_direct", "muonclip_bf16"}
+    for form in forms.values():
+        assert form["step_ms"] > 0 and form["own_bound_ms"] > 0 and form["over_direct_bound"] > 0
+    # the fp32 default takes the Gram form where it saves FLOPs; the direct rows run the full count
+    assert forms["muonclip_fp32"]["ns_gflop"] <= forms["muonclip_fp32_direct"]["ns_gflop"]
     assert result["cpu_capability"] and isinstance(result["native_bf16"], bool)
-    assert set(result["breakdown_ms"]) >= {"momentum", "apply", "ns_fp32"}
+    assert set(result["met"]) == {"torch_muon_over_auto", "auto_over_direct_bf16_bound",
+                                  "fp32_over_direct_fp32_bound", "avx2_only_torch_muon_over_auto"}
+    accuracy = result["accuracy"]
+    for inputs in ("gaussian", "log1e-3", "log1e-6"):
+        assert set(accuracy[inputs]) == {"fp32_direct", "fp32_gram", "bf16_direct", "bf16_gram_refused",
+                                         "torch_muon"}
+        assert accuracy[inputs]["fp32_direct"] < 1e-4 < accuracy[inputs]["bf16_direct"]
+    # the reason the Gram form is refused in bf16: it blows up on an ill-conditioned input
+    assert accuracy["log1e-6"]["bf16_gram_refused"] > 10 * accuracy["log1e-6"]["bf16_direct"]
+    assert {"finite_check", "momentum", "normalize_fp32", "apply_fp32", "normalize_bf16",
+            "apply_bf16"} <= set(result["breakdown_ms"])
     child = result["avx2_only"]
-    assert child["native_bf16"] is False and child["auto_precision"] == "float32"
+    assert child["native_bf16"] is False and child["auto_precision"] == "fp32"
+    assert child["torch_muon_over_muonclip_auto"] > 0
