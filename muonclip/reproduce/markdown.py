@@ -9,11 +9,23 @@ from ..optim import precision
 from ..viz.style import fmt
 from . import presets
 from .sections import NOTES, Section
+from .sections.base import cpu_model
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "met_cell"]
 
 
-def _header(quick: bool, threads: int, elapsed: float) -> list[str]:
+def _seeds_line(seeds: int) -> str:
+    if seeds == 1:
+        return ("**Seeds: 1** (`run.seed` 0; `--seeds N` runs every chapter's arms on seeds 0..N-1). Each number "
+                "below is that one run's.")
+    return (f"**Seeds: {seeds}** (`run.seed` 0..{seeds - 1}, `--seeds {seeds}`). A measured number reads "
+            "`median (min\u2013max)` over the seeds; a row marked `(seed 0)` shows the first seed only (which heads, "
+            "per-layer detail, the spectra's matrix); a target is met only where **every** seed meets it, and the "
+            "met column names the seeds that miss. The efficiency lr sweep, the lifecycle's full-model contrast "
+            "and the trade-off sweep run on one seed.".replace("\\u2013", "\u2013"))
+
+
+def _header(quick: bool, threads: int, elapsed: float, seeds: int = 1, workers: int = 1) -> list[str]:
     lines = ["# MuonClip at CPU scale: measured results", ""]
     if quick:
         lines += ["> **Quick mode**: shortened runs (`QUICK_OVERRIDES`), smoke-test only. The targets below are "
@@ -25,26 +37,38 @@ def _header(quick: bool, threads: int, elapsed: float) -> list[str]:
         "Presets live in `muonclip/reproduce/presets.py` (seed "
         f"{presets.SEED}; run `python -m muonclip presets` for their descriptions).",
         "",
-        f"Environment: torch {torch.__version__}, Python {platform.python_version()}, "
-        f"{platform.machine()}, torch threads = {threads}. Wall time of this report: {elapsed / 60:.1f} min "
-        f"(cached runs are reused by config hash). CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"bf16 flags: {', '.join(precision.cpu_bf16_flags()) or 'none'}. Every run's Newton-Schulz is "
-        f"{presets.NS_PRECISION} (`presets.NS_PRECISION`), whatever the CPU's bf16 support.",
+        _seeds_line(seeds),
+        "",
+        f"Environment: {cpu_model()}, torch {torch.__version__}, Python {platform.python_version()}, "
+        f"{platform.machine()}, torch threads = {threads} per run ({workers} worker process(es)). Wall time of "
+        f"this report: {elapsed / 60:.1f} min (cached runs are reused by config hash). CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, bf16 flags: {', '.join(precision.cpu_bf16_flags()) or 'none'}. "
+        f"Every run's Newton-Schulz is {presets.NS_PRECISION} (`presets.NS_PRECISION`), whatever the CPU's bf16 "
+        f"support, except the guardrail's arms in the other precisions of `presets.GUARDRAIL_NS_PRECISIONS` "
+        f"({', '.join(presets.GUARDRAIL_NS_PRECISIONS)}).",
         "",
     ]
+
+
+def met_cell(text: str) -> str:
+    """A verdict's met text as results.md prints it: a miss in bold."""
+    return f"**{text}**" if text.startswith("no") else text
 
 
 def _targets(sections: list[Section]) -> list[str]:
     lines = ["## Targets", "", "| target | wanted | measured | met |", "|---|---|---|---|"]
     for sec in sections:
         for c in sec.checks:
-            lines.append(f"| {c.name} | {c.target} | {c.measured} | "
-                         f"{'yes' if c.met else ('n/a' if c.met is None else '**no**')} |")
+            lines.append(f"| {c.name} | {c.wanted} | {c.measured} | {met_cell(c.met_text)} |")
     return lines + [""]
 
 
-def _section(sec: Section, fig_rel: str) -> list[str]:
-    lines = [f"## {sec.title}", "", "```bash", *sec.commands, "```", "", "| quantity | measured |", "|---|---|"]
+def _section(sec: Section, fig_rel: str, seeds: int = 1) -> list[str]:
+    lines = [f"## {sec.title}", "", "```bash", *sec.commands, "```", ""]
+    if seeds > 1 and sec.commands and sec.name not in ("tradeoff", "field"):
+        lines += [f"Seeds 1..{seeds - 1}: the same commands with `--set run.seed=S` (the run names take "
+                  "`-seedS`).", ""]
+    lines += ["| quantity | measured |", "|---|---|"]
     lines += [f"| {q} | {v} |" for q, v in sec.table]
     lines.append("")
     for md in sec.extra_md:
@@ -60,7 +84,8 @@ def _missed(sections: list[Section]) -> list[str]:
     if not missed:
         lines += ["Every target above was met by these runs.", ""]
     for sec, c in missed:
-        lines.append(f"- **{c.name}**: wanted {c.target}, measured {c.measured}. {NOTES.get(sec.name, '')}")
+        where = f" (missed on seed(s) {', '.join(map(str, c.missed_seeds))})" if c.n_seeds > 1 else ""
+        lines.append(f"- **{c.name}**: wanted {c.wanted}, measured {c.measured}{where}. {NOTES.get(sec.name, '')}")
     if missed:
         lines.append("")
     return lines
@@ -82,11 +107,12 @@ def _reproducibility(determinism: tuple[str, float, list[str]] | None) -> list[s
 
 
 def build_report(sections: list[Section], *, quick: bool, threads: int, fig_rel: str,
-                 determinism: tuple[str, float, list[str]] | None, elapsed: float, sae_md: str | None) -> str:
+                 determinism: tuple[str, float, list[str]] | None, elapsed: float, sae_md: str | None,
+                 seeds: int = 1, workers: int = 1) -> str:
     """The text of results.md (figures are referenced as ``fig_rel/STEM.png``)."""
-    lines = _header(quick, threads, elapsed) + _targets(sections)
+    lines = _header(quick, threads, elapsed, seeds, workers) + _targets(sections)
     for sec in sections:
-        lines += _section(sec, fig_rel)
+        lines += _section(sec, fig_rel, seeds)
     lines += _missed(sections) + _reproducibility(determinism)
     if sae_md:
         lines += ["## SAE comparison: Adam vs Muon (issue #8)", "", sae_md, ""]

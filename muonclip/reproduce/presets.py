@@ -53,6 +53,9 @@ __all__ = [
     "GUARDRAIL_K2_TAU",
     "lr_override",
     "efficiency_label",
+    "GUARDRAIL_LAYER_OVERRIDES",
+    "GUARDRAIL_NS_PRECISIONS",
+    "ns_precision_label",
     "register_presets",
 ]
 
@@ -227,6 +230,18 @@ def register_presets() -> None:
 # The per-layer ablation of the guardrail (K2 clips per head): every head of a layer scaled by
 # the layer's worst gamma, as a naive implementation does.
 GUARDRAIL_LAYER_OVERRIDES = ["optim.qk_clip_granularity=layer"]
+# The guardrail's targets must hold whichever Newton-Schulz precision the CPU would pick (issue
+# #23: bf16 NS moved seed 0's Muon peak from 2.001 to 1.937 tau), so both of its arms also run
+# with each of these; the preset's own precision keeps the plain labels.
+GUARDRAIL_NS_PRECISIONS = ("fp32", "bf16")
+
+
+def ns_precision_label(label: str, precision: str, preset_precision: str) -> tuple[str, list[str]]:
+    """``(label, overrides)`` of ``label``'s run in Newton-Schulz ``precision``: unchanged in the
+    preset's own precision, ``LABEL-PRECISION`` with ``optim.ns_precision=PRECISION`` otherwise."""
+    if precision == preset_precision:
+        return label, []
+    return f"{label}-{precision}", [f"optim.ns_precision={precision}"]
 STORY_RUNS: list[tuple[str, str, str, list[str]]] = [
     ("dragon-muon", "dragon", "muon", []),
     ("dragon-adamw", "dragon", "adamw", []),

@@ -2,7 +2,9 @@
 
 :func:`ensure_run` (lab runs) and :func:`ensure_sae_compare` (Adam vs Muon SAEs on a run) are
 how both the reproduction and the story get what they report; :class:`Runner` is the
-reproduction's plan on top of them (preset + optimizer + overrides, quick or full).
+reproduction's plan on top of them: each chapter's :class:`Arm` (preset + optimizer +
+overrides) on every seed, quick or full. :mod:`.pool` trains a plan's missing runs in worker
+processes first; the runner then only reads them.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from ..sae import compare as sae_compare
 from ..sae.config import SAEConfig, sae_config_hash
 from . import presets
 
-__all__ = ["run_dir_for", "cached_run", "ensure_run", "ensure_sae_compare", "Run", "Runner", "train_command"]
+__all__ = ["run_dir_for", "cached_run", "ensure_run", "ensure_sae_compare", "Arm", "Run", "Runner", "train_command",
+           "seed_label"]
 
 
 def run_dir_for(cfg: TrainConfig, cache_dir: str | Path, label: str) -> Path:
@@ -92,17 +95,40 @@ def train_command(preset: str, optimizer: str, overrides: list[str], out: str) -
     return " ".join(shlex.quote(p) for p in parts)
 
 
-@dataclass
+def seed_label(label: str, seed: int, preset_seed: int) -> str:
+    """The label of ``label``'s run on ``seed``: unchanged on the preset's own seed (so the
+    one-seed report and its cached runs keep their names), ``LABEL-seedN`` on the others."""
+    return label if seed == preset_seed else f"{label}-seed{seed}"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of a chapter: ``preset`` trained with ``optimizer`` and ``overrides``.
+
+    ``seeded``: the arm runs on every seed of the report (else on the first seed only: a
+    contrast or a sweep point whose spread nothing reports). ``quick_key``: the
+    ``QUICK_OVERRIDES`` entry ``--quick`` adds (default: the preset's)."""
+
+    label: str
+    preset: str
+    optimizer: str
+    overrides: tuple[str, ...] = ()
+    quick_key: str | None = None
+    seeded: bool = True
+
+
+@dataclass(frozen=True)
 class Run:
-    """One run of the reproduction: how it was asked for (preset, optimizer, overrides, the
+    """One run of the reproduction: how it was asked for (preset, optimizer, overrides, seed, the
     resulting config) and what it measured (:class:`~muonclip.lab.rundir.RunData`)."""
 
     label: str
     preset: str
     optimizer: str
-    overrides: list[str]
+    overrides: tuple[str, ...]
     cfg: Any
     data: RunData
+    seed: int = 0
 
     @property
     def rows(self) -> list[dict]:
@@ -118,29 +144,66 @@ class Run:
 
 
 class Runner:
-    """The reproduction's runs, trained or reused once each: ``quick`` adds the presets'
-    ``QUICK_OVERRIDES`` and prefixes the labels with ``quick-``."""
+    """The reproduction's runs, trained or reused once each.
 
-    def __init__(self, cache: Path, quick: bool, log: Callable[[str], None]):
-        self.cache, self.quick, self.log = Path(cache), quick, log
+    ``quick`` adds the presets' ``QUICK_OVERRIDES`` and prefixes the labels with ``quick-``;
+    ``seeds``: how many seeds (``run.seed`` = 0 .. seeds-1) each seeded :class:`Arm` runs on."""
+
+    def __init__(self, cache: Path, quick: bool, log: Callable[[str], None], seeds: int = 1):
+        if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+            raise ValueError(f"seeds must be a whole number >= 1, got {seeds!r}")
+        self.cache, self.quick, self.log, self.seeds = Path(cache), quick, log, seeds
         self.runs: dict[str, Run] = {}
 
-    def get(self, label: str, preset: str, optimizer: str, overrides: list[str] | None = None,
-            *, quick_key: str | None = None) -> Run:
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        return tuple(range(self.seeds))
+
+    def _request(self, label: str, preset: str, optimizer: str, overrides, quick_key: str | None,
+                 seed: int | None) -> tuple[str, tuple[str, ...], TrainConfig]:
+        """``(label, overrides, config)`` of one run, the seed's override included."""
         overrides = list(overrides or [])
         if self.quick:
             overrides = overrides + presets.QUICK_OVERRIDES[quick_key or preset]
             label = f"quick-{label}"
+        cfg = apply_overrides(get_preset(preset), [f"optim.optimizer={optimizer}", *overrides])
+        if seed is not None and seed != cfg.run.seed:
+            label = seed_label(label, seed, cfg.run.seed)
+            overrides.append(f"run.seed={seed}")
+            cfg = apply_overrides(cfg, [f"run.seed={seed}"])
+        return label, tuple(overrides), cfg
+
+    def get(self, label: str, preset: str, optimizer: str, overrides: list[str] | None = None,
+            *, quick_key: str | None = None, seed: int | None = None) -> Run:
+        """One run (``seed`` None: the preset's own seed), trained unless cached."""
+        label, overrides, cfg = self._request(label, preset, optimizer, overrides, quick_key, seed)
         if label in self.runs:
             return self.runs[label]
-        cfg = apply_overrides(get_preset(preset), [f"optim.optimizer={optimizer}", *overrides])
         t0 = time.perf_counter()
         self.log(f"[reproduce] {label}: {preset} / {optimizer} {' '.join(overrides)}")
         data = load_run(ensure_run(cfg, self.cache, label, progress=False, log=self.log), label)
         self.log(f"[reproduce] {label}: done in {time.perf_counter() - t0:.0f} s ({len(data.rows)} steps)")
-        run = Run(label, preset, optimizer, overrides, cfg, data)
+        run = Run(label, preset, optimizer, overrides, cfg, data, cfg.run.seed)
         self.runs[label] = run
         return run
 
+    def arm_seeds(self, arm: Arm) -> tuple[int | None, ...]:
+        """The seeds ``arm`` runs on (None: only the preset's own seed)."""
+        return self.seed_list if arm.seeded else (None,)
+
+    def arm(self, arm: Arm) -> list[Run]:
+        """``arm``'s run on every seed it runs on, first seed first."""
+        return [self.get(arm.label, arm.preset, arm.optimizer, list(arm.overrides), quick_key=arm.quick_key,
+                         seed=seed) for seed in self.arm_seeds(arm)]
+
+    def jobs(self, arms: list[Arm]) -> list[tuple[str, TrainConfig]]:
+        """``(label, config)`` of every run of ``arms`` on its seeds: what :mod:`.pool` trains."""
+        out = []
+        for arm in arms:
+            for seed in self.arm_seeds(arm):
+                label, _, cfg = self._request(arm.label, arm.preset, arm.optimizer, arm.overrides, arm.quick_key, seed)
+                out.append((label, cfg))
+        return out
+
     def command(self, run: Run) -> str:
-        return train_command(run.preset, run.optimizer, run.overrides, f"runs/{run.label}")
+        return train_command(run.preset, run.optimizer, list(run.overrides), f"runs/{run.label}")

@@ -1,7 +1,9 @@
 """Charts of docs/results.md and of the SAE L0 chart: data in, matplotlib Figure out, no I/O.
 
 Built with the object API on an Agg canvas (no pyplot state, works headless); the caller
-saves them. Colours come from :mod:`muonclip.viz.style`.
+saves them. Colours come from :mod:`muonclip.viz.style`. Over several seeds a chart draws each
+run's median curve as the line and the seeds' min-max as a faint band around it (``bands``,
+from :func:`muonclip.reproduce.results.curve_spread`); with one seed there is no band.
 """
 from __future__ import annotations
 
@@ -12,15 +14,16 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from .plots import decorate, new_figure
+from .plots import decorate, draw_bands, new_figure
 from .style import COLORS, color_for, fmt_g
 
 __all__ = [
-    "max_logit_figure", "layer_heads_figure", "lifecycle_figure", "update_spectra_figure",
+    "Band", "max_logit_figure", "layer_heads_figure", "lifecycle_figure", "update_spectra_figure",
     "spectral_series_figure", "val_curves_figure", "lr_sweep_figure", "plot_l0",
 ]
 
 Curve = tuple[Sequence[float], Sequence[float]]
+Band = tuple[Sequence[float], Sequence[float], Sequence[float]]  # (xs, lowest, highest) over the seeds
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -33,10 +36,12 @@ def _lines(ax, curves: Mapping[str, Curve], **style) -> None:
 
 
 def max_logit_figure(curves: Mapping[str, Curve], *, tau: float | None = None, title: str = "",
-                     log: bool = True) -> Figure:
-    """Max attention logit (over all layers and heads) against step, one line per run."""
+                     log: bool = True, bands: Mapping[str, Band] | None = None) -> Figure:
+    """Max attention logit (over all layers and heads) against step, one line per run (the
+    median over seeds, with ``bands``)."""
     fig = _figure(7, 4)
     ax = fig.add_subplot()
+    draw_bands(ax, bands)
     _lines(ax, curves, lw=1.2)
     if tau is not None:
         ax.axhline(tau, color=COLORS["tau"], ls="--", lw=1, label=f"tau = {fmt_g(tau)}")
@@ -68,10 +73,13 @@ def layer_heads_figure(steps: Sequence[int], max_logits: np.ndarray, *, tau: flo
 
 
 def lifecycle_figure(steps: Sequence[int], max_logit: Sequence[float], n_clipped: Sequence[int],
-                     lr: Sequence[float], *, tau: float, title: str = "") -> Figure:
-    """K2 Fig. 2 (right) at CPU scale: max logit with tau, heads clipped per step, and the lr."""
+                     lr: Sequence[float], *, tau: float, title: str = "", band: Band | None = None) -> Figure:
+    """K2 Fig. 2 (right) at CPU scale: max logit with tau, heads clipped per step, and the lr
+    (``band``: the max logit's min-max over seeds)."""
     fig = _figure(7, 5)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    if band is not None:
+        draw_bands(top, {"max logit": band}, color=COLORS["muonclip"])
     top.plot(steps, max_logit, color=COLORS["muonclip"], lw=1.2, label="max logit (MuonClip)")
     top.axhline(tau, color=COLORS["tau"], ls="--", lw=1, label=f"tau = {fmt_g(tau)}")
     top.axhline(0.8 * tau, color="gray", ls=":", lw=1, label="0.8 tau")
@@ -100,13 +108,15 @@ def update_spectra_figure(spectra: Mapping[str, np.ndarray], *, title: str = "")
     return fig
 
 
-def spectral_series_figure(series: Mapping[str, Mapping[str, Curve]], *, title: str = "") -> Figure:
+def spectral_series_figure(series: Mapping[str, Mapping[str, Curve]], *, title: str = "",
+                           bands: Mapping[str, Mapping[str, Band]] | None = None) -> Figure:
     """Effective rank over training. ``series[panel][label] = (steps, values)``, e.g. panels
-    'update' and 'weight', labels the optimizers."""
+    'update' and 'weight', labels the optimizers; ``bands[panel][label]`` their seeds' min-max."""
     panels = list(series)
     fig = _figure(5 * len(panels), 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, panel in zip(axes, panels, strict=True):
+        draw_bands(ax, (bands or {}).get(panel))
         _lines(ax, series[panel], marker="o", ms=3)
         decorate(ax, "step", "effective rank (mean over tracked matrices)", panel)
     fig.suptitle(title)
@@ -114,11 +124,13 @@ def spectral_series_figure(series: Mapping[str, Mapping[str, Curve]], *, title: 
 
 
 def val_curves_figure(curves: Mapping[str, Curve], *, target: float | None = None,
-                      marks: Mapping[str, float | None] | None = None, title: str = "") -> Figure:
+                      marks: Mapping[str, float | None] | None = None, title: str = "",
+                      bands: Mapping[str, Band] | None = None) -> Figure:
     """Validation loss against tokens; ``target`` draws AdamW's final loss, ``marks`` the
-    tokens at which each run reaches it."""
+    tokens at which each run reaches it, ``bands`` the seeds' min-max."""
     fig = _figure(7, 4)
     ax = fig.add_subplot()
+    draw_bands(ax, bands)
     _lines(ax, curves, lw=1.3)
     for label, mark in (marks or {}).items():
         if mark is not None and label in curves:

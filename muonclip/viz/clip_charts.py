@@ -54,12 +54,17 @@ def rogue_heads_figure(peaks: Sequence[tuple[Sequence[int], float, bool]], steps
 
 
 def cap_figure(steps: Sequence[int], max_logit: Sequence[float], landing_steps: Sequence[int],
-               landing: Sequence[float], *, tau: float, cap_target: float | None = None, title: str = "") -> Figure:
+               landing: Sequence[float], *, tau: float, cap_target: float | None = None, title: str = "",
+               seed_curves: Sequence[tuple[Sequence[int], Sequence[float]]] = ()) -> Figure:
     """The cap: each step's max logit (divided by ``tau`` here) from the forward before the update
     (what the clip reacts to), and where the clipped heads landed: ``landing`` is already their
-    max logit / tau on the same batch with the updated, clipped weights."""
+    max logit / tau on the same batch with the updated, clipped weights. ``seed_curves``: the
+    other seeds' ``(steps, max logit)``, drawn as faint lines."""
     fig = new_figure(7, 4, layout="constrained")
     ax = fig.add_subplot()
+    for i, (xs, ys) in enumerate(seed_curves):
+        ax.plot(xs, np.asarray(ys, dtype=float) / tau, color=COLORS["muonclip"], lw=0.8, alpha=0.35,
+                label="other seeds" if i == 0 else None)
     ax.plot(steps, np.asarray(max_logit, dtype=float) / tau, color=COLORS["muonclip"], lw=1.1,
             label="max logit / tau (forward before the step)")
     ax.scatter(landing_steps, landing, s=8, color=COLORS["muon"], zorder=3,

@@ -16,7 +16,7 @@ from matplotlib.patches import Rectangle
 from .style import COLORS, color_for, fmt, fmt_g
 
 __all__ = [
-    "new_figure", "add_provenance", "finish", "decorate",
+    "new_figure", "add_provenance", "finish", "decorate", "draw_bands",
     "plot_max_logits", "plot_loss_vs_tokens", "plot_spectral_entropy", "plot_dragon", "draw_dragon",
     "plot_rogue_heads", "draw_max_logit_panel", "plot_tradeoff_summary",
 ]
@@ -62,10 +62,12 @@ def decorate(ax, xlabel: str, ylabel: str, title: str = "", *, legend: bool = Tr
 
 def plot_max_logits(series: Mapping[str, tuple[np.ndarray, np.ndarray]], *, tau: float | None = None,
                     title: str = "Max attention logit over training", log: bool = True,
-                    provenance=None) -> Figure:
-    """One line per run: steps -> max pre-softmax logit over all layers and heads."""
+                    provenance=None, bands: Mapping[str, tuple] | None = None) -> Figure:
+    """One line per run: steps -> max pre-softmax logit over all layers and heads (the median
+    over seeds; ``bands[label] = (steps, lowest, highest)`` the seeds' min-max)."""
     fig = new_figure()
     ax = fig.add_subplot()
+    draw_bands(ax, bands)
     for label, (steps, vals) in series.items():
         ax.plot(steps, vals, label=label, color=color_for(label), lw=1.6)
     if tau is not None:
@@ -109,12 +111,20 @@ def plot_spectral_entropy(series: Mapping[str, tuple[np.ndarray, list[str], np.n
 # ------------------------------------------------------------------------------ the dragon
 
 
+def draw_bands(ax, bands: Mapping[str, tuple] | None, *, color: str | None = None) -> None:
+    """The seeds' min-max of each labelled curve, a faint band in its colour."""
+    for label, (xs, lo, hi) in (bands or {}).items():
+        ax.fill_between(xs, lo, hi, color=color or color_for(label), alpha=0.2, lw=0,
+                        label=f"{label}: min-max over seeds")
+
+
 def draw_dragon(ax, steps: np.ndarray, values: np.ndarray, tau: float, *, upto: int | None = None,
                 label: str = "vanilla Muon", reference: tuple[np.ndarray, np.ndarray, str] | None = None,
-                ymax: float | None = None) -> None:
-    """Max logit with a green safe zone below tau and a red danger zone above it."""
+                ymax: float | None = None, band: tuple | None = None) -> None:
+    """Max logit with a green safe zone below tau and a red danger zone above it (``band``:
+    ``(steps, lowest, highest)`` of the max logit over seeds, drawn up to the same step)."""
     n = len(steps) if upto is None else max(1, upto)
-    top = ymax if ymax is not None else max(float(np.max(values)) * 1.15, tau * 1.5)
+    top = ymax if ymax is not None else max(float(np.max(values if band is None else band[2])) * 1.15, tau * 1.5)
     ax.axhspan(0, tau, color=COLORS["safe"], zorder=0)
     ax.axhspan(tau, top, color=COLORS["danger"], zorder=0)
     ax.axhline(tau, color=COLORS["tau"], ls="--", lw=1)
@@ -126,6 +136,11 @@ def draw_dragon(ax, steps: np.ndarray, values: np.ndarray, tau: float, *, upto: 
         rs, rv, rl = reference
         k = np.searchsorted(rs, steps[n - 1], side="right")
         ax.plot(rs[:k], rv[:k], color=color_for(rl), lw=1.2, alpha=0.8, label=rl)
+    if band is not None:
+        bs, lo, hi = (np.asarray(a) for a in band)
+        k = np.searchsorted(bs, steps[n - 1], side="right")
+        ax.fill_between(bs[:k], lo[:k], hi[:k], color=COLORS["muon"], alpha=0.2, lw=0,
+                        label=f"{label}: min-max over seeds")
     ax.plot(steps[:n], values[:n], color=COLORS["muon"], lw=1.8, label=label)
     ax.plot([steps[n - 1]], [values[n - 1]], "o", color=COLORS["muon"], ms=5)
     ax.set_xlim(steps[0], steps[-1])
@@ -138,10 +153,13 @@ def draw_dragon(ax, steps: np.ndarray, values: np.ndarray, tau: float, *, upto: 
 
 def plot_dragon(steps: np.ndarray, values: np.ndarray, tau: float, *,
                 reference: tuple[np.ndarray, np.ndarray, str] | None = None,
-                title: str = "The dragon: vanilla Muon's max logit keeps climbing", provenance=None) -> Figure:
+                title: str = "The dragon: vanilla Muon's max logit keeps climbing", provenance=None,
+                band: tuple | None = None) -> Figure:
+    """The dragon as a still: :func:`draw_dragon` over the whole run (``values``: the median over
+    seeds when ``band`` gives their min-max)."""
     fig = new_figure()
     ax = fig.add_subplot()
-    draw_dragon(ax, np.asarray(steps), np.asarray(values), tau, reference=reference)
+    draw_dragon(ax, np.asarray(steps), np.asarray(values), tau, reference=reference, band=band)
     ax.set_title(title)
     return finish(fig, provenance)
 
