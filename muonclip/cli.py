@@ -34,6 +34,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -192,7 +199,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     try:
         path = reproduce_main(only=args.only, quick=args.quick, cache=args.cache, out=args.out,
-                              threads=args.threads, determinism=not args.no_determinism_check)
+                              threads=args.threads, determinism=not args.no_determinism_check,
+                              seeds=args.seeds, workers=args.workers)
     except (ConfigError, DataError, ValueError, OSError) as exc:
         print(f"muonclip reproduce: error: {exc}", file=sys.stderr)
         return 2
@@ -294,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--threads", type=_non_negative_int, default=1, metavar="N",
                     help="torch CPU threads (default 1: deterministic and fastest on a shared 2-core machine; "
                          "0 keeps torch's own setting)")
+    rp.add_argument("--seeds", type=_positive_int, default=1, metavar="N",
+                    help="run each chapter's arms on seeds 0..N-1 and report median (min-max), a target met only "
+                         "where every seed meets it (default 1; the committed docs/results.md uses 3)")
+    rp.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                    help="train the missing runs N at a time in worker processes, --threads threads each "
+                         "(default 1)")
     rp.add_argument("--no-determinism-check", action="store_true",
                     help="skip training a short MuonClip run twice to check bit-for-bit determinism")
     rp.set_defaults(func=_cmd_reproduce)

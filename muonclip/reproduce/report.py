@@ -23,8 +23,9 @@ from ..sae import DEFAULT, QUICK
 from ..sae.compare import compare_markdown
 from . import presets
 from .markdown import build_report
+from .pool import train_missing
 from .runner import Runner, ensure_sae_compare
-from .sections import SECTION_NAMES, SECTIONS
+from .sections import SECTION_NAMES, SECTIONS, arms_of
 
 __all__ = ["SECTION_NAMES", "determinism_check", "main"]
 
@@ -79,11 +80,14 @@ def sae_section(rn: Runner) -> str:
 
 
 def main(*, only: list[str] | None = None, quick: bool = False, cache: str | Path = "runs/reproduce",
-         out: str | Path = "docs", threads: int = 1, determinism: bool = True,
+         out: str | Path = "docs", threads: int = 1, determinism: bool = True, seeds: int = 1, workers: int = 1,
          log: Callable[[str], None] | None = None) -> Path:
     """Run the presets and write ``OUT/results.md`` plus ``OUT/figures/*.png``. Returns the path.
 
-    ``threads``: torch CPU threads while it runs (restored afterwards; 0 keeps torch's setting)."""
+    ``threads``: torch CPU threads while it runs (restored afterwards; 0 keeps torch's setting).
+    ``seeds``: each seeded arm runs on seeds 0 .. seeds-1 and every number is reported as
+    median (min-max), a target met only where every seed meets it. ``workers``: the missing runs
+    are first trained that many at a time in worker processes (``threads`` threads each)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     names = list(only or SECTION_NAMES)
     bad = [n for n in names if n not in SECTIONS]
@@ -100,7 +104,8 @@ def main(*, only: list[str] | None = None, quick: bool = False, cache: str | Pat
         torch.set_num_threads(threads)
     try:
         t0 = time.perf_counter()
-        rn = Runner(Path(cache), quick, log)
+        rn = Runner(Path(cache), quick, log, seeds=seeds)
+        train_missing(rn.jobs(arms_of(names, quick)), cache, workers=workers, threads=threads, log=log)
         sections = [SECTIONS[n](rn) for n in names]
         sae_md = sae_section(rn) if only is None else None
         det = determinism_check(log) if determinism else None
@@ -108,7 +113,8 @@ def main(*, only: list[str] | None = None, quick: bool = False, cache: str | Pat
             for stem, fig in sec.figures.items():
                 fig.savefig(fig_dir / f"{stem}.png", dpi=110)
         text = build_report(sections, quick=quick, threads=torch.get_num_threads(), fig_rel="figures",
-                            determinism=det, elapsed=time.perf_counter() - t0, sae_md=sae_md)
+                            determinism=det, elapsed=time.perf_counter() - t0, sae_md=sae_md,
+                            seeds=seeds, workers=workers)
     finally:
         torch.set_num_threads(before)
     path = out / "results.md"

@@ -109,3 +109,15 @@ def test_cli_lists_every_reproduce_section():
     from muonclip.reproduce.sections import SECTION_NAMES
 
     assert REPRODUCE_SECTIONS == list(SECTION_NAMES)
+
+
+def test_cli_refuses_zero_seeds_or_workers_before_training(tmp_path, capsys):
+    import pytest
+
+    from muonclip.cli import main
+
+    for flag in ("--seeds", "--workers"):
+        with pytest.raises(SystemExit):
+            main(["reproduce", flag, "0", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
+        assert "must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
