@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..io import atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
 from ..lab import apply_overrides, get_preset
 from ..lab.rundir import read_metrics
 from ..lab.train import train
@@ -117,6 +117,9 @@ def main(*, only: list[str] | None = None, quick: bool = False, cache: str | Pat
                             seeds=seeds, workers=workers)
     finally:
         torch.set_num_threads(before)
+    for sec in sections:  # the data files the page names (e.g. data/guardrail-seeds.json)
+        for name, obj in sec.data.items():
+            atomic_write_json(out / "data" / name, obj)
     path = out / "results.md"
     atomic_write_text(path, text + "\n")
     log(f"[reproduce] wrote {path}")
