@@ -38,7 +38,7 @@ import torch
 
 from muonclip.optim import functional as muon_math
 from muonclip.optim.orthogonalizers import ORTHOGONALIZERS
-from muonclip.optim.reference import reference_orthogonalize
+from muonclip.optim.reference import ill_conditioned, reference_orthogonalize
 
 COEFFS = ORTHOGONALIZERS["ns5"].schedule(5)
 
@@ -145,13 +145,7 @@ def test_batch(batch: int, rows: int, cols: int, kind: str = "gaussian", seed: i
         return torch.randn(batch, rows, cols, generator=g)
     if kind not in INPUTS:
         raise ValueError(f"unknown input {kind!r}; expected one of {INPUTS}")
-    k = min(rows, cols)
-    mats = []
-    for _ in range(batch):
-        U, _ = torch.linalg.qr(torch.randn(rows, k, generator=g, dtype=torch.float64))
-        V, _ = torch.linalg.qr(torch.randn(cols, k, generator=g, dtype=torch.float64))
-        mats.append((U * torch.logspace(0, float(kind[3:]), k, dtype=torch.float64)) @ V.T)
-    return torch.stack(mats).float()
+    return ill_conditioned(batch, rows, cols, float(kind[3:]), g).float()
 
 
 def variants(batch: int, rows: int, cols: int, seed: int = 1, kind: str = "gaussian") -> dict:

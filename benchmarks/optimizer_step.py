@@ -38,7 +38,7 @@ from muonclip.optim import functional as muon_math
 from muonclip.optim import ns_forms
 from muonclip.optim.orthogonalizers import ORTHOGONALIZERS
 from muonclip.optim.precision import cpu_bf16_flags, cpu_has_native_bf16, resolve_ns_dtype
-from muonclip.optim.reference import reference_orthogonalize
+from muonclip.optim.reference import ill_conditioned, reference_orthogonalize
 
 # Capping the ISA reproduces other CPUs (facts §5); both oneDNN (matmul) and ATen honour these.
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
@@ -109,24 +109,14 @@ def _peer_torch_muon(G: torch.Tensor) -> torch.Tensor:
     return torch.stack(outs)
 
 
-def _ill_conditioned(batch: int, n: int, m: int, log10_min: float, g: torch.Generator) -> torch.Tensor:
-    k = min(n, m)
-    mats = []
-    for _ in range(batch):
-        U, _ = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))
-        V, _ = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=torch.float64))
-        mats.append((U * torch.logspace(0, log10_min, k, dtype=torch.float64)) @ V.T)
-    return torch.stack(mats).float()
-
-
 def accuracy(d: int = 256) -> dict:
     """Relative distance to float64 NS5 of every form and of torch.optim.Muon, per input, plus
     the singular-value band on the Gaussian input. The bf16 Gram form is computed directly
     from :mod:`muonclip.optim.ns_forms` to show why the optimizer refuses it."""
     g = torch.Generator().manual_seed(1)
     inputs = {"gaussian": torch.randn(16, d, 4 * d, generator=g),
-              "log1e-3": _ill_conditioned(4, d, 4 * d, -3, g),
-              "log1e-6": _ill_conditioned(4, d, 4 * d, -6, g)}
+              "log1e-3": ill_conditioned(4, d, 4 * d, -3, g).float(),
+              "log1e-6": ill_conditioned(4, d, 4 * d, -6, g).float()}
     out: dict = {}
     for name, G in inputs.items():
         ref = reference_orthogonalize(G, expert_stack=True)

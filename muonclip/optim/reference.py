@@ -16,8 +16,22 @@ from .shapes import matrix_dims
 
 __all__ = [
     "reference_orthogonalize", "reference_polar_express", "reference_muon_step", "reference_adamw_step",
-    "reference_normuon",
+    "reference_normuon", "ill_conditioned",
 ]
+
+
+def ill_conditioned(batch: int, n: int, m: int, log10_min: float, generator: torch.Generator) -> Tensor:
+    """A float64 (batch, n, m) test batch whose singular values are log-spaced from 1 to
+    10^log10_min (random orthonormal bases): inputs that, unlike Gaussian ones, tell apart the
+    Newton-Schulz forms, as real momenta have a few dominant directions."""
+    k = min(n, m)
+    values = torch.logspace(0, log10_min, k, dtype=torch.float64)
+    mats = []
+    for _ in range(batch):
+        U, _ = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=torch.float64))
+        V, _ = torch.linalg.qr(torch.randn(m, k, generator=generator, dtype=torch.float64))
+        mats.append((U * values) @ V.T)
+    return torch.stack(mats)
 
 
 def _ref_ns_matrix(G: Tensor, coeffs: Sequence[tuple[float, float, float]], norm_safety: float) -> Tensor:

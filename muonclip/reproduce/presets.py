@@ -242,6 +242,8 @@ def ns_precision_label(label: str, precision: str, preset_precision: str) -> tup
     if precision == preset_precision:
         return label, []
     return f"{label}-{precision}", [f"optim.ns_precision={precision}"]
+
+
 STORY_RUNS: list[tuple[str, str, str, list[str]]] = [
     ("dragon-muon", "dragon", "muon", []),
     ("dragon-adamw", "dragon", "adamw", []),

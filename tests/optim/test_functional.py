@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from muonclip.optim import functional as muon_math
 from muonclip.optim import ns_forms
-from muonclip.optim.reference import reference_orthogonalize, reference_polar_express
+from muonclip.optim.reference import ill_conditioned, reference_orthogonalize, reference_polar_express
 
 # Documented singular-value bands after 5 iterations, for directions whose singular value is
 # at least 2e-3 of the input's Frobenius norm (smaller ones are, by design, not fully
@@ -65,12 +65,8 @@ def test_polar_express_schedule_past_five_steps_is_the_papers():
 
 
 def _conditioned(n, m, log10_min, seed):
-    g = torch.Generator().manual_seed(seed)
-    k = min(n, m)
-    U, _ = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))
-    V, _ = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=torch.float64))
-    S = torch.logspace(0, log10_min, k, dtype=torch.float64)
-    return (U * S) @ V.T, S
+    G = ill_conditioned(1, n, m, log10_min, torch.Generator().manual_seed(seed))[0]
+    return G, torch.logspace(0, log10_min, min(n, m), dtype=torch.float64)
 
 
 @given(

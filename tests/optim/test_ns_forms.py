@@ -13,7 +13,7 @@ from muonclip import MuonClip
 from muonclip.optim import functional as muon_math
 from muonclip.optim import ns_forms
 from muonclip.optim.orthogonalizers import ORTHOGONALIZERS
-from muonclip.optim.reference import reference_orthogonalize
+from muonclip.optim.reference import ill_conditioned, reference_orthogonalize
 
 NS5 = ORTHOGONALIZERS["ns5"].schedule(5)
 SHAPES = [(3, 32, 96), (3, 96, 32), (4, 48, 48)]
@@ -22,14 +22,7 @@ SHAPES = [(3, 32, 96), (3, 96, 32), (4, 48, 48)]
 def _conditioned(batch, n, m, log10_min, seed):
     """Matrices with singular values log-spaced from 1 to 10^log10_min (real gradients are
     far from Gaussian: a few directions dominate)."""
-    g = torch.Generator().manual_seed(seed)
-    k = min(n, m)
-    out = []
-    for _ in range(batch):
-        U, _ = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))
-        V, _ = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=torch.float64))
-        out.append((U * torch.logspace(0, log10_min, k, dtype=torch.float64)) @ V.T)
-    return torch.stack(out).float()
+    return ill_conditioned(batch, n, m, log10_min, torch.Generator().manual_seed(seed)).float()
 
 
 def _rel(got, ref):

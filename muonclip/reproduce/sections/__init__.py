@@ -25,10 +25,8 @@ from .experiments import section_field, section_tradeoff
 from .guardrail import DRAGON_CLIP, GUARDRAIL_DATA, guardrail_arms, section_guardrail
 from .lifecycle import lifecycle_arms, section_lifecycle
 
-__all__ = ["Check", "Section", "Verdict", "SECTIONS", "SECTION_NAMES", "SECTION_ARMS", "NOTES", "DRAGON_CLIP",
+__all__ = ["Section", "Verdict", "SECTIONS", "SECTION_NAMES", "SECTION_ARMS", "NOTES", "DRAGON_CLIP",
            "GUARDRAIL_DATA", "arms_of"]
-
-Check = Verdict  # the name sections used before the targets were judged over seeds
 
 SECTIONS: dict[str, Callable[[Runner], Section]] = {
     "dragon": section_dragon,
