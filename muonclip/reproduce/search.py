@@ -26,7 +26,7 @@ from ..lab import TrainConfig, apply_overrides, get_preset
 from ..lab.rundir import load_run
 from . import presets
 from .pool import train_missing
-from .results import guardrail_seed_numbers, guardrail_targets, peak_max_logit
+from .results import guardrail_seed_numbers, guardrail_targets, peak_max_logit, slack_decomposition
 from .runner import ensure_run, seed_label
 
 __all__ = ["Candidate", "CANDIDATES", "candidate_jobs", "judge_candidate", "main"]
@@ -101,6 +101,8 @@ def judge_candidate(c: Candidate, seeds: Sequence[int], precision: str, cache: P
             runs[opt] = load_run(ensure_run(cfg, cache, _label(c, opt, seed, precision), progress=False))
         tau_used = _config(c, "muonclip", seed, precision, tau).optim.qk_clip_tau
         numbers = guardrail_seed_numbers(runs["muon"].rows, runs["muonclip"].rows, tau_used)
+        numbers["slack"] = slack_decomposition(runs["muonclip"].rows, tau_used)
+        numbers["lr"] = runs["muonclip"].config["optim"]["lr"]
         if c.tau_over_adamw is not None:
             numbers["adamw_peak"] = tau_used / c.tau_over_adamw
         per_seed.append({"seed": seed, **numbers})
