@@ -9,7 +9,7 @@ MuonClip and (for the tau rule) AdamW on the same model into a run cache keyed b
 then prints one row per candidate and precision: each target as median (min-max) over seeds and
 met only where every seed meets it (the same :func:`~.results.guardrail_seed_numbers` and
 :func:`~.results.guardrail_targets` that docs/results.md prints). ``--json`` keeps every
-per-seed number, ``--markdown`` appends the table to a page.
+per-seed number, ``--figure`` draws the slack of every MuonClip run against lr and tau.
 """
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ from typing import Any, Callable, Sequence
 from ..io import atomic_write_text
 from ..lab import TrainConfig, apply_overrides, get_preset
 from ..lab.rundir import load_run
+from ..viz.slack import slack_figure
 from . import presets
 from .pool import train_missing
-from .results import guardrail_seed_numbers, guardrail_targets, peak_max_logit, slack_decomposition
+from .results import CAP_MAX, guardrail_seed_numbers, guardrail_targets, peak_max_logit, slack_decomposition
 from .runner import ensure_run, seed_label
 
 __all__ = ["Candidate", "CANDIDATES", "candidate_jobs", "judge_candidate", "main"]
@@ -158,6 +159,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=Path("runs/search"))
     ap.add_argument("--json", type=Path, help="write every per-seed number here")
+    ap.add_argument("--figure", type=Path, help="draw every MuonClip run's slack against lr and tau here (PNG)")
     args = ap.parse_args(argv)
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     presets.register_presets()
@@ -173,7 +175,17 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
     log(f"[search] {len(results)} row(s) in {time.perf_counter() - t0:.0f} s")
     if args.json:
         atomic_write_text(args.json, json.dumps({"results": results}, indent=1) + "\n")
+    if args.figure:
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
+        slack_figure(slack_points(results), cap=CAP_MAX).savefig(args.figure, dpi=110)
     return results
+
+
+def slack_points(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per MuonClip run (candidate, precision, seed): its lr, tau and slack factors."""
+    return [{"lr": s["lr"], "tau": s["tau"], "growth": (s["slack"] or {}).get("growth"),
+             "batch": (s["slack"] or {}).get("batch"), "label": f"{r['candidate']} {r['precision']} seed {s['seed']}"}
+            for r in results for s in r["per_seed"]]
 
 
 if __name__ == "__main__":
