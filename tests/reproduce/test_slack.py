@@ -51,3 +51,14 @@ def test_growth_times_batch_is_the_next_rows_ratio_to_tau(growth, batch, tau):
     (e,) = slack_events(rows, tau)
     assert e.growth == pytest.approx(growth) and e.batch == pytest.approx(batch)
     assert e.excess == pytest.approx(rows[1]["max_logit"] / tau)
+
+
+def test_a_step_near_tau_without_a_clip_is_covered_too():
+    """The lab re-reads the batch on steps with a head within 10% of tau: a head that was not
+    clipped but crosses tau on the next batch is decomposed the same way."""
+    tau = 10.0
+    rows = [_row(7, [[9.7, 1.0]], max_logits_after=[[9.9, 1.0]]), _row(8, [[10.9, 1.0]], n_clipped=1)]
+    (e,) = slack_events(rows, tau)
+    assert (e.step, e.head, e.clipped) == (7, (0, 0), False)
+    assert e.growth == pytest.approx(0.99) and e.batch == pytest.approx(10.9 / 9.9)
+    assert slack_decomposition(rows, tau) is None  # no clipped head: nothing to summarise

@@ -12,7 +12,8 @@ clipping step, each head's max logit of the updated, clipped weights on the same
 
 so in logs the two parts add up exactly. A head over tau at step t+1 that was *not* clipped at
 step t has its own A_t as well (the after-pass covers every head), so it is decomposed the same
-way; only rows that follow a step without a clip (no after-pass) are not covered.
+way. The lab runs the after-pass on clipping steps and on steps with a head within 10% of tau,
+so only rows that follow a step with every head further below tau are not covered.
 """
 from __future__ import annotations
 
@@ -51,15 +52,15 @@ class SlackEvent:
 
 def slack_events(rows: Sequence[Row], tau: float, *, near: float = 0.9) -> list[SlackEvent]:
     """Every head at or above ``near`` x tau (on the same batch after step t's update and clip)
-    at each clipping step t whose next row is step t+1; clipped heads always included."""
+    at each step t with an after-pass whose next row is step t+1; clipped heads always included."""
     by_step = {int(r["step"]): r for r in rows}
     out = []
     for r in rows:
         after = r.get("max_logits_after")
         nxt = by_step.get(int(r["step"]) + 1)
-        if not after or nxt is None or not int(r.get("n_clipped", 0) or 0):
+        if not after or nxt is None:
             continue
-        clipped = heads_above(r, tau)
+        clipped = heads_above(r, tau) if int(r.get("n_clipped", 0) or 0) else set()
         for li, layer in enumerate(after):
             for hi, a in enumerate(layer):
                 a = _num(a)
