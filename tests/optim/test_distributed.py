@@ -288,8 +288,10 @@ def test_cli_nproc_2_in_bf16_moves_less_than_bf16_itself(cli_runs):
     1.0e-5 against 4.0e-5 at step 3."""
     ref, one, two = cli_runs(1, "fp32"), cli_runs(1, "bf16"), cli_runs(2, "bf16")
     eps = torch.finfo(torch.float32).eps
+    precision_gap = 0.0  # the largest bf16-vs-fp32 gap so far: a signed difference can cancel on one step
     for r, a, b in zip(ref, one, two, strict=True):
         assert a["tokens"] == b["tokens"]
+        precision_gap = max(precision_gap, abs(a["loss"] - r["loss"]))
         # step 1 has no update yet: only the loss reduction differs
         floor = FP32_REDUCTION_ULPS * eps * abs(a["loss"])
-        assert abs(a["loss"] - b["loss"]) <= max(floor, abs(a["loss"] - r["loss"])), (r, a, b)
+        assert abs(a["loss"] - b["loss"]) <= max(floor, precision_gap), (r, a, b)

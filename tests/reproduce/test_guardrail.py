@@ -66,8 +66,9 @@ def test_guardrail_clips_fewer_heads_and_holds_tau(quick_runs):
     steep_cap = results.max_after_first_clip(steep) / QUICK_TAU
     assert 1.0 <= cap < 1.3
     assert cap < steep_cap - 0.2
-    # held: the last row sits at tau (measured 0.99 tau; the no-decay run's 1.10 tau)
-    assert rows[-1]["max_logit"] < 1.05 * QUICK_TAU
+    # held: the last 20 rows sit at tau (measured at most 1.021 tau; the last row 0.99 tau and the
+    # no-decay run's 1.10 tau), whether or not the very last step clipped
+    assert max(r["max_logit"] for r in rows[-20:]) < 1.05 * QUICK_TAU
 
 
 def test_clipped_heads_land_on_tau_on_their_own_batch(quick_runs):

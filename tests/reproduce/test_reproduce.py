@@ -75,10 +75,12 @@ def test_guardrail_caps_max_logit_at_tau(quick_runs):
 def test_lifecycle_clip_switches_off(quick_runs):
     cfg, rows = quick_runs["lifecycle"]
     tau = cfg.optim.qk_clip_tau
-    first, last = results.first_clip_step(rows), results.last_clip_step(rows)
-    assert first is not None and last is not None
-    assert last < len(rows)
-    assert rows[-1]["max_logit"] < tau
+    phases = results.clip_phases(rows, tau)
+    assert phases.first_clip is not None
+    # switched off with margin on every CPU (measured: last clip at 60-66% of the run, final
+    # 0.835-0.867 tau, under three kernel sets and three seeds), not just quiet on the last step
+    assert phases.stabilised and phases.last_clip <= 0.75 * len(rows)
+    assert rows[-1]["max_logit"] < 0.95 * tau
 
 
 # ----------------------------------------------------------------------------- the run cache

@@ -42,7 +42,9 @@ def run_dir(tmp_path_factory):
         lines.append(" ".join(rng.choice(_WORDS) for _ in range(n)).capitalize() + ".")
     (root / "corpus.txt").write_text("\n".join(lines), encoding="utf-8")
     cfg = apply_overrides(get_preset("tiny"), [f"data.source={root / 'corpus.txt'}", "run.spectra_every=0",
-                                               "run.checkpoint_every=0", "run.eval_every=0"])
+                                               "run.checkpoint_every=0", "run.eval_every=0",
+                                               # about SAEs, not NS precision: the same run on every CPU
+                                               "optim.ns_precision=fp32"])
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is much faster on shared cores
     try:
