@@ -3,6 +3,7 @@
 plain and round-trips; the previous format is read safely and rewritten; unknown formats refused."""
 import hashlib
 import io
+import json
 import re
 from collections import OrderedDict
 
@@ -83,9 +84,10 @@ def test_a_previous_format_checkpoint_resumes_and_is_rewritten_in_this_format(tm
     restricted one, and the resumed run's next checkpoint is written as version 2."""
     run = tmp_path / "run"
     train(tiny_cfg, run, progress=False, log=lambda m: None)
-    data = (run / "checkpoint.pt").read_bytes()
-    assert data.startswith(b"MUONCLIP-CKPT-2\n")
-    (run / "checkpoint.pt").write_bytes(MAGIC_V1 + data[len(MAGIC_V1):])
+    assert (run / "checkpoint.pt").read_bytes().startswith(b"MUONCLIP-CKPT-2\n")
+    buf = io.BytesIO()  # what format 1 wrote: the state itself, not packed
+    torch.save(load_checkpoint(run / "checkpoint.pt"), buf)
+    (run / "checkpoint.pt").write_bytes(_framed(MAGIC_V1, buf.getvalue()))
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
     assert cli_main(["train", "--resume", str(run), "--set", "steps=6", "--no-progress"]) == 0
     assert (run / "checkpoint.pt").read_bytes().startswith(b"MUONCLIP-CKPT-2\n")
@@ -111,8 +113,11 @@ def test_unknown_versions_and_non_archive_payloads_are_refused(tmp_path):
         load_checkpoint(path)
     zipped_list = io.BytesIO()
     torch.save([1, 2], zipped_list)
-    path.write_bytes(_framed(b"MUONCLIP-CKPT-2\n", zipped_list.getvalue()))
+    path.write_bytes(_framed(MAGIC_V1, zipped_list.getvalue()))
     with pytest.raises(CheckpointError, match="holds a list, not a dict"):
+        load_checkpoint(path)
+    path.write_bytes(_framed(b"MUONCLIP-CKPT-2\n", zipped_list.getvalue()))
+    with pytest.raises(CheckpointError, match="malformed"):
         load_checkpoint(path)
     path.write_bytes(b"MUONCLIP-CKPT-2\n" + b"0" * 10)
     with pytest.raises(CheckpointError, match="bad header"):
@@ -168,6 +173,44 @@ def test_plain_state_round_trips_exactly(tmp_path_factory, value):
     save_checkpoint(path, state)
     assert path.read_bytes().startswith(b"MUONCLIP-CKPT-%d\n" % FORMAT_VERSION)
     assert _same(load_checkpoint(path), state)
+
+
+def test_packing_keeps_what_torch_save_kept(tmp_path):
+    """Format 2 packs the tensors held in dicts into flat tensors; loading puts back equal,
+    independent tensors, with a state_dict's OrderedDict and _metadata, strides of tensors it
+    leaves alone (non-contiguous, requiring grad, in lists) and int keys."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    sd = model.state_dict()
+    wide = torch.arange(12.0).reshape(3, 4)
+    state = {"model": sd, "opt": {0: {"m": torch.ones(4), "step": torch.tensor(3.0)}, 1: {"m": torch.zeros(0)}},
+             "t": wide.t(), "grad": torch.ones(2, requires_grad=True), "listed": [torch.ones(2), (torch.zeros(1),)],
+             "flags": torch.tensor([True, False]), "rng": torch.get_rng_state()}
+    save_checkpoint(tmp_path / "c.pt", state)
+    back = load_checkpoint(tmp_path / "c.pt")
+    assert type(back["model"]) is OrderedDict and back["model"]._metadata == sd._metadata
+    for key, value in sd.items():
+        assert back["model"][key].dtype == value.dtype and torch.equal(back["model"][key], value), key
+    assert torch.equal(back["opt"][0]["m"], torch.ones(4)) and back["opt"][0]["step"].shape == ()
+    assert back["opt"][1]["m"].shape == (0,)
+    assert back["t"].stride() == wide.t().stride() and torch.equal(back["t"], wide.t())
+    assert back["grad"].requires_grad
+    assert _same(back["listed"], state["listed"]) and _same(back["flags"], state["flags"])
+    assert torch.equal(back["rng"], state["rng"])
+    back["opt"][0]["m"].add_(1)  # views of one flat tensor must not overlap
+    assert torch.equal(back["opt"][0]["step"], torch.tensor(3.0)) and torch.equal(back["opt"][1]["m"], torch.zeros(0))
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    fresh.load_state_dict(back["model"])
+
+
+@pytest.mark.parametrize("index", [*(json.dumps([entry]) for entry in (
+    ["x", "g", 0, [3]], ["x", "g", 2, [2]], ["x", "nope", 0, [1]], ["y", "g", 0, [1]], ["x", "g", 0, [-1, 2]],
+    ["x", "g", 0, ["1"]], "x")), "[[", [["x", "g", 0, [1]]]])
+def test_a_tensor_index_that_does_not_fit_is_malformed(tmp_path, index):
+    buf = io.BytesIO()
+    torch.save({"state": {"x": None, "y": 1}, "tensors": index, "storage": {"g": torch.ones(2)}}, buf)
+    (tmp_path / "c.pt").write_bytes(_framed(b"MUONCLIP-CKPT-2\n", buf.getvalue()))
+    with pytest.raises(CheckpointError, match="malformed"):
+        load_checkpoint(tmp_path / "c.pt")
 
 
 @pytest.mark.parametrize("optimizer,precision", [("adamw", "auto"), ("muon", "fp32"), ("muonclip", "auto"),
