@@ -218,22 +218,35 @@ def test_a_tensor_index_that_does_not_fit_is_malformed(tmp_path, index):
 def test_every_lab_optimizers_state_is_plain_and_round_trips(tmp_path, tiny_cfg, optimizer, precision,
                                                               assert_same_optimizer_state):
     """The optimizer's state (whatever a precision choice such as ``auto`` records there)
-    must load under weights_only=True: checked by the writer, and loaded into a fresh optimizer."""
+    must load under weights_only=True: checked by the writer, loaded into a fresh optimizer,
+    which then steps exactly as the original does (its state tensors are views of packed ones)."""
     cfg = apply_overrides(tiny_cfg, [f"optim.optimizer={optimizer}", f"optim.ns_precision={precision}",
                                      "optim.qk_clip_tau=0.5"])
     model = build_model(cfg)
     opt = build_optimizer(model, cfg)
     x = torch.randint(0, cfg.model.vocab_size, (2, cfg.model.seq_len))
-    for _ in range(2):
-        _, loss = model(x, x)
-        opt.zero_grad()
+
+    def step(m, o):
+        _, loss = m(x, x)
+        o.zero_grad()
         loss.backward()
-        opt.step()
+        o.step()
+
+    for _ in range(2):
+        step(model, opt)
     state = opt.state_dict()
     check_plain(state)
-    save_checkpoint(tmp_path / "checkpoint.pt", {"optimizer": state})
-    loaded = load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]
-    assert loaded["param_groups"] == state["param_groups"]
-    fresh = build_optimizer(build_model(cfg), cfg)
-    fresh.load_state_dict(loaded)
+    save_checkpoint(tmp_path / "checkpoint.pt", {"model": model.state_dict(), "optimizer": state})
+    loaded = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert loaded["optimizer"]["param_groups"] == state["param_groups"]
+    twin = build_model(cfg)
+    twin.load_state_dict(loaded["model"])
+    fresh = build_optimizer(twin, cfg)
+    fresh.load_state_dict(loaded["optimizer"])
     assert_same_optimizer_state(state, fresh.state_dict())
+    for _ in range(2):
+        step(model, opt)
+        step(twin, fresh)
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert_same_optimizer_state(opt.state_dict(), fresh.state_dict())
