@@ -9,10 +9,10 @@ whose unpickler builds tensors, numbers, strings and containers and nothing that
 function. The writer checks the state first, so muonclip never writes what it would refuse.
 
 That unpickler runs in Python, at a cost per pickled object, and each tensor pickles as a few
-dozen objects. So format 2 packs the tensors held in dicts into one flat tensor per (top-level
-key, dtype, device) and records where each came from (``_pack``); the loader puts views of those
-flat tensors back in place. A checkpoint then loads about as fast as the free unpickler loaded
-format 1 (measured on the ``dragon`` preset: CHANGELOG).
+dozen objects. So format 2 packs the tensors held in dicts into one flat CPU tensor per (top-level
+key, dtype) and records where each came from (``_pack``); the loader puts views of those flat
+tensors back in place (on the CPU, where every checkpoint has always loaded). A checkpoint then
+loads no slower than the free unpickler loaded format 1 (measured on the ``dragon`` preset: CHANGELOG).
 """
 from __future__ import annotations
 
@@ -88,14 +88,16 @@ def check_plain(obj: Any, where: str = "state") -> None:
 def _packable(value: Any) -> bool:
     """A plain, dense, contiguous tensor without autograd: a flat slice of it is the same tensor."""
     return (type(value) is torch.Tensor and value.layout == torch.strided and value.is_contiguous()
-            and not value.requires_grad)
+            and not value.requires_grad and not value.is_quantized)
 
 
 def _pack(state: dict) -> dict:
     """``{"state", "tensors", "storage"}``: ``state`` with each packable tensor held in a dict
     replaced by None; for each, ``[*path, key, group, offset, shape]`` (all of them one JSON
     text: a single string costs the unpickler one step, a list of lists a dozen per tensor);
-    and per group one flat tensor of their elements. Tensors in lists or tuples stay as they are."""
+    and per group (top-level key, dtype) one flat CPU tensor of their elements: a GPU tensor is
+    copied to the CPU alone, as torch.save would, so packing needs no second copy on the GPU.
+    Tensors in lists or tuples stay as they are."""
     chunks: dict[str, list[torch.Tensor]] = {}
     filled: dict[str, int] = {}
     index: list[list] = []
@@ -104,9 +106,9 @@ def _pack(state: dict) -> dict:
         out = copy.copy(obj)  # keeps a state_dict's OrderedDict type and _metadata
         for key, value in obj.items():
             if _packable(value):
-                group = f"{path[0] if path else key}|{value.dtype}|{value.device}".replace("torch.", "")
+                group = f"{path[0] if path else key}|{value.dtype}".replace("torch.", "")
                 index.append([*path, key, group, filled.get(group, 0), list(value.shape)])
-                chunks.setdefault(group, []).append(value.reshape(-1))
+                chunks.setdefault(group, []).append(value.reshape(-1).cpu())
                 filled[group] = filled.get(group, 0) + value.numel()
                 out[key] = None
             elif type(value) in _DICTS:
