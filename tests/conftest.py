@@ -80,6 +80,12 @@ class _TouchOnUnpickle:
 
 
 @pytest.fixture
+def touch_on_unpickle():
+    """``touch_on_unpickle(marker)``: an object whose unpickling creates the file ``marker``."""
+    return _TouchOnUnpickle
+
+
+@pytest.fixture
 def plant_pickle_payload():
     """``plant(path, marker, magic=b"MUONCLIP-CKPT-2\\n")`` replaces the checkpoint at ``path`` with
     what an attacker would share: a valid header and a matching sha256 around a torch.save
