@@ -69,6 +69,39 @@ def assert_same_optimizer_state():
     return _assert_same_optimizer_state
 
 
+class _TouchOnUnpickle:
+    """Unpickling this runs ``Path(marker).touch()``: the stand-in for an attacker's payload."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (Path(self.marker),)
+
+
+@pytest.fixture
+def touch_on_unpickle():
+    """``touch_on_unpickle(marker)``: an object whose unpickling creates the file ``marker``."""
+    return _TouchOnUnpickle
+
+
+@pytest.fixture
+def plant_pickle_payload():
+    """``plant(path, marker, magic=b"MUONCLIP-CKPT-2\\n")`` replaces the checkpoint at ``path`` with
+    what an attacker would share: a valid header and a matching sha256 around a torch.save
+    archive whose unpickling touches ``marker``. Nothing here unpickles it."""
+    import hashlib
+    import io
+
+    def plant(path: Path, marker: Path, magic: bytes = b"MUONCLIP-CKPT-2\n") -> Path:
+        buf = io.BytesIO()
+        torch.save({"step": 1, "model": {"w": torch.zeros(2)}, "payload": _TouchOnUnpickle(marker)}, buf)
+        payload = buf.getvalue()
+        Path(path).write_bytes(magic + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+        return Path(path)
+    return plant
+
+
 class ToyLM(nn.Module):
     """A tiny LM-shaped module: embedding, two hidden matrices, a norm, a bias, a head."""
 

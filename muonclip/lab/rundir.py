@@ -58,8 +58,9 @@ def read_spectra(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     if not path.exists():
         return np.zeros(0, dtype=np.int64), {}
     try:
-        # np.load leaves a path it opened itself open when the archive is damaged
-        with open(path, "rb") as handle, np.load(handle) as data:
+        # np.load leaves a path it opened itself open when the archive is damaged; no pickles:
+        # a run directory may come from someone else, and unpickling an object array runs code
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
             steps = data["steps"].copy() if "steps" in data.files else np.zeros(0, dtype=np.int64)
             return steps, {k: data[k].copy() for k in data.files if k != "steps"}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:

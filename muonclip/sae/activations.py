@@ -156,8 +156,9 @@ def build_buffer(run_dir: str | Path, path: str | Path, *, layer: int | None, n_
                 if log:
                     log(f"reusing activations in {path}")
                 return buf
-        except CheckpointError:
-            pass
+        except CheckpointError as exc:  # damaged, or refused as unsafe: collected afresh below, never unpickled
+            if log:
+                log(f"not reusing {path}: {exc}")
     if log:
         log(f"collecting {n_tokens} + {n_eval_tokens} activations after block {layer} of {run_dir}")
     seq_len = cfg.model.seq_len

@@ -71,6 +71,16 @@ def test_a_damaged_spectra_file_is_named(tmp_path):
         read_spectra(path)
 
 
+def test_a_spectra_file_holding_pickled_objects_is_refused_unrun(tmp_path, touch_on_unpickle):
+    """spectra.npz is read without pickles: an object array in a shared run directory is refused."""
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "spectra.npz"
+    np.savez(path, steps=np.array([1]), **{"w|weight": np.array([touch_on_unpickle(marker)], dtype=object)})
+    with pytest.raises(ValueError, match="is damaged"):
+        read_spectra(path)
+    assert not marker.exists()
+
+
 def test_read_spectra_config_and_info(tmp_path):
     run, _ = _run_dir(tmp_path)
     steps, spectra = read_spectra(run / "spectra.npz")
