@@ -252,7 +252,8 @@ def _lifecycle(pg: Page, numbers: dict) -> None:
                 f"({n(s['final_over_tau'], DIGITS['ratio'], q='lifecycle.final_over_tau')}&times;&tau;)."
                 if s["stabilised"] else
                 f"It was still firing near the end (last clip at step {f(s['last_clip'])} of "
-                f"{q(s['steps'], 'lifecycle.steps')}): this "
+                f"{q(s['steps'], 'lifecycle.steps')}, ending at "
+                f"{n(s['final_over_tau'], DIGITS['ratio'], q='lifecycle.final_over_tau')}&times;&tau;): this "
                 "run did not reach the self-stabilised phase; a longer run with decaying lr is needed to see it.")
         pg.p(f"Here (weight decay {tau(s['weight_decay'])}, {e(s['schedule'])} lr, &tau; = "
              f"{tau(s['tau'], 'lifecycle.tau')}), the phases found in the data: "

@@ -55,7 +55,7 @@ function chart(svg, spec) {
   for (const t of ticks(y0 || (spec.log ? 1e-3 : 0), y1, spec.log)) {
     if (t < y0 || t > y1) continue;
     el("line", {x1: left, x2: W - right, y1: Y(t), y2: Y(t), stroke: "#000", "stroke-opacity": 0.08}, svg);
-    el("text", {x: left - 4, y: Y(t) + 4, "text-anchor": "end"}, svg).textContent = fmt(t, t < 1 ? 2 : 0);
+    el("text", {x: left - 4, y: Y(t) + 4, "text-anchor": "end"}, svg).textContent = String(+t.toPrecision(6));
   }
   const axisY = top + mainH + (barH ? barH + 14 : 0);
   for (const t of ticks(x0, x1, false)) el("text", {x: X(t), y: axisY + 16, "text-anchor": "middle"}, svg).textContent = t;

@@ -132,4 +132,4 @@ ALTERNATIVES = (
     "(c&middot;tanh(l/c)) bounds what the softmax sees, but not the growth of W<sub>q</sub> and W<sub>k</sub> "
     "behind it: the raw dot products keep growing under the cap. QK-Clip acts on the weights themselves, only "
     "for the heads that need it, after the optimizer step, and works with MLA (how each attention layout is "
-    "scaled: the README's QK-Clip section).")
+    "scaled: docs/reference.md, QK-Clip).")

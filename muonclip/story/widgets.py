@@ -52,7 +52,8 @@ def rogue_panel(steps: list[int], heads: list[str], start_head: str) -> str:
     return ('<div class="panel" data-panel="rogue">'
             f'{_svg("rogue-bars", "every head max logit over tau at the chosen step")}'
             f'<div class="controls">{_range("rogue-step", steps[0], steps[-1], steps[-1], 1, "step")}'
-            f'{_readout("rogue-step")}</div>'
+            f'{_readout("rogue-step")}</div><p class="note">Bars: each head\'s max logit / &tau; at that step; red: '
+            'clipped at that step, orange: clipped at some other step, grey: never clipped.</p>'
             f'{_svg("rogue-head", "the chosen head max logit over tau and its clipping steps")}'
             '<div class="controls"><label class="ctl">head <select data-control="rogue-head" id="ctl-rogue-head" '
             f'aria-label="head">{options}</select></label>{_readout("rogue-head")}</div></div>')
