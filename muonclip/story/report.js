@@ -142,6 +142,7 @@ for (const key of ["dragon", "guardrail", "lifecycle"]) {
   el("line", {x1: left, x2: W - right, y1: Y(1), y2: Y(1), stroke: C.tau, "stroke-dasharray": "5 4"}, bars);
   el("text", {x: W - right, y: Y(1) - 4, "text-anchor": "end"}, bars).textContent = "τ = " + d.tau + " (max logit / τ = 1)";
   el("text", {x: 8, y: top + 90, transform: "rotate(-90 8 " + (top + 90) + ")", "text-anchor": "middle"}, bars).textContent = "max logit / τ";
+  let draw = null;
   wire("rogue-step", v => {
     const i = indexAt(d.steps, +v), row = d.logits[i], now = new Set(d.clipped[i]);
     rects.forEach((r, h) => {
@@ -150,18 +151,18 @@ for (const key of ["dragon", "guardrail", "lifecycle"]) {
       r.setAttribute("fill", now.has(h) ? C.muon : (ever.has(h) ? C.clipped : "#9aa5b1"));
       r.setAttribute("class", now.has(h) ? "clipped" : "");
     });
+    if (draw) draw(d.steps[i]);  // the chosen head's chart follows the step
     const top = row.indexOf(Math.max(...row));
     return field("step", d.steps[i], "step " + d.steps[i]) + " · heads clipped " + field("n_clipped", now.size, now.size) +
       (now.size ? " (" + [...now].map(h => d.heads[h]).join(", ") + ")" : "") + " · largest " + d.heads[top] + " " +
       field("top_ratio", row[top] / d.tau, fmt(row[top] / d.tau, 3)) + " τ";
   });
-  let draw = null;
   wire("rogue-head", v => {
     const h = d.heads.indexOf(v), ys = d.logits.map(r => r[h] / d.tau);
     const clips = d.steps.filter((s, i) => d.clipped[i].includes(h));
     while (one.firstChild) one.removeChild(one.firstChild);
     draw = chart(one, {lines: [{x: d.steps, y: ys, label: v + ": max logit / τ", color: C.muonclip}], tau: 1, tauLabel: "τ", ylabel: "max logit / τ", ticks: clips});
-    draw(d.steps[d.steps.length - 1]);
+    draw(+q('[data-control="rogue-step"]').value);
     const pk = Math.max(...ys);
     return field("head", v, v) + " · peak " + field("peak_ratio", pk, fmt(pk, 3)) + " τ · clipped on " + field("clip_steps", clips.length, clips.length) +
       " steps" + (clips.length ? " (first " + field("first_clip", clips[0], clips[0]) + ", last " + field("last_clip", clips[clips.length - 1], clips[clips.length - 1]) + ")" : "");
