@@ -12,15 +12,28 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from importlib import resources
 from typing import Any
 
 __all__ = ["data_script", "step_panel", "rogue_panel", "whatif_panel", "script", "CSS"]
 
 
+def _finite(x: Any) -> Any:
+    """``x`` with every non-finite float as None (JSON has no NaN; a diverged run logs inf)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
 def data_script(data: dict[str, Any]) -> str:
-    """The panels' data as a JSON script element (``</`` escaped so no value can end the script)."""
-    text = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    """The panels' data as a JSON script element (``</`` escaped so no value can end the script;
+    non-finite numbers become null, which the readouts print as n/a)."""
+    text = json.dumps(_finite(data), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     return f'<script type="application/json" id="story-data">{text}</script>'
 
 
