@@ -120,12 +120,13 @@ def _bridge(pg: Page, numbers: dict) -> None:
         parts = [f"{e(name)}: the bound grew {n(v['bound_growth'], DIGITS['growth'])}&times; and the measured max "
                  f"logit {n(v['measured_growth'], DIGITS['growth'])}&times; from step {f(v['step_first'])} to step "
                  f"{f(v['step_last'])}" for name, v in s.items()]
-        v = next(iter(s.values()))
-        pg.p("Largest layer of each run: " + "; ".join(parts) + ". The measured logit stays below the bound times "
-             f"the inputs' norms: at the last snapshot it is {n(v['ratio_last'])}&times; the bound, while two "
-             f"RMS-normalised inputs of width {f(v['d_model'])} at unit gain would allow {f(v['d_model'])}&times;. "
-             "So the logits of the next chapters grow because &sigma;<sub>1</sub>(W<sub>q</sub>) and "
-             "&sigma;<sub>1</sub>(W<sub>k</sub>) grow; QK-Clip acts on exactly these two matrices.")
+        ratios = "; ".join(f"{e(name)} {n(v['ratio_last'])}&times;" for name, v in s.items())
+        width = next(iter(s.values()))["d_model"]
+        pg.p("Largest layer of each run: " + "; ".join(parts) + ". At the last snapshot the measured max logit is "
+             f"this many times the bound: {ratios}. The factor is the inputs' norms: two RMS-normalised inputs of "
+             f"width {f(width)} at unit gain allow up to {f(width)}&times;. So the logits of the next chapters grow "
+             "because &sigma;<sub>1</sub>(W<sub>q</sub>) and &sigma;<sub>1</sub>(W<sub>k</sub>) grow; QK-Clip acts "
+             "on exactly these two matrices.")
     pg.figure("logit_bridge.png")
 
 

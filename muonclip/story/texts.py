@@ -20,9 +20,10 @@ INTROS = {
         "k = W<sub>k</sub>x<sub>j</sub> (RoPE only rotates them), so |logit| &le; |x<sub>i</sub>| "
         "|x<sub>j</sub>| &middot; &sigma;<sub>1</sub>(W<sub>q</sub>)&middot;&sigma;<sub>1</sub>(W<sub>k</sub>)"
         "/&radic;d. "
-        "The inputs are RMS-normalised, so their norms stay put: what can grow without limit is the product of "
-        "the two largest singular values. The runs track the spectra of the whole W<sub>q</sub> and "
-        "W<sub>k</sub> of each layer (every head's block of rows is bounded by them)."),
+        "The inputs are RMS-normalised, so their norms are held near &radic;d<sub>model</sub> times the norm's "
+        "gain: what can grow without limit is the product of the two largest singular values. The runs track "
+        "the spectra of the whole W<sub>q</sub> and W<sub>k</sub> of each layer (every head's block of rows is "
+        "bounded by them)."),
     "dragon": (
         "An attention head scores each query against each key with a dot product q&middot;k/&radic;d, the "
         "<i>logit</i>, before the softmax. If the query and key weights keep growing, so do the logits; the "
