@@ -190,8 +190,10 @@ for (const key of ["dragon", "guardrail", "lifecycle"]) {
     const {a, g, p} = scaled();
     rects.forEach((r, i) => { r.setAttribute("y", Y(p[i])); r.setAttribute("height", Y(0) - Y(p[i])); r.dataset.value = p[i]; });
     const kw = p[d.keyword_pos], other = Math.max(...p.filter((x, i) => i !== d.keyword_pos && i !== n - 1));
+    // the keyword's logit lead over the strongest distractor, log(p_kw / p_other), scales with gamma
+    const gap = Math.log(kw / other);
     q('[data-readout="tradeoff-gamma"]').innerHTML = "γ " + field("gamma", g, g.toFixed(2)) + " · keyword " + field("keyword", kw, fmt(kw, 3)) +
-      " · largest distractor " + field("distractor", other, fmt(other, 3));
+      " · largest distractor " + field("distractor", other, fmt(other, 3)) + " · logit lead " + field("gap", gap, fmt(gap, 2));
     q('[data-readout="tradeoff-arm"]').innerHTML = field("arm", a.label, a.label) + ", step " + field("step", a.step, a.step) + ", head L" + a.best_head[0] + "H" + a.best_head[1];
   }
   arm.addEventListener("input", update); arm.addEventListener("change", update);

@@ -237,6 +237,9 @@ def test_tradeoff_what_if_is_softmax_of_scaled_logits(report, quick_story):
             z = sum(x ** gamma for x in p if x > 0)
             assert float(got["gamma"]) == gamma
             assert math.isclose(float(got["keyword"]), p[kw] ** gamma / z, rel_tol=1e-9), (arm["label"], gamma)
+            # the keyword's lead in logits over the strongest distractor (the marker, last, is neither)
+            lead = math.log(p[kw]) - math.log(max(x for i, x in enumerate(p[:-1]) if i != kw))
+            assert math.isclose(float(got["gap"]), gamma * lead, rel_tol=1e-9, abs_tol=1e-12)
     assert "not trained" in report.page.locator('[data-panel="tradeoff"]').inner_text()
 
 
