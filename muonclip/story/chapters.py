@@ -53,10 +53,13 @@ def _tau_choice(numbers: dict, drawn: dict, key: str | None = None, extra: str =
         return f"<p>{text}.{extra}</p>"
     preset, base, overridden = origin
     text += f" (preset <code>{e(preset)}</code>): {TAU_RULES.get(preset, 'set by the preset')}."
-    if overridden:
+    if overridden and numbers.get("mode") == "quick":
         text += (f" These are the shortened <code>--quick</code> runs: their overrides set &tau; to "
                  f"{e(fmt_g(drawn['tau']))} so that the clip still has something to do in a few steps (the full "
                  f"preset's &tau; is {e(fmt_g(base))}).")
+    elif overridden:
+        text += (f" The story's plan sets it to {e(fmt_g(drawn['tau']))} for this run (the preset's default: "
+                 f"{e(fmt_g(base))}).")
     return f"<p>{text}{extra}</p>"
 
 
