@@ -14,7 +14,7 @@ LATEST := .venv-latest
 # Extra pytest arguments, e.g. `make test-latest PYTEST_ARGS=tests/integrations`.
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-latest lint constraints venv bench clean
+.PHONY: demo test test-isa test-latest lint constraints venv bench clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: $(STAMP)
 # (CI=true), where it fails; .ci/run installs Chromium before calling this.
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The suite under every CPU instruction-set cap this machine can imitate (native; AVX512-BF16
+# without AMX where AMX exists; AVX2-only where AVX-512 exists). Not on CI: run it before a submission.
+test-isa: $(STAMP)
+	bash .ci/test-isa $(PYTEST_ARGS)
 
 # Newest releases of every dependency (torch stays 2.13.0), no constraints: a failure here
 # and not in `make test` means an upstream release broke us, before a fresh clone sees it.

@@ -27,9 +27,9 @@ METRIC_FIELDS = (
     "tokens_per_s",   # throughput of this step
     "time",           # wall seconds since the run started (excluding earlier sessions)
 )
-# Rows of evaluation / spectra steps also carry these; rows of steps where QK-Clip fired carry
-# ``max_logits_after``: per layer, per head max logit of the updated, clipped weights on that
-# step's own batch.
+# Rows of evaluation / spectra steps also carry these; rows of steps where QK-Clip fired, or where
+# a head was within 10% of tau (``train.AFTER_PASS_NEAR``), carry ``max_logits_after``: per layer,
+# per head max logit of the updated, clipped weights on that step's own batch.
 PERIODIC_FIELDS = ("val_loss", "spectra", "max_logits_after")
 
 

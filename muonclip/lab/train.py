@@ -46,6 +46,9 @@ from .tokenizer import load_tokenizer, make_tokenizer
 __all__ = ["train", "build_model", "build_optimizer", "load_dataset", "TRACKED_MATRICES"]
 
 # Matrices whose spectra are tracked in every layer (suffixes of parameter names).
+# A MuonClip step whose max logit is at least this share of tau re-reads its batch after the update
+# (``max_logits_after``), as a clipping step does: one forward more, only near tau.
+AFTER_PASS_NEAR = 0.9
 TRACKED_MATRICES = ("attn.q_proj.weight", "attn.k_proj.weight", "attn.o_proj.weight", "mlp.up_proj.weight")
 
 
@@ -304,8 +307,12 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
             tokens += x.numel() * world
             dt = time.perf_counter() - t0
             clip_stats = getattr(optimizer, "last_qk_clip", None) if o.optimizer == "muonclip" else None
-            after_clip = _max_logits_after_step(model, x, dctx) if clip_stats and clip_stats.n_clipped else None
             flat = torch.cat(max_logits)
+            # After a clip, or with a head within AFTER_PASS_NEAR of tau: the same batch again, so that
+            # the next row's excess over tau splits into this update's growth and the next batch's variation.
+            near_tau = clip_stats is not None and float(flat.max()) >= AFTER_PASS_NEAR * o.qk_clip_tau
+            after_clip = _max_logits_after_step(model, x, dctx) if clip_stats and (clip_stats.n_clipped or near_tau) \
+                else None
             row = {
                 "step": step + 1,
                 "tokens": tokens,

@@ -49,6 +49,7 @@ __all__ = [
     "EFFICIENCY_CLIP_LR",
     "GUARDRAIL",
     "GUARDRAIL_TAU",
+    "GUARDRAIL_TAU_RULE",
     "GUARDRAIL_K2",
     "GUARDRAIL_K2_TAU",
     "lr_override",
@@ -101,6 +102,9 @@ DRAGON = TrainConfig(
 # cap (1.154 tau): tau well under half the unclipped peak means a longer tug of war.
 # The no-decay guardrail of docs/results.md is the dragon preset run with --optimizer muonclip.
 GUARDRAIL_TAU = 26.7
+# How GUARDRAIL_TAU was chosen, printed in docs/results.md beside what AdamW reaches on the preset.
+GUARDRAIL_TAU_RULE = ("half of vanilla Muon's peak on seed 0 (53.4, one thread, fp32 NS): not yet a rule; "
+                      "issue #26's search (docs/guardrail-search.md) measures tau against AdamW's peak")
 
 
 def _k2_like(n_layer: int, n_head: int, tau: float) -> TrainConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..lab import get_preset
+from ..reproduce import presets
 from ..viz.style import COLORS, DIGITS, fmt_g, fmt_pct
 from . import widgets
 from .page import Page, e, f, n, q, tau
@@ -26,6 +27,10 @@ def chapter(pg: Page, title: str, anchor: str) -> None:
         pg.p(f"<b>What to look at:</b> {LOOK[anchor]}", "look")
     if anchor in INTROS:
         pg.p(INTROS[anchor])
+
+
+# The rule a preset module states for its tau (muonclip/reproduce/presets.py), by preset name.
+_PRESET_RULES = {"guardrail": getattr(presets, "GUARDRAIL_TAU_RULE", None)}
 
 
 def _tau_origin(numbers: dict, run_id: str) -> tuple[str, float | None, bool] | None:
@@ -53,6 +58,9 @@ def _tau_choice(numbers: dict, drawn: dict, key: str | None = None, extra: str =
         return f"<p>{text}.{extra}</p>"
     preset, base, overridden = origin
     text += f" (preset <code>{e(preset)}</code>): {TAU_RULES.get(preset, 'set by the preset')}."
+    rule = _PRESET_RULES.get(preset)
+    if rule:  # the presets' own account of how they picked it, where they give one
+        text += f" The preset says: {e(rule)}."
     if overridden and numbers.get("mode") == "quick":
         text += (f" These are the shortened <code>--quick</code> runs: their overrides set &tau; to "
                  f"{e(fmt_g(drawn['tau']))} so that the clip still has something to do in a few steps (the full "

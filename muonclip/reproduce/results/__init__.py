@@ -72,6 +72,7 @@ from .losses import (
     val_curve,
 )
 from .seeds import SEED_SEP, Spread, curve_spread, spread
+from .slack import SlackEvent, slack_decomposition, slack_events
 from .spectra import (
     entropy_over_time,
     logit_bound_series,
@@ -122,4 +123,5 @@ __all__ = [
     "CLIPPED_MAX", "LOSS_REL_MAX", "LIFECYCLE_LAST_CLIP_MAX", "LIFECYCLE_FINAL_MAX", "SPECTRA_SNAPSHOTS_MIN",
     "EFFICIENCY_MAX", "dragon_seed_numbers", "dragon_targets", "guardrail_seed_numbers", "guardrail_targets",
     "lifecycle_seed_numbers", "lifecycle_targets", "spectra_targets", "efficiency_ratio", "efficiency_targets",
+    "SlackEvent", "slack_events", "slack_decomposition",
 ]

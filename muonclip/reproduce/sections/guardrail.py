@@ -32,10 +32,14 @@ def guardrail_arm(label: str, optimizer: str, precision: str) -> Arm:
     return Arm(label, "guardrail", optimizer, tuple(overrides))
 
 
+# AdamW on the same preset (fp32, no Newton-Schulz): the scale the tau rule is measured against.
+GUARDRAIL_ADAMW = Arm("guardrail-adamw", "guardrail", "adamw")
+
+
 def guardrail_arms(quick: bool) -> list[Arm]:
     arms = [guardrail_arm(label, opt, p) for p in presets.GUARDRAIL_NS_PRECISIONS
             for label, opt in (("guardrail-muon", "muon"), ("guardrail", "muonclip"))]
-    return arms + [GUARDRAIL_LAYER, DRAGON_CLIP]
+    return arms + [GUARDRAIL_ADAMW, GUARDRAIL_LAYER, DRAGON_CLIP]
 
 
 def _heads(heads) -> str:
@@ -103,7 +107,9 @@ def section_guardrail(rn: Runner) -> Section:
          f"{cell(clip, results.final_val_loss, DIGITS['loss'])} / {cell(muon, results.final_val_loss, DIGITS['loss'])}"
          f" ({results.spread([d['val_rel'] for d in _per_seed(muon, clip)]).text(as_text=_signed_pct)})"),
     ])
+    _tau_rule(s, rn.arm(GUARDRAIL_ADAMW), tau)
     _precisions(s, by_precision, tau)
+    _slack(s, clip, tau)
     s.extra_md.append(
         "The metrics row's max logit comes from the forward pass *before* that step's update and clip, so after "
         "the first clip every row measures what one optimizer step does to heads that were just clipped: the cap "
@@ -127,6 +133,44 @@ def section_guardrail(rn: Runner) -> Section:
         cap_target=results.CAP_MAX, seed_curves=[results.series(r.rows, "max_logit") for r in clip[1:]],
         title="The cap: before each step, and where the clip puts the clipped heads")
     return s
+
+
+def _tau_rule(s: Section, adamw: Sequence[Run], tau: float) -> None:
+    """How tau was chosen (the preset's rule) and what AdamW reaches on the same preset here."""
+    s.table.extend([
+        ("tau rule (the preset's)", presets.GUARDRAIL_TAU_RULE),
+        ("AdamW on the same preset: peak max logit / tau over that peak",
+         f"{cell(adamw, results.peak_max_logit, DIGITS['logit'])} / "
+         f"{cell(adamw, lambda rows: tau / results.peak_max_logit(rows), DIGITS['ratio'])}"),
+    ])
+
+
+def _slack(s: Section, clip: Sequence[Run], tau: float) -> None:
+    """The one-step slack decomposed (:func:`results.slack_decomposition`), over the seeds."""
+    per_seed = [results.slack_decomposition(r.rows, tau) for r in clip]
+    if not any(per_seed):
+        return
+
+    def over(get, digits: int = DIGITS["ratio"]) -> str:
+        return results.spread([get(d) if d else None for d in per_seed]).text(digits)
+
+    s.table.extend([
+        ("slack, growth: clipped heads on the same batch after the update and clip, max logit / tau (max over "
+         "head-steps; p90)", f"{over(lambda d: d['growth']['max'])}; {over(lambda d: d['growth']['p90'])}"),
+        ("slack, batch variation: the next batch over the same batch, same weights (max; p90)",
+         f"{over(lambda d: d['batch']['max'])}; {over(lambda d: d['batch']['p90'])}"),
+        ("slack: share of the log-excess over tau that growth explains (median over the rows that ended above tau)",
+         over(lambda d: d["growth_share_median"])),
+        (first_seed("slack: the worst covered row (step, head): excess = growth x batch", clip),
+         (lambda w: f"step {w['step']}, ({w['head'][0]},{w['head'][1]}): {ratio(w['excess'])} = "
+                    f"{ratio(w['growth'])} x {ratio(w['batch'])}")(per_seed[0]["worst"]) if per_seed[0] else "n/a"),
+    ])
+    s.extra_md.append(
+        "**The slack, decomposed.** The clip's gamma comes from the forward *before* the step's update, so the "
+        "update of the clipping step itself is unseen: on the same batch the clipped head lands at tau times that "
+        "step's growth. The next row then reads the same weights on the next batch. Their product is the next "
+        "row's max logit over tau (`results.slack_decomposition`); the table gives each part. "
+        "`docs/guardrail-search.md` plots both parts against lr and tau over the search's runs.")
 
 
 def _signed_pct(x: float) -> str:
