@@ -16,6 +16,7 @@ from ..reproduce import results
 from ..sae.plots import l0_series
 from ..viz import animate, charts, clip_charts, plots
 from ..viz.style import fmt_g
+from .interactive import attention_row, head_series, step_series, tau_drawn
 from .render import save_animation, save_figure
 
 __all__ = ["FIGURES", "FigureSpec", "display_name"]
@@ -29,14 +30,6 @@ def display_name(run: RunData) -> str:
 
 def _frames(opts: dict, full: int) -> int:
     return 16 if opts.get("quick") else full
-
-
-def _tau(runs: Runs) -> float:
-    """The guardrail's tau: the threshold every max-logit picture is drawn against."""
-    for role in ("guardrail", "lifecycle"):
-        if role in runs and runs[role].clips:
-            return runs[role].tau
-    return runs["dragon"].tau
 
 
 def _max_logit_numbers(run: RunData) -> dict:
@@ -105,12 +98,38 @@ def fig_update_goal(runs: Runs, out: Path, opts: dict) -> dict:
 # ------------------------------------------------------------------------------ logits
 
 
+def fig_bridge(runs: Runs, out: Path, opts: dict) -> dict:
+    """From spectra to logits: sigma_1(W_q) sigma_1(W_k) / sqrt(d) beside the measured max logit,
+    per layer, for the runs that track spectra (AdamW and Muon on the dragon preset)."""
+    chosen = {display_name(runs[r]): runs[r] for r in ("adamw", "muon") if r in runs}
+    panels = {name: results.logit_bound_series(run.spectra, run.spectra_steps, run.rows,
+                                               int(run.config["model"]["head_dim"]))
+              for name, run in chosen.items()}
+    panels = {k: v for k, v in panels.items() if v["layers"] and len(v["steps"]) >= 2}
+    if not panels:
+        raise ValueError("no run tracks both q_proj and k_proj spectra")
+    fig = plots.plot_logit_bound(panels, title="From spectra to logits: the bound grows with the logit",
+                                 provenance=[chosen[k].provenance for k in panels])
+    save_figure(fig, out / "logit_bridge.png", description="sigma_1(W_q) sigma_1(W_k)/sqrt(d) and the max logit")
+    numbers = {}
+    for name, p in panels.items():
+        top_b = [max(col) for col in zip(*p["bound"], strict=True)]
+        top_m = [max(col) for col in zip(*p["measured"], strict=True)]
+        numbers[name] = {"step_first": p["steps"][0], "step_last": p["steps"][-1],
+                         "bound_first": top_b[0], "bound_last": top_b[-1],
+                         "bound_growth": top_b[-1] / top_b[0], "measured_growth": top_m[-1] / top_m[0],
+                         "measured_last": top_m[-1], "ratio_last": top_m[-1] / top_b[-1],
+                         "d_model": int(chosen[name].config["model"]["d_model"]),
+                         "head_dim": int(chosen[name].config["model"]["head_dim"])}
+    return numbers
+
+
 def fig_dragon(runs: Runs, out: Path, opts: dict) -> dict:
     mu = runs["dragon"]
-    tau = _tau(runs)
+    tau = mu.tau  # the dragon preset's own tau (its config), not another preset's
     s, v = mu.series("max_logit")
     adamw = runs.get("dragon_adamw")
-    ref = (*adamw.series("max_logit"), "AdamW") if adamw is not None else None
+    ref = (*adamw.series("max_logit"), "AdamW (same preset)") if adamw is not None else None
     prov = [mu.provenance] + ([adamw.provenance] if adamw is not None else [])
     save_figure(plots.plot_dragon(s, v, tau, reference=ref, provenance=prov), out / "dragon.png",
                 description="vanilla Muon max logit with safe/danger zones")
@@ -123,7 +142,12 @@ def fig_dragon(runs: Runs, out: Path, opts: dict) -> dict:
             "first_above_tau": results.first_step_above(rows, tau),
             "adamw_final": results.final_max_logit(adamw.rows) if adamw is not None else None,
             "adamw_peak": results.peak_max_logit(adamw.rows) if adamw is not None else None,
-            "final_loss": results.final_train_loss(rows)}
+            "adamw_start": results.initial_max_logit(adamw.rows) if adamw is not None else None,
+            "adamw_growth": results.growth_factor(adamw.rows) if adamw is not None else None,
+            "adamw_first_above_tau": results.first_step_above(adamw.rows, tau) if adamw is not None else None,
+            "final_loss": results.final_train_loss(rows), "tau_drawn": tau_drawn(mu, "dragon"),
+            "interactive": {"tau": tau, "lines": [step_series(mu, "vanilla Muon")]
+                            + ([step_series(adamw, "AdamW")] if adamw is not None else [])}}
 
 
 def fig_rogue_heads(runs: Runs, out: Path, opts: dict) -> dict:
@@ -144,7 +168,8 @@ def fig_rogue_heads(runs: Runs, out: Path, opts: dict) -> dict:
             "top": [[list(h), r, c] for h, r, c in peaks[:5]],
             "healthy_max_peak_over_tau": max(healthy) if healthy else None,
             "spans": {f"{h[0]},{h[1]}": list(v) for h, v in sorted(spans.items())},
-            "steps": results.total_steps(run.rows)}
+            "steps": results.total_steps(run.rows), "tau_drawn": tau_drawn(run, "guardrail"),
+            "interactive": head_series(run)}
 
 
 def fig_cap(runs: Runs, out: Path, opts: dict) -> dict:
@@ -157,7 +182,8 @@ def fig_cap(runs: Runs, out: Path, opts: dict) -> dict:
     save_figure(fig, out / "qk_clip_cap.png",
                 description="max logit / tau per step, and the clipped heads after the clip")
     return {"tau": tau, "cap": results.cap_ratio(rows, tau), "slack": results.clip_slack(rows, tau),
-            "landing": results.landing_after_clip(rows, tau), "first_clip": results.first_clip_step(rows)}
+            "landing": results.landing_after_clip(rows, tau), "first_clip": results.first_clip_step(rows),
+            "tau_drawn": tau_drawn(run, "guardrail")}
 
 
 def fig_per_layer(runs: Runs, out: Path, opts: dict) -> dict:
@@ -182,7 +208,7 @@ def _phase_spans(ph: results.ClipPhases) -> list[tuple[float, float, str, str]]:
 def fig_guardrail(runs: Runs, out: Path, opts: dict) -> dict:
     g = runs["guardrail"]
     mu = runs.get("guardrail_muon") or runs["dragon"]  # vanilla Muon on the guardrail's own preset
-    tau = g.tau if g.clips else _tau(runs)
+    tau = g.tau
     s, v = g.series("max_logit")
     ph = results.clip_phases(g.rows, tau)
     anim = animate.animate_max_logit(s, v, tau=tau, title="The guardrail: MuonClip",
@@ -198,13 +224,15 @@ def fig_guardrail(runs: Runs, out: Path, opts: dict) -> dict:
             "final_loss": results.final_train_loss(g.rows), "muon_final_loss": results.final_train_loss(mu.rows),
             "final_val": results.final_val_loss(g.rows), "muon_final_val": results.final_val_loss(mu.rows),
             "cap": results.cap_ratio(g.rows, tau), "muon_peak": results.peak_max_logit(mu.rows),
-            "muon_growth": results.growth_factor(mu.rows),
-            "fraction": results.fraction_heads_ever_clipped(g.rows, tau)}
+            "muon_growth": results.growth_factor(mu.rows), "muon_start": results.initial_max_logit(mu.rows),
+            "fraction": results.fraction_heads_ever_clipped(g.rows, tau), "tau_drawn": tau_drawn(g, "guardrail"),
+            "interactive": {"tau": tau, "phases": {"first_clip": ph.first_clip, "last_clip": ph.last_clip},
+                            "lines": [step_series(g, "MuonClip"), step_series(mu, "vanilla Muon")]}}
 
 
 def fig_lifecycle(runs: Runs, out: Path, opts: dict) -> dict:
     lc = runs["lifecycle"]
-    tau = lc.tau if lc.clips else _tau(runs)
+    tau = lc.tau
     s, v = lc.series("max_logit")
     ph = results.clip_phases(lc.rows, tau)
     anim = animate.animate_max_logit(s, v, tau=tau, title="QK-Clip's lifecycle", label=f"MuonClip (tau {fmt_g(tau)})",
@@ -215,7 +243,11 @@ def fig_lifecycle(runs: Runs, out: Path, opts: dict) -> dict:
             "clip_steps": ph.clip_steps, "stabilised": ph.stabilised, "active_fraction": ph.active_fraction,
             "heads_ever": ph.heads_clipped_ever, "heads_total": ph.heads_total,
             "final": ph.final_max_logit, "final_over_tau": ph.final_max_logit / tau, "peak": ph.peak_max_logit,
-            "schedule": lc.config["schedule"]["kind"], "weight_decay": lc.config["optim"]["weight_decay"]}
+            "schedule": lc.config["schedule"]["kind"], "weight_decay": lc.config["optim"]["weight_decay"],
+            "tau_drawn": tau_drawn(lc, "lifecycle"),
+            "interactive": {"tau": tau, "phases": {"first_clip": ph.first_clip, "last_clip": ph.last_clip,
+                                                   "stabilised": ph.stabilised},
+                            "lines": [step_series(lc, "MuonClip")]}}
 
 
 # ------------------------------------------------------------------------------ K2-style charts
@@ -225,11 +257,14 @@ _DRAGON_ROLES = (("dragon_adamw", "AdamW"), ("dragon", "Muon"), ("dragon_clip", 
 
 def fig_max_logits(runs: Runs, out: Path, opts: dict) -> dict:
     chosen = {name: runs[role] for role, name in _DRAGON_ROLES if role in runs}
-    fig = plots.plot_max_logits({name: run.series("max_logit") for name, run in chosen.items()}, tau=_tau(runs),
+    # the tau line is the clipping run's own (its config); without one, the dragon preset's
+    role = "dragon_clip" if "dragon_clip" in runs else "dragon"
+    drawn = tau_drawn(runs[role], role)
+    fig = plots.plot_max_logits({name: run.series("max_logit") for name, run in chosen.items()}, tau=drawn["tau"],
                                 title="Max logit over training (K2 Fig. 2 style)",
                                 provenance=[run.provenance for run in chosen.values()])
     save_figure(fig, out / "max_logits.png", description="max logit per step, all runs")
-    return {name: _max_logit_numbers(run) for name, run in chosen.items()}
+    return {"runs": {name: _max_logit_numbers(run) for name, run in chosen.items()}, "tau_drawn": drawn}
 
 
 def _loss_runs(runs: Runs) -> dict[str, RunData]:
@@ -264,7 +299,7 @@ def fig_tradeoff(runs: Runs, out: Path, opts: dict) -> dict:
                    out / "qk_clip_tradeoff.gif", fps=5)
     save_figure(plots.plot_tradeoff_summary(result, provenance=prov), out / "qk_clip_tradeoff.png",
                 description="trade-off experiment: accuracy and attention")
-    return results.tradeoff_summary(result)
+    return {**results.tradeoff_summary(result), "interactive": attention_row(result)}
 
 
 def fig_tradeoff_sweep(runs: Runs, out: Path, opts: dict) -> dict:
@@ -312,6 +347,7 @@ FIGURES: list[FigureSpec] = [
     FigureSpec("adamw_surface", ("adamw_singular_distortion.gif",), ("adamw",), fig_adamw_surface),
     FigureSpec("adam_vs_muon", ("adam_vs_muon.gif", "spectral_entropy.png"), ("adamw", "muon"), fig_adam_vs_muon),
     FigureSpec("update_goal", ("singular_values_goal.gif",), ("adamw", "muon"), fig_update_goal),
+    FigureSpec("bridge", ("logit_bridge.png",), ("adamw", "muon"), fig_bridge),
     FigureSpec("dragon", ("dragon.png", "dragon.gif"), ("dragon",), fig_dragon, sources=("dragon", "dragon_adamw")),
     FigureSpec("rogue_heads", ("rogue_heads.png",), ("guardrail",), fig_rogue_heads),
     # drawn against vanilla Muon on the guardrail's own preset (the dragon only stands in without it)

@@ -41,7 +41,7 @@ __all__ = ["StoryResult", "run_story", "STORY_FILES"]
 # Every file a complete story writes (plus l0.png when the SAE chapter is drawn).
 STORY_FILES = (
     "adamw_singular_distortion.gif", "adam_vs_muon.gif", "spectral_entropy.png", "singular_values_goal.gif",
-    "dragon.png", "dragon.gif", "rogue_heads.png", "guardrail.gif", "qk_clip_lifecycle.gif",
+    "logit_bridge.png", "dragon.png", "dragon.gif", "rogue_heads.png", "guardrail.gif", "qk_clip_lifecycle.gif",
     "qk_clip_cap.png", "qk_clip_per_layer.png", "qk_clip_tradeoff.gif", "qk_clip_tradeoff.png",
     "qk_clip_tradeoff_sweep.png", "max_logits.png", "loss_vs_tokens.png",
     "report.html", "numbers.json", "figures.json",

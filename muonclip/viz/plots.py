@@ -18,7 +18,7 @@ from .style import COLORS, color_for, fmt, fmt_g
 __all__ = [
     "new_figure", "add_provenance", "finish", "decorate", "draw_bands",
     "plot_max_logits", "plot_loss_vs_tokens", "plot_spectral_entropy", "plot_dragon", "draw_dragon",
-    "plot_rogue_heads", "draw_max_logit_panel", "plot_tradeoff_summary",
+    "plot_rogue_heads", "draw_max_logit_panel", "plot_tradeoff_summary", "plot_logit_bound",
 ]
 
 def new_figure(width: float = 8.0, height: float = 4.5, dpi: int = 100, layout: str | None = None) -> Figure:
@@ -259,4 +259,27 @@ def plot_tradeoff_summary(result: Mapping, *, provenance=None) -> Figure:
     ax1.set_ylim(0, 1)
     decorate(ax1, "step", "", "", fontsize=7)
     ax1.set_title("attention from the answer position", fontsize=10)
+    return finish(fig, provenance)
+
+
+# ------------------------------------------------------------------------------ spectra -> logits
+
+
+def plot_logit_bound(panels: Mapping[str, Mapping], *, title: str = "", provenance=None) -> Figure:
+    """The bridge from spectra to logits, one panel per run (``panels[label]`` as returned by
+    :func:`muonclip.reproduce.results.logit_bound_series`): each layer's measured max logit
+    (solid) and ``sigma_1(W_q) sigma_1(W_k) / sqrt(d)`` (dashed, the bound per unit input
+    norm), both on one log axis so that equal slopes read as equal growth."""
+    fig = new_figure(4.6 * max(1, len(panels)), 4.2)
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(panels)), sharey=True))
+    shades = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+    for ax, (label, p) in zip(axes, panels.items(), strict=False):
+        for i, li in enumerate(p["layers"]):
+            c = shades[i % len(shades)]
+            ax.plot(p["steps"], p["measured"][i], color=c, lw=1.6, label=f"layer {li}: measured max logit")
+            ax.plot(p["steps"], p["bound"][i], color=c, lw=1.2, ls="--",
+                    label=f"layer {li}: \u03c3\u2081(W_q)\u00b7\u03c3\u2081(W_k)/\u221ad")
+        ax.set_yscale("log")
+        decorate(ax, "step", "logit (log scale)", label, fontsize=7, which="both")
+    fig.suptitle(title)
     return finish(fig, provenance)

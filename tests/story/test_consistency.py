@@ -42,6 +42,10 @@ WHERE = {
     "dragon.muon.peak": ("The dragon", "Muon: max logit at step 1 / peak / final", 1),
     "dragon.muon.final": ("The dragon", "Muon: max logit at step 1 / peak / final", 2),
     "dragon.muon.growth": ("The dragon", "Muon: growth factor (peak / step 1)", 0),
+    "dragon.muon.peak_over_tau": ("The dragon", "Muon: peak / tau", 0),
+    "dragon.adamw.growth": ("The dragon", "AdamW: growth factor (peak / step 1)", 0),
+    "dragon.adamw.peak_over_tau": ("The dragon", "AdamW: peak / tau", 0),
+    "dragon.tau": ("The dragon", "tau (this scale)", 0),
     "dragon.adamw.peak": ("The dragon", "AdamW: max logit at step 1 / peak / final", 1),
     "dragon.adamw.final": ("The dragon", "AdamW: max logit at step 1 / peak / final", 2),
     "dragon.muon.final_val": ("The dragon", "Muon: final val loss", 0),
@@ -85,7 +89,7 @@ def test_results_md_and_report_html_print_the_same_numbers(quick_story, tmp_path
         assert text == _part(section[quantity], i), (key, text, section[quantity])
         compared.add(key)
     # the shared quantities of the dragon, guardrail and lifecycle chapters are all compared
-    assert {"dragon.muon.peak", "dragon.muon.growth", "dragon.muon.start", "guardrail.heads_ever",
+    assert {"dragon.muon.peak", "dragon.muon.growth", "dragon.muon.start", "dragon.tau", "guardrail.heads_ever",
             "guardrail.first_clip", "guardrail.cap", "guardrail.final_val", "lifecycle.first_clip",
             "lifecycle.last_clip", "lifecycle.heads_ever"} <= compared
     # The lifecycle chapter tells one of two endings, whichever the run reached (the quick run

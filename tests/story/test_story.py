@@ -145,3 +145,43 @@ def test_story_and_reproduce_refuse_bad_places_before_training(tmp_path, capsys,
     with pytest.raises(SystemExit) if "--threads" in args else contextlib.nullcontext():
         assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# Every figure that draws a tau line or divides by tau records it; the story draws each one.
+DRAWS_TAU = {"dragon", "rogue_heads", "guardrail", "cap", "lifecycle", "max_logits"}
+
+
+def test_every_figure_draws_its_own_runs_tau(quick_story):
+    """One tau per preset: the tau each figure drew is the one in the config of the run it names,
+    and that run is one the figure was drawn from."""
+    import re
+
+    result, out, cache = quick_story
+    numbers = json.loads((out / "numbers.json").read_text())
+    manifest = json.loads((out / "figures.json").read_text())
+    recorded = {k for k, v in numbers.items() if isinstance(v, dict) and "tau_drawn" in v}
+    assert DRAWS_TAU <= recorded, DRAWS_TAU - recorded
+    for key in recorded:
+        drawn = numbers[key]["tau_drawn"]
+        config = json.loads((cache / drawn["run_id"] / "config.json").read_text())
+        assert drawn["tau"] == config["optim"]["qk_clip_tau"], key
+        sources = {r["run_id"] for m in manifest.values() if m["figure"] == key for r in m["runs"]}
+        assert drawn["run_id"] in sources, key
+    dragon = next(p for p in numbers["plan"] if "dragon" in p["roles"])
+    assert numbers["dragon"]["tau_drawn"]["run_id"] == dragon["run_id"]
+    # the page prints the dragon's tau as that run's
+    html = (out / "report.html").read_text()
+    printed = set(re.findall(r'<span data-q="dragon.tau">([^<]*)</span>', html))
+    assert printed == {f"{numbers['dragon']['tau']:g}"}
+
+
+def test_interactive_data_is_the_runs_metrics(quick_story):
+    """The series embedded for the sliders are the rows of metrics.jsonl, value for value."""
+    result, out, cache = quick_story
+    numbers = json.loads((out / "numbers.json").read_text())
+    for key in ("dragon", "guardrail", "lifecycle"):
+        for line in numbers[key]["interactive"]["lines"]:
+            rows = [json.loads(x) for x in (cache / line["run_id"] / "metrics.jsonl").read_text().splitlines() if x]
+            assert line["steps"] == [r["step"] for r in rows]
+            assert line["max_logit"] == [r["max_logit"] for r in rows]
+            assert line["n_clipped"] == [r["n_clipped"] for r in rows]

@@ -119,3 +119,16 @@ def test_drawing_modules_do_not_use_pyplot():
             "muonclip.reproduce.report, muonclip.story.pipeline, muonclip.sae.plots; "
             "sys.exit('matplotlib.pyplot' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0
+
+
+def test_logit_bound_figure_draws_both_lines_per_layer_on_a_log_axis():
+    panel = {"steps": [1, 8, 16], "layers": [0, 1], "bound": [[0.1, 0.2, 0.4], [0.1, 0.3, 0.5]],
+             "measured": [[1.0, 2.0, 5.0], [1.0, 3.0, 6.0]]}
+    fig = plots.plot_logit_bound({"AdamW": panel, "Muon": panel}, title="bridge", provenance=PROV)
+    assert isinstance(fig, Figure)
+    axes = [ax for ax in fig.axes if ax.get_lines()]
+    assert len(axes) == 2
+    for ax in axes:
+        assert ax.get_yscale() == "log"
+        assert len(ax.get_lines()) == 4
+        assert [list(line.get_ydata()) for line in ax.get_lines()[:2]] == [panel["measured"][0], panel["bound"][0]]

@@ -75,6 +75,7 @@ from .seeds import SEED_SEP, Spread, curve_spread, spread
 from .slack import SlackEvent, slack_decomposition, slack_events
 from .spectra import (
     entropy_over_time,
+    logit_bound_series,
     mean_after_first,
     mean_spectra_series,
     most_distorted_param,
@@ -115,7 +116,8 @@ __all__ = [
     "ClipPhases", "clip_phases", "rogue_pick", "K2_FRACTION_CLIPPED", "per_layer_comparison", "mean_over_heads",
     "val_curve", "final_val_loss", "best_val_loss", "final_train_loss", "relative_change", "tokens_to_reach",
     "loss_spikes", "max_loss_jump", "smooth", "spectra_series", "mean_spectra_series", "mean_after_first",
-    "normalized_entropy", "entropy_over_time", "most_distorted_param", "top_over_median", "tradeoff_summary",
+    "normalized_entropy", "entropy_over_time", "most_distorted_param", "top_over_median", "logit_bound_series",
+    "tradeoff_summary",
     "seed_stats", "field_table", "tradeoff_sweep_grid", "tradeoff_edge", "Spread", "spread", "curve_spread",
     "SEED_SEP", "Verdict", "verdict", "GROWTH_MIN", "DRAGON_PEAK_MIN", "GUARDRAIL_PEAK_MIN", "CAP_MAX",
     "CLIPPED_MAX", "LOSS_REL_MAX", "LIFECYCLE_LAST_CLIP_MAX", "LIFECYCLE_FINAL_MAX", "SPECTRA_SNAPSHOTS_MIN",

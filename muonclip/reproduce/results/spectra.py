@@ -9,7 +9,7 @@ from .logits import Row, _num
 
 __all__ = [
     "spectra_series", "mean_spectra_series", "mean_after_first", "normalized_entropy", "entropy_over_time",
-    "most_distorted_param", "top_over_median",
+    "most_distorted_param", "top_over_median", "logit_bound_series",
 ]
 
 
@@ -77,3 +77,28 @@ def top_over_median(sv: Sequence[float]) -> float:
     """Largest singular value over the median one (1 for a flat spectrum)."""
     sv = np.asarray(sv, dtype=np.float64)
     return float(sv[0] / max(float(np.median(sv)), 1e-12))
+
+
+def logit_bound_series(spectra: Mapping[str, np.ndarray], spectra_steps: Sequence[int], rows: Sequence[Row],
+                       head_dim: int) -> dict:
+    """The spectra-to-logits bridge: per layer, ``sigma_1(W_q) * sigma_1(W_k) / sqrt(head_dim)`` at each
+    spectra snapshot beside the layer's measured max logit (over its heads) at the same step.
+
+    A head's logit is ``x_i^T W_q,h^T W_k,h x_j / sqrt(d)`` (RoPE only rotates), so it is at most
+    ``|x_i| |x_j|`` times this bound; ``W_q,h`` is a block of rows of ``W_q``, so the whole matrix's
+    sigma_1 bounds every head's. Layers are those with both ``blocks.L.attn.q_proj.weight`` and
+    ``k_proj`` tracked (none for MLA). The measured value is the row logged at the snapshot's
+    step (forward before that step's update). Returns ``{"steps", "layers": [L...],
+    "bound": [[per snapshot] per layer], "measured": [[...] per layer]}``."""
+    by_step = {int(r["step"]): r for r in rows}
+    layers = sorted(int(k.split(".")[1]) for k in spectra
+                    if k.startswith("blocks.") and k.endswith(".attn.q_proj.weight|weight")
+                    and k.replace("q_proj", "k_proj") in spectra)
+    keep = [i for i, s in enumerate(spectra_steps) if int(s) in by_step]
+    out = {"steps": [int(spectra_steps[i]) for i in keep], "layers": layers, "bound": [], "measured": []}
+    for li in layers:
+        q = np.asarray(spectra[f"blocks.{li}.attn.q_proj.weight|weight"], dtype=np.float64).max(axis=1)
+        k = np.asarray(spectra[f"blocks.{li}.attn.k_proj.weight|weight"], dtype=np.float64).max(axis=1)
+        out["bound"].append([float(q[i] * k[i] / np.sqrt(head_dim)) for i in keep])
+        out["measured"].append([max(_num(v) for v in by_step[int(spectra_steps[i])]["max_logits"][li]) for i in keep])
+    return out
