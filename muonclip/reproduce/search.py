@@ -30,7 +30,7 @@ from .pool import train_missing
 from .results import CAP_MAX, guardrail_seed_numbers, guardrail_targets, peak_max_logit, slack_decomposition
 from .runner import ensure_run, seed_label
 
-__all__ = ["Candidate", "CANDIDATES", "candidate_jobs", "judge_candidate", "main"]
+__all__ = ["Candidate", "CANDIDATES", "candidate_jobs", "judge_candidate", "slack_of_candidate", "main"]
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,9 @@ def _adamw_tau(c: Candidate, seed: int, cache: Path) -> float:
 
 
 def candidate_jobs(c: Candidate, seeds: Sequence[int], precisions: Sequence[str], cache: Path,
-                   *, stage: str) -> list[tuple[str, TrainConfig]]:
-    """The runs of one stage: ``"adamw"`` (what the tau rule needs) or ``"optim"`` (Muon and
-    MuonClip on each seed and precision; needs the AdamW stage's runs when tau follows AdamW)."""
+                   *, stage: str, arms: Sequence[str] = ("muon", "muonclip")) -> list[tuple[str, TrainConfig]]:
+    """The runs of one stage: ``"adamw"`` (what the tau rule needs) or ``"optim"`` (``arms`` on
+    each seed and precision; needs the AdamW stage's runs when tau follows AdamW)."""
     jobs = []
     for seed in seeds:
         if stage == "adamw":
@@ -86,9 +86,37 @@ def candidate_jobs(c: Candidate, seeds: Sequence[int], precisions: Sequence[str]
             continue
         tau = _adamw_tau(c, seed, cache) if c.tau_over_adamw is not None else None
         for p in precisions:
-            for opt in ("muon", "muonclip"):
+            for opt in arms:
                 jobs.append((_label(c, opt, seed, p), _config(c, opt, seed, p, tau)))
     return jobs
+
+
+def slack_of_candidate(c: Candidate, seeds: Sequence[int], precision: str, cache: Path) -> dict[str, Any]:
+    """The slack decomposition of every MuonClip run of one candidate (no Muon arm needed)."""
+    per_seed = []
+    for seed in seeds:
+        tau = _adamw_tau(c, seed, cache) if c.tau_over_adamw is not None else None
+        cfg = _config(c, "muonclip", seed, precision, tau)
+        run = load_run(ensure_run(cfg, cache, _label(c, "muonclip", seed, precision), progress=False))
+        per_seed.append({"seed": seed, "tau": cfg.optim.qk_clip_tau, "lr": cfg.optim.lr,
+                         "slack": slack_decomposition(run.rows, cfg.optim.qk_clip_tau)})
+    return {"candidate": c.name, "overrides": list(c.overrides), "precision": precision, "per_seed": per_seed}
+
+
+def slack_rows(results: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown rows of :func:`slack_of_candidate` results: one per run."""
+    def f(d, part, stat):
+        return f"{d[part][stat]:.3f}" if d and d.get(part) else "n/a"
+
+    return [f"| {r['candidate']} | {s['seed']} | {s['lr']:g} | {s['tau']:.4g} | {f(s['slack'], 'growth', 'p90')} / "
+            f"{f(s['slack'], 'growth', 'max')} | {f(s['slack'], 'batch', 'p90')} / {f(s['slack'], 'batch', 'max')} | "
+            + (f"{s['slack']['worst']['excess']:.3f} = {s['slack']['worst']['growth']:.3f} x "
+               f"{s['slack']['worst']['batch']:.3f}" if s["slack"] else "no clip") + " |"
+            for r in results for s in r["per_seed"]]
+
+
+SLACK_HEAD = ("| candidate | seed | lr | tau | growth p90 / max | batch p90 / max | "
+              "worst row: excess = growth x batch |\n|---|---|---|---|---|---|---|")
 
 
 def judge_candidate(c: Candidate, seeds: Sequence[int], precision: str, cache: Path) -> dict[str, Any]:
@@ -160,18 +188,23 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
     ap.add_argument("--cache", type=Path, default=Path("runs/search"))
     ap.add_argument("--json", type=Path, help="write every per-seed number here")
     ap.add_argument("--figure", type=Path, help="draw every MuonClip run's slack against lr and tau here (PNG)")
+    ap.add_argument("--slack-only", action="store_true",
+                    help="train only the MuonClip arms and report their one-step slack (no targets)")
     args = ap.parse_args(argv)
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     presets.register_presets()
     precisions = args.precision or ["fp32", "bf16"]
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     t0 = time.perf_counter()
+    arms = ("muonclip",) if args.slack_only else ("muon", "muonclip")
     for stage in ("adamw", "optim"):
-        jobs = [j for c in args.candidate for j in candidate_jobs(c, seeds, precisions, args.cache, stage=stage)]
+        jobs = [j for c in args.candidate
+                for j in candidate_jobs(c, seeds, precisions, args.cache, stage=stage, arms=arms)]
         train_missing(jobs, args.cache, workers=args.workers, threads=1, log=log)
-    results = [judge_candidate(c, seeds, p, args.cache) for c in args.candidate for p in precisions]
-    print(TABLE_HEAD)
-    print("\n".join(table_rows(results)))
+    judge = slack_of_candidate if args.slack_only else judge_candidate
+    results = [judge(c, seeds, p, args.cache) for c in args.candidate for p in precisions]
+    print(SLACK_HEAD if args.slack_only else TABLE_HEAD)
+    print("\n".join((slack_rows if args.slack_only else table_rows)(results)))
     log(f"[search] {len(results)} row(s) in {time.perf_counter() - t0:.0f} s")
     if args.json:
         atomic_write_text(args.json, json.dumps({"results": results}, indent=1) + "\n")
