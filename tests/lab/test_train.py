@@ -369,6 +369,7 @@ def test_run_info_records_what_decides_the_numerics_beyond_the_config(monkeypatc
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ("amx_bf16",))
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setenv("MUONCLIP_NS_RATES", '{"fp32": 300, "bf16": 1000}')  # auto's measured rates there
     cfg = get_preset("tiny")
     for ns_precision, dtype in (("auto", "bfloat16"), ("fp32", "float32")):
         info = run_info(cfg.replace(optim=dataclasses.replace(cfg.optim, ns_precision=ns_precision)))
