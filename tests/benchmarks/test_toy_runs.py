@@ -72,34 +72,43 @@ def test_ns_bf16_variants_rejects_a_malformed_shape(load_benchmark, capsys):
 
 
 def test_optimizer_step_toy_run(load_benchmark):
-    """benchmarks/optimizer_step.py at toy size, children included: every form timed with its own
-    FLOPs and bound, the ratios the speed targets read present, accuracy beside torch.optim.Muon's,
-    the Gram form measured in bf16 but refused there, and the AVX2-capped child on fp32."""
-    result = load_benchmark("optimizer_step").main(
+    """benchmarks/optimizer_step.py at toy size, children included: every form timed with its
+    recorded plans, FLOPs and own bound; the ratios the speed targets read, each beside the CPU
+    capability; accuracy of every form beside torch.optim.Muon's on four input classes, the bf16
+    Gram forms measured but refused; the AVX2-capped child on fp32 plans only."""
+    bench = load_benchmark("optimizer_step")
+    result = bench.main(
         ["--d", "16", "--layers", "1", "--repeats", "2", "--slow-repeats", "1", "--matmul-n", "64",
          "--breakdown", "--threads", "1"])
     assert result["shape_set"] == {"d": 16, "layers": 1} and result["matrix_params"] == (4 + 2 * 4) * 16 * 16
     assert set(result["step_ms"]) >= {"muonclip_auto", "muonclip_fp32", "muonclip_fp32_direct", "muonclip_bf16",
-                                      "adamw", "torch_muon"}
+                                      "muonclip_fp16", "adamw", "torch_muon"}
     assert all(ms > 0 for ms in result["step_ms"].values())
     forms = result["forms"]
-    assert set(forms) == {"muonclip_auto", "muonclip_fp32", "muonclip_fp32_direct", "muonclip_bf16"}
+    assert set(forms) == set(bench.FORMS)
     for form in forms.values():
-        assert form["step_ms"] > 0 and form["own_bound_ms"] > 0 and form["over_direct_bound"] > 0
-    # the fp32 default takes the Gram form where it saves FLOPs; the direct rows run the full count
+        assert form["step_ms"] > 0 and form["own_bound_ms"] > 0 and form["over_own_bound"] > 0
+        assert set(form["plans"]) == {"16x16", "16x64", "64x16"} and form["cpu_capability"]
+    # the fp32 default takes the Gram form where it saves FLOPs; fp16 the restarted one
+    assert forms["muonclip_fp32"]["plans"] == {"16x16": "fp32:direct", "16x64": "fp32:gram", "64x16": "fp32:gram"}
+    assert forms["muonclip_fp16"]["plans"]["16x64"] == "fp16:gram@2"
     assert forms["muonclip_fp32"]["ns_gflop"] <= forms["muonclip_fp32_direct"]["ns_gflop"]
+    assert result["auto_plans"] == forms["muonclip_auto"]["plans"] and "fp32" in result["auto_rates"]
     assert result["cpu_capability"] and isinstance(result["native_bf16"], bool)
-    assert set(result["met"]) == {"torch_muon_over_auto", "auto_over_direct_bf16_bound",
-                                  "fp32_over_direct_fp32_bound", "avx2_only_torch_muon_over_auto"}
+    ratios = result["ratios"]
+    assert {"default_step", "avx2_only"} <= set(ratios)
+    for row in ratios.values():
+        assert row["cpu_capability"] and isinstance(row["met"], bool) and isinstance(row["fp32_met"], bool)
     accuracy = result["accuracy"]
-    for inputs in ("gaussian", "log1e-3", "log1e-6"):
-        assert set(accuracy[inputs]) == {"fp32_direct", "fp32_gram", "bf16_direct", "bf16_gram_refused",
-                                         "torch_muon"}
+    for inputs in ("gaussian", "log_1e-3", "log_1e-6", "power_-2"):
+        assert set(accuracy[inputs]) == set(bench.ACCURACY_FORMS) | {
+            "bf16_gram_refused", "bf16_gram_restart_2_4_refused", "torch_muon"}
         assert accuracy[inputs]["fp32_direct"] < 1e-4 < accuracy[inputs]["bf16_direct"]
+        assert accuracy[inputs]["fp16_gram_restart_2"] < accuracy[inputs]["torch_muon"]
     # the reason the Gram form is refused in bf16: it blows up on an ill-conditioned input
-    assert accuracy["log1e-6"]["bf16_gram_refused"] > 10 * accuracy["log1e-6"]["bf16_direct"]
-    assert {"finite_check", "momentum", "normalize_fp32", "apply_fp32", "normalize_bf16",
-            "apply_bf16"} <= set(result["breakdown_ms"])
+    assert accuracy["log_1e-6"]["bf16_gram_refused"] > 10 * accuracy["log_1e-6"]["bf16_direct"]
+    assert {"finite_check", "momentum", "normalize_fp32", "apply_fp32"} <= set(result["breakdown_ms"])
     child = result["avx2_only"]
-    assert child["native_bf16"] is False and child["auto_precision"] == "fp32"
+    assert child["native_bf16"] is False and child["auto_precision"] == "float32"
+    assert set(child["auto_plans"].values()) <= {"fp32:direct", "fp32:gram"} and list(child["auto_rates"]) == ["fp32"]
     assert child["torch_muon_over_muonclip_auto"] > 0
