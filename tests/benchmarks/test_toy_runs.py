@@ -27,6 +27,23 @@ def test_toy_run_prints_one_json_line_with_every_row(gpu_check, capsys):
     assert result["lab_resume"]["bit_exact"]
     assert result["correctness"]["ns5_rel_dist_to_fp64_fp32"] < 1e-4
     assert result["dragon"]["steps"] == gpu_check.TOY["dragon_steps"]
+    assert "muonclip_fp16" in steps and "fp32" in result["auto_rates"]
+    forms = result["ns_forms"]
+    assert set(forms) == set(gpu_check.NS_SHAPES)
+    for row in forms.values():
+        # no CUDA here: the Triton rows are left out, every other form is timed and measured
+        assert set(row["forms"]) == {k for k, (_, _, triton) in gpu_check.NS_FORMS.items() if not triton}
+        gpu_check.ns_auto.parse_plan(row["auto_plan"])
+        for entry in row["forms"].values():
+            assert entry["iterate_ms"] > 0 and entry["normalize_ms"] > 0 and entry["gflop"] > 0
+        dist = {k: v["rel_dist_to_fp64"] for k, v in row["forms"].items()}
+        assert max(dist["fp32_direct"].values()) < 1e-4
+        # the restarted fp16 Gram form beats torch.optim.Muon's NS on the ill-conditioned input
+        assert dist["fp16_gram_restart_2"]["log_1e-6"] < row["torch_muon"]["rel_dist_to_fp64"]["log_1e-6"]
+        assert set(row["torch_muon_over_form"]) == set(row["forms"])
+    # Gram forms run fewer FLOPs than the direct one on a wide shape (d x 4d)
+    down = forms["1b_down"]["forms"]
+    assert down["fp16_gram_restart_2"]["gflop"] < down["fp16_direct_torch"]["gflop"]
     assert result["dragon"]["loss_last"] < result["dragon"]["loss_first"]
 
 
