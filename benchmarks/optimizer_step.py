@@ -51,10 +51,11 @@ NO_AMX_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
 NS5 = ORTHOGONALIZERS["ns5"].schedule(5)
 # The issue #27 acceptance ratios, read by the "met" block: torch.optim.Muon over the default
 # step >= 2.0 on a CPU with AMX, >= 1.5 on other native-bf16 CPUs (Zen 4) and in the AMX-off
-# child, >= 50 in the AVX2 child; the fp32 step <= 1.0x its own FLOP bound.
+# child, >= 50 in the AVX2 child; the fp32 step <= 1.0x its FLOP bound (reported against both
+# the FLOPs it runs and the direct form's).
 TARGETS = {"torch_muon_over_auto_min": {"amx": 2.0, "native_bf16": 1.5, "avx512_bf16_no_amx": 1.5,
                                         "avx2_only": 50.0},
-           "fp32_over_own_bound_max": 1.0}
+           "fp32_over_bound_max": 1.0}
 # name -> (ns_precision, ns_impl) of each MuonClip form timed
 FORMS = {
     "muonclip_auto": ("auto", "auto"),
@@ -331,14 +332,18 @@ def ratios(result: dict) -> dict:
     for name, (block, target_key) in rows.items():
         r = block["torch_muon_over_muonclip_auto"]
         target = TARGETS["torch_muon_over_auto_min"][target_key]
-        fp32 = block["forms"]["muonclip_fp32"]["over_own_bound"]
+        fp32 = block["forms"]["muonclip_fp32"]
         out[name] = {"cpu_capability": block["cpu_capability"], "onednn_max_cpu_isa": block["onednn_max_cpu_isa"],
                      "auto_plans": block["auto_plans"],
                      "torch_muon_over_muonclip_auto": r, "target_min": target,
                      "met": r is not None and r >= target,
                      "form_over_own_bound": {k: v["over_own_bound"] for k, v in block["forms"].items()},
-                     "fp32_over_own_bound": fp32,
-                     "fp32_met": fp32 <= TARGETS["fp32_over_own_bound_max"]}
+                     # "its bound": the FLOPs it runs (Gram on (d, 4d)), and the direct form's,
+                     # which the earlier measurements used
+                     "fp32_over_own_bound": fp32["over_own_bound"],
+                     "fp32_over_direct_bound": fp32["over_direct_bound"],
+                     "fp32_met_own_bound": fp32["over_own_bound"] <= TARGETS["fp32_over_bound_max"],
+                     "fp32_met_direct_bound": fp32["over_direct_bound"] <= TARGETS["fp32_over_bound_max"]}
     return out
 
 

@@ -115,7 +115,8 @@ def test_optimizer_step_toy_run(load_benchmark):
     ratios = result["ratios"]
     assert {"default_step", "avx2_only"} <= set(ratios)
     for row in ratios.values():
-        assert row["cpu_capability"] and isinstance(row["met"], bool) and isinstance(row["fp32_met"], bool)
+        assert row["cpu_capability"] and isinstance(row["met"], bool) and isinstance(row["fp32_met_own_bound"], bool)
+        assert row["fp32_over_own_bound"] >= row["fp32_over_direct_bound"] > 0  # Gram: fewer FLOPs, lower bound
     accuracy = result["accuracy"]
     for inputs in ("gaussian", "log_1e-3", "log_1e-6", "power_-2"):
         assert set(accuracy[inputs]) == set(bench.ACCURACY_FORMS) | {
