@@ -21,7 +21,9 @@ capability it was measured under.
 Children: the same measurement in a process capped to AVX2 (``avx2_only``: bf16 emulated,
 as on CPUs without native bf16), and on a CPU with AMX one capped to AVX512-BF16
 (``avx512_bf16_no_amx``: the bf16 kernels of e.g. AMD Zen 4). Where the CPU lacks native bf16,
-bf16 rows are emulated (~100x slower than fp32) and timed --slow-repeats times only.
+a form forced into bf16 or fp16 is emulated (~100x slower than fp32) and not timed (``not_timed``;
+``--time-emulated`` times it --slow-repeats times), and torch.optim.Muon's bf16 step is timed
+--slow-repeats times only.
 """
 from __future__ import annotations
 
@@ -162,14 +164,18 @@ def measure(args) -> dict:
     shapes = shape_set(args.d, args.layers)
     native = cpu_has_native_bf16()
     capability = torch.backends.cpu.get_cpu_capability()
+    # A form forced into a 16-bit precision this CPU emulates is not timed (10-100x slower than
+    # fp32, and auto never picks it): --time-emulated times it anyway.
+    timed = {name: spec for name, spec in FORMS.items()
+             if spec[0] in ("auto", "fp32") or _native(spec[0]) or args.time_emulated}
     opts: dict = {name: MuonClip(make_params(shapes), lr=0.02, weight_decay=0.1, ns_precision=prec, ns_impl=impl)
-                  for name, (prec, impl) in FORMS.items()}
+                  for name, (prec, impl) in timed.items()}
     opts["adamw"] = torch.optim.AdamW(make_params(shapes), lr=3e-3, weight_decay=0.1)
     if hasattr(torch.optim, "Muon") and not args.skip_torch_muon:
         opts["torch_muon"] = torch.optim.Muon(make_params(shapes), lr=0.02, weight_decay=0.1)
     # A 16-bit precision the CPU does not multiply natively is emulated (10-100x slower than
     # fp32): rows that run it are timed only --slow-repeats times.
-    slow = {name for name, (prec, _) in FORMS.items() if prec != "auto" and prec != "fp32" and not _native(prec)}
+    slow = {name for name, (prec, _) in timed.items() if prec != "auto" and prec != "fp32" and not _native(prec)}
     if not native:
         slow.add("torch_muon")
 
@@ -197,7 +203,7 @@ def measure(args) -> dict:
     bound = {k: direct_gflop / rate[k] * 1e3 for k in rate}  # direct-form FLOPs at each rate
 
     forms = {}
-    for name in FORMS:
+    for name in timed:
         plans = opts[name].ns_plan()
         gflop = plan_gflop(shapes, plans)
         own = sum(g / rate[p] * 1e3 for p, g in gflop.items())
@@ -229,6 +235,7 @@ def measure(args) -> dict:
         "direct_ns5_bound_ms": {k: round(v, 2) for k, v in bound.items()},
         "step_ms": ms,
         "forms": forms,
+        "not_timed": {name: f"{FORMS[name][0]} is emulated on this CPU" for name in FORMS if name not in timed},
         "torch_muon_over_muonclip_auto": torch_ratio,
         "muonclip_auto_over_adamw": round(ms["muonclip_auto"] / ms["adamw"], 2),
         "targets": TARGETS,
@@ -301,7 +308,7 @@ def breakdown(repeats: int, precisions: list[str], d: int = 256, layers: int = 4
 
 
 _CHILD_KEYS = ("cpu_capability", "onednn_max_cpu_isa", "native_bf16", "auto_rates", "auto_plans", "auto_precision",
-               "step_ms", "forms", "matmul_gflops", "direct_ns5_bound_ms", "torch_muon_over_muonclip_auto")
+               "step_ms", "forms", "not_timed", "matmul_gflops", "direct_ns5_bound_ms", "torch_muon_over_muonclip_auto")
 
 
 def _child(args, env: dict[str, str]) -> dict:
@@ -310,6 +317,8 @@ def _child(args, env: dict[str, str]) -> dict:
            "--layers", str(args.layers), "--matmul-n", str(args.matmul_n)]
     if args.skip_torch_muon:
         cmd.append("--skip-torch-muon")
+    if args.time_emulated:
+        cmd.append("--time-emulated")
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("MUONCLIP_NS_RATES")}  # its own probe
     # the child imports the muonclip this process runs, wherever it was imported from
     root = os.path.dirname(os.path.dirname(os.path.abspath(muonclip.__file__)))
@@ -353,6 +362,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--slow-repeats", type=int, default=2,
                     help="timed steps for rows with emulated bf16 (CPUs without native bf16; ~10 s each)")
     ap.add_argument("--skip-torch-muon", action="store_true")
+    ap.add_argument("--time-emulated", action="store_true",
+                    help="also time the forms forced into a 16-bit precision this CPU emulates (slow)")
     ap.add_argument("--skip-accuracy", action="store_true", help="skip the float64 accuracy comparison")
     ap.add_argument("--no-children", action="store_true",
                     help="skip the measurements in child processes capped to AVX2 and (on AMX CPUs) to AVX512-BF16")

@@ -29,7 +29,8 @@ from . import precision as _precision
 from .ns_forms import accepted_forms, form_flops, resolve_form
 from .orthogonalizers import Coeffs
 
-__all__ = ["PRECISION_DTYPES", "choose", "plan", "parse_plan", "candidate_precisions", "measured_rates", "probe"]
+__all__ = ["PRECISION_DTYPES", "choose", "plan", "parse_plan", "candidate_precisions", "measured_rates", "probe",
+           "probe_all"]
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # On equal cost, the more accurate precision (fp16 has 3 more mantissa bits than bf16).
@@ -144,7 +145,8 @@ def _cached_rates(key: str) -> dict[str, float] | None:
 
 
 def _probe_and_store(key: str, device: torch.device) -> dict[str, float]:
-    rates = {name: probe(PRECISION_DTYPES[name], device) for name in candidate_precisions(device)}
+    rates = probe_all([PRECISION_DTYPES[name] for name in candidate_precisions(device)], device)
+    rates = {name: rates[PRECISION_DTYPES[name]] for name in candidate_precisions(device)}
     path = os.environ.get(_CACHE_ENV)
     if path:
         _write_cache(path, key, rates)
@@ -173,22 +175,32 @@ def _write_cache(path: str, key: str, rates: dict[str, float]) -> None:
 
 
 def probe(dtype: torch.dtype, device: torch.device | str, repeats: int = 3) -> float:
-    """GFLOP/s of a batched product in ``dtype`` on ``device``: the fastest of ``repeats`` after
-    a warm-up (the fastest, because a shared machine only ever slows a run down). The size is
-    a Newton-Schulz-like 4 x (256 x 256) on a CPU (~0.1 GFLOP, about 1 ms at fp32 rates) and
-    4 x (1024 x 1024) on a GPU."""
+    """GFLOP/s of a batched product in ``dtype`` on ``device`` (:func:`probe_all` of one dtype)."""
+    return probe_all([dtype], device, repeats)[dtype]
+
+
+def probe_all(dtypes: Sequence[torch.dtype], device: torch.device | str, repeats: int = 5) -> dict[torch.dtype, float]:
+    """GFLOP/s of a batched product in each of ``dtypes`` on ``device``: the fastest of
+    ``repeats`` after a warm-up (the fastest, because a shared machine only ever slows a run
+    down), the dtypes timed in turn within each repeat so that a change in load reaches all of
+    them alike (only their ratio decides). The size is a Newton-Schulz-like 4 x (256 x 256)
+    on a CPU (~0.13 GFLOP, about 1 ms at fp32 rates) and 4 x (1024 x 1024) on a GPU."""
     device = torch.device(device)
     size = 1024 if device.type == "cuda" else 256
     g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(4, size, size, generator=g, device=device).to(dtype) / size**0.5
-    out = torch.empty_like(a)
+    base = torch.randn(4, size, size, generator=g, device=device) / size**0.5
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    torch.bmm(a, a, out=out)
+    operands = {}
+    for dtype in dtypes:
+        a = base.to(dtype)
+        operands[dtype] = (a, torch.empty_like(a))
+        torch.bmm(a, a, out=operands[dtype][1])  # warm-up: kernels and their buffers
     sync()
-    best = float("inf")
+    best = dict.fromkeys(dtypes, float("inf"))
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.bmm(a, a, out=out)
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 4 * size**3 / max(best, 1e-9) / 1e9
+        for dtype, (a, out) in operands.items():
+            t0 = time.perf_counter()
+            torch.bmm(a, a, out=out)
+            sync()
+            best[dtype] = min(best[dtype], time.perf_counter() - t0)
+    return {dtype: 2 * 4 * size**3 / max(t, 1e-9) / 1e9 for dtype, t in best.items()}

@@ -92,10 +92,10 @@ def test_candidates_follow_native_flags_and_caps(monkeypatch):
 def test_rates_are_probed_once_per_process_and_cached_in_a_json_file(monkeypatch, tmp_path):
     calls = []
 
-    def fake_probe(dtype, device, repeats=3):
-        calls.append(dtype)
-        return {torch.float32: 100.0, torch.bfloat16: 250.0}[dtype]
-    monkeypatch.setattr(ns_auto, "probe", fake_probe)
+    def fake_probe(dtypes, device, repeats=5):
+        calls.extend(dtypes)
+        return {d: {torch.float32: 100.0, torch.bfloat16: 250.0}[d] for d in dtypes}
+    monkeypatch.setattr(ns_auto, "probe_all", fake_probe)
     monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
@@ -126,7 +126,9 @@ def test_pinned_rates_are_checked(monkeypatch):
     assert ns_auto.measured_rates("cpu") == {"fp32": 3.0}  # fp16 is not native here: dropped
 
 
-def test_the_probe_measures_a_positive_rate():
+def test_the_probe_measures_a_positive_rate_per_dtype():
+    rates = ns_auto.probe_all([torch.float32, torch.bfloat16], "cpu", repeats=1)
+    assert set(rates) == {torch.float32, torch.bfloat16} and min(rates.values()) > 0
     assert ns_auto.probe(torch.float32, "cpu", repeats=1) > 0
 
 
