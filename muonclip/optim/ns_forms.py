@@ -13,16 +13,18 @@ Both work on either orientation without a transposed copy: a wide batch (n <= m)
 by ``X X^T`` from the left, a tall one by ``X^T X`` from the right, so a tall weight's
 direction comes out in the weight's own layout.
 
-Which form runs is decided from the dtype and FLOPs only (:func:`ns_form`), never from a
-timing, so the same config gives the same bits in every process. The Gram form is an fp32 /
-fp64 form: it iterates on R = X X^T, which squares the condition number, so rounding R to
-bf16 puts a noise floor of sqrt(2^-9) ~ 0.04 under every singular value, and the iteration
-multiplies noise in R's small eigenvalues by a^2 ~ 12 per step. Measured against a float64
-NS5 (``benchmarks/ns_bf16_variants.py``): on Gaussian inputs bf16 Gram is 1.4e-2 to 4.9e-2
-(direct bf16: 0.9e-2 to 1.7e-2), but on ill-conditioned ones (singular values log-spaced
-from 1 to 1e-3 or 1e-6, or decaying as i^-2) its output blows up, 0.7 to 1.9e4, while the
-direct form stays at 0.07 to 0.24 as torch.optim.Muon's does. So in 16-bit only the direct
-form runs.
+Which form runs in a given dtype is decided from FLOPs only (:func:`resolve_form`), never
+from a timing (which dtype runs is :mod:`.ns_auto`'s question). The Gram form iterates on
+R = X X^T, which squares the condition number: rounding R to bf16 puts a noise floor of
+sqrt(2^-9) ~ 0.04 under every singular value, and the iteration multiplies noise in R's small
+eigenvalues by a^2 ~ 12 per step. Measured against a float64 NS5: without restarts, on
+ill-conditioned inputs (singular values log-spaced from 1 to 1e-3 or 1e-6, or decaying as
+i^-2) its bf16 output blows up, 0.7 to 1.9e4, while the direct form stays at 0.07 to 0.24 as
+torch.optim.Muon's does. *Restarts* (X <- Q X, R <- X X^T, Q <- I after an iteration) drop
+that error: restarted after iteration 2, fp16 Gram is 4-10x closer to float64 than the peer;
+bf16 Gram restarted after 2 and 4 is not (1.6x the peer on small Gaussian matrices). So in
+bf16 only the direct form runs; in fp16 direct and Gram restarted after 2
+(:data:`ACCEPTED_16BIT`, each held to the peer by tests/optim/test_ns_forms.py).
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ DEFAULT_RESTARTS: dict[torch.dtype, tuple[int, ...]] = {
 # The 16-bit forms that are run: each is no further from a float64 NS5 than torch.optim.Muon's
 # bf16 NS5 on Gaussian and on three ill-conditioned input classes, at every shape tested
 # (tests/optim/test_ns_forms.py compares them side by side; that test is the rule). fp16's
-# three extra mantissa bits make its forms ~10x closer than the peer. bf16 Gram restarted
+# three extra mantissa bits make its forms 4-10x closer than the peer. bf16 Gram restarted
 # after 2 and 4 passes at 256 x 1024 but not at 64 x 256, where on Gaussian inputs it is
 # 1.6x the peer's distance (measured), so in bf16 only the direct form runs.
 ACCEPTED_16BIT: dict[torch.dtype, tuple[str, ...]] = {

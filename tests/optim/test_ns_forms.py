@@ -73,7 +73,7 @@ ACCEPTED = [(dtype, form) for dtype, forms in ns_forms.ACCEPTED_16BIT.items() fo
 def test_every_accepted_16bit_form_is_as_accurate_as_torch_optim_muon(shape, dtype, form):
     """The acceptance rule, side by side: on each input class, the form's distance to a float64
     NS5 is within the peer's (1.1x: bf16 direct measured 0.74x to 1.01x the peer's on
-    these shapes; fp16 direct and Gram restarted after 2 measured 0.1x to 0.2x, 64 x 256:
+    these shapes; fp16 direct and Gram restarted after 2 measured 0.1x to 0.25x, 64 x 256:
     Gaussian 3.4e-3 against 1.5e-2, singular values to 1e-6 2.3e-2 against 0.19)."""
     for name, G in input_classes(*shape, seed=sum(shape)).items():
         ref = reference_orthogonalize(G, expert_stack=True)
