@@ -175,16 +175,21 @@ def _write_cache(path: str, key: str, rates: dict[str, float]) -> None:
 
 
 def probe(dtype: torch.dtype, device: torch.device | str, repeats: int = 3) -> float:
-    """GFLOP/s of a batched product in ``dtype`` on ``device`` (:func:`probe_all` of one dtype)."""
-    return probe_all([dtype], device, repeats)[dtype]
+    """GFLOP/s of a batched product in ``dtype`` on ``device``: :func:`probe_all` of one dtype,
+    exactly ``repeats`` rounds."""
+    return probe_all([dtype], device, repeats, budget_s=0.0)[dtype]
 
 
-def probe_all(dtypes: Sequence[torch.dtype], device: torch.device | str, repeats: int = 5) -> dict[torch.dtype, float]:
+def probe_all(dtypes: Sequence[torch.dtype], device: torch.device | str, repeats: int = 5,
+              budget_s: float = 0.015, max_repeats: int = 25) -> dict[torch.dtype, float]:
     """GFLOP/s of a batched product in each of ``dtypes`` on ``device``: the fastest of
-    ``repeats`` after a warm-up (the fastest, because a shared machine only ever slows a run
-    down), the dtypes timed in turn within each repeat so that a change in load reaches all of
-    them alike (only their ratio decides). The size is a Newton-Schulz-like 4 x (256 x 256)
-    on a CPU (~0.13 GFLOP, about 1 ms at fp32 rates) and 4 x (1024 x 1024) on a GPU."""
+    ``repeats`` or more rounds after a warm-up (the fastest, because a shared machine only ever
+    slows a run down), the dtypes timed in turn within each round so that a change in load
+    reaches all of them alike (only their ratio decides). Rounds go on while the probe has
+    used less than ``budget_s`` (up to ``max_repeats``): on a loaded machine most rounds are
+    preempted, and more of them make an undisturbed one likelier. The size is a
+    Newton-Schulz-like 4 x (256 x 256) on a CPU (~0.13 GFLOP, about 1 ms at fp32 rates) and
+    4 x (1024 x 1024) on a GPU."""
     device = torch.device(device)
     size = 1024 if device.type == "cuda" else 256
     g = torch.Generator(device=device).manual_seed(0)
@@ -197,7 +202,10 @@ def probe_all(dtypes: Sequence[torch.dtype], device: torch.device | str, repeats
         torch.bmm(a, a, out=operands[dtype][1])  # warm-up: kernels and their buffers
     sync()
     best = dict.fromkeys(dtypes, float("inf"))
-    for _ in range(repeats):
+    start = time.perf_counter()
+    for i in range(max(repeats, max_repeats)):
+        if i >= repeats and time.perf_counter() - start > budget_s:
+            break
         for dtype, (a, out) in operands.items():
             t0 = time.perf_counter()
             torch.bmm(a, a, out=out)

@@ -92,7 +92,7 @@ def test_candidates_follow_native_flags_and_caps(monkeypatch):
 def test_rates_are_probed_once_per_process_and_cached_in_a_json_file(monkeypatch, tmp_path):
     calls = []
 
-    def fake_probe(dtypes, device, repeats=5):
+    def fake_probe(dtypes, device, repeats=5, budget_s=0.015, max_repeats=25):
         calls.extend(dtypes)
         return {d: {torch.float32: 100.0, torch.bfloat16: 250.0}[d] for d in dtypes}
     monkeypatch.setattr(ns_auto, "probe_all", fake_probe)
@@ -127,7 +127,7 @@ def test_pinned_rates_are_checked(monkeypatch):
 
 
 def test_the_probe_measures_a_positive_rate_per_dtype():
-    rates = ns_auto.probe_all([torch.float32, torch.bfloat16], "cpu", repeats=1)
+    rates = ns_auto.probe_all([torch.float32, torch.bfloat16], "cpu", repeats=1, budget_s=0.0)
     assert set(rates) == {torch.float32, torch.bfloat16} and min(rates.values()) > 0
     assert ns_auto.probe(torch.float32, "cpu", repeats=1) > 0
 
