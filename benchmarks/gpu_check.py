@@ -3,6 +3,12 @@
 On CUDA (the real check):
   * optimizer step ms on a 1B-class shape set (d=2048, 24 layers: q, k, v, o, up, down per
     layer) for MuonClip in each ns_precision, torch.optim.Muon and AdamW;
+  * ``ns_forms``: every Newton-Schulz form (direct and Gram with restarts; bf16, fp16 and
+    fp32; torch products and the Triton symmetric kernel) against torch.optim.Muon's own NS,
+    on the 1B-class shapes and Kimi-K2-like ones (hidden 7168: the MLA projections and a
+    batch of experts), each with its phases (normalisation, iteration), FLOPs, achieved rate,
+    distance to a float64 NS5 (Gaussian and singular values log-spaced to 1e-6) and the plan
+    ``ns_precision="auto"`` picks there;
   * the bf16 and fp32 NS5 FLOP bounds from measured 4096^3 matmul rates;
   * tracked-over-plain forward time of the lab GPT at T=2048 (exact per-head max logits);
   * 50 steps of the ``dragon`` preset on the device, with its max-logit growth;
@@ -30,10 +36,31 @@ from torch import nn
 
 from muonclip import MuonClip
 from muonclip.optim import functional as muon_math
+from muonclip.optim import ns_auto, ns_forms, triton_ns
+from muonclip.optim.orthogonalizers import ORTHOGONALIZERS
 from muonclip.optim.precision import cpu_has_native_bf16, resolve_ns_dtype
 
-FULL = {"d": 2048, "layers": 24, "matmul_n": 4096, "seq_len": 2048, "attn_batch": 4, "dragon_steps": 50}
-TOY = {"d": 64, "layers": 2, "matmul_n": 256, "seq_len": 64, "attn_batch": 2, "dragon_steps": 4}
+FULL = {"d": 2048, "layers": 24, "matmul_n": 4096, "seq_len": 2048, "attn_batch": 4, "dragon_steps": 50, "scale": 1}
+TOY = {"d": 64, "layers": 2, "matmul_n": 256, "seq_len": 64, "attn_batch": 2, "dragon_steps": 4, "scale": 64}
+NS5 = ORTHOGONALIZERS["ns5"].schedule(5)
+# (batch, rows, cols) in torch's (out, in) layout. 1B class: d = 2048, 8 matrices of each
+# shape (the optimizer batches same-shape matrices). Kimi K2 (hidden 7168, 64 heads, MLA with
+# q rank 1536 and kv rank 512, head dims 128 + 64 rope, value 128; experts of width 2048).
+NS_SHAPES = {
+    "1b_square": (8, 2048, 2048), "1b_up": (8, 8192, 2048), "1b_down": (8, 2048, 8192),
+    "k2_q_a": (1, 1536, 7168), "k2_q_b": (1, 12288, 1536), "k2_kv_a": (1, 576, 7168),
+    "k2_kv_b": (1, 16384, 512), "k2_o": (1, 7168, 8192),
+    "k2_expert_up": (8, 2048, 7168), "k2_expert_down": (8, 7168, 2048),
+}
+# name -> (dtype, form, Triton symmetric products on?); the bf16 Gram form is refused by the
+# optimizer (it loses to torch.optim.Muon at small n) and timed here for the record.
+NS_FORMS = {
+    "bf16_direct_torch": (torch.bfloat16, "direct", False), "bf16_direct_triton": (torch.bfloat16, "direct", True),
+    "fp16_direct_torch": (torch.float16, "direct", False), "fp16_direct_triton": (torch.float16, "direct", True),
+    "fp16_gram_restart_2": (torch.float16, "gram@2", False),
+    "bf16_gram_restart_2_4_refused": (torch.bfloat16, "gram@2,4", False),
+    "fp32_gram": (torch.float32, "gram", False), "fp32_direct": (torch.float32, "direct", False),
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -79,7 +106,7 @@ def matmul_tflops(dtype: torch.dtype, n: int, device: torch.device) -> float:
 def optimizer_steps(sizes: dict, device: torch.device, repeats: int) -> dict:
     shapes = shape_set(sizes["d"], sizes["layers"])
     makers = {f"muonclip_{p}": (lambda ps, p=p: MuonClip(ps, lr=0.02, ns_precision=p))
-              for p in ("auto", "fp32", "bf16")}
+              for p in ("auto", "fp32", "bf16", "fp16")}
     makers["adamw"] = lambda ps: torch.optim.AdamW(ps, lr=3e-3, weight_decay=0.1)
     if hasattr(torch.optim, "Muon"):
         makers["torch_muon"] = lambda ps: torch.optim.Muon(ps, lr=0.02, weight_decay=0.1)
@@ -104,6 +131,111 @@ def optimizer_steps(sizes: dict, device: torch.device, repeats: int) -> dict:
         "torch_muon_over_muonclip_auto": (round(step_ms["torch_muon"] / step_ms["muonclip_auto"], 2)
                                           if "torch_muon" in step_ms else None),
     }
+
+
+def _log_spaced(batch: int, n: int, m: int, device: torch.device) -> torch.Tensor:
+    """Singular values log-spaced from 1 to 1e-6 with random orthonormal bases, built on the device."""
+    g = torch.Generator(device=device).manual_seed(3)
+    k = min(n, m)
+    U, _ = torch.linalg.qr(torch.randn(batch, n, k, generator=g, device=device))
+    V, _ = torch.linalg.qr(torch.randn(batch, m, k, generator=g, device=device))
+    return (U * torch.logspace(0, -6, k, device=device)) @ V.mT
+
+
+def _run_form(X: torch.Tensor, dtype: torch.dtype, form: str, ws) -> torch.Tensor:
+    kind, restarts = ns_forms.parse_form(form)
+    if kind == "gram":
+        return ns_forms.quintic_gram(X, NS5, ws, restarts or ())
+    return ns_forms.quintic_direct(X, NS5, ws, symmetric=triton_ns.symmetric_product_fn(X))
+
+
+def _torch_muon_ns(G: torch.Tensor) -> torch.Tensor | None:
+    """torch.optim.Muon's own Newton-Schulz (a private function of torch 2.9+), per matrix."""
+    from torch.optim import _muon
+
+    fn = getattr(_muon, "_zeropower_via_newtonschulz", None)
+    if fn is None:
+        return None
+    return torch.stack([fn(g, (3.4445, -4.7750, 2.0315), 5, 1e-7) for g in G])
+
+
+def _with_triton(on: bool, fn):
+    """``fn()`` with the Triton symmetric kernel turned on or off (``MUONCLIP_TRITON``)."""
+    import os
+
+    previous = os.environ.get("MUONCLIP_TRITON")
+    os.environ["MUONCLIP_TRITON"] = "1" if on else "0"
+    try:
+        return fn()
+    finally:
+        if previous is None:
+            os.environ.pop("MUONCLIP_TRITON", None)
+        else:
+            os.environ["MUONCLIP_TRITON"] = previous
+
+
+def _sig(x: float) -> float:
+    """Four significant figures (toy sizes have tiny FLOP counts)."""
+    return float(f"{x:.4g}")
+
+
+def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(f"{float((got.double() - ref).norm() / ref.norm()):.3e}")
+
+
+def _time_form(G: torch.Tensor, inputs: dict, refs: dict, dtype: torch.dtype, form: str,
+               device: torch.device, repeats: int) -> dict:
+    """One form on one batch: normalisation and iteration ms, and its distance per input class."""
+    ws = ns_forms.Workspace()
+    X0 = ns_forms.normalized_batch([G], dtype).clone()
+    norm_ms = _median_ms(lambda: ns_forms.normalized_batch([G], dtype, 1.0, ws), device, repeats)
+
+    def iterate():
+        X = ws.get("x0", X0.shape, X0)
+        X.copy_(X0)
+        return _run_form(X, dtype, form, ws)
+    iter_ms = _median_ms(iterate, device, repeats)
+    dist = {k: _rel(_run_form(ns_forms.normalized_batch([x], dtype), dtype, form, None), refs[k])
+            for k, x in inputs.items()}
+    return {"normalize_ms": round(norm_ms, 3), "iterate_ms": round(iter_ms, 3),
+            "total_ms": round(norm_ms + iter_ms, 3), "rel_dist_to_fp64": dist}
+
+
+def _ns_shape_row(batch: int, rows: int, cols: int, device: torch.device, repeats: int) -> dict:
+    g = torch.Generator(device=device).manual_seed(0)
+    G = torch.randn(batch, rows, cols, generator=g, device=device)
+    inputs = {"gaussian": G[:1], "log_1e-6": _log_spaced(1, rows, cols, device)}
+    refs = {k: ns_forms.newton_schulz_batch([x], NS5, "direct", torch.float64) for k, x in inputs.items()}
+    n, m = min(rows, cols), max(rows, cols)
+    row: dict = {"shape": [batch, rows, cols],
+                 "auto_plan": ns_auto.plan(rows, cols, "auto", "auto", NS5, device), "forms": {}}
+    triton_ok = device.type == "cuda" and triton_ns.available()
+    for name, (dtype, form, triton) in NS_FORMS.items():
+        if triton and not triton_ok:
+            continue
+        entry = _with_triton(triton, lambda dtype=dtype, form=form: _time_form(G, inputs, refs, dtype, form,
+                                                                                device, repeats))
+        kind, restarts = ns_forms.parse_form(form)
+        flops = batch * ns_forms.ns_flops(n, m, gram=kind == "gram", restarts=restarts or ())
+        entry.update(gflop=_sig(flops / 1e9), tflops=_sig(flops / (entry["iterate_ms"] / 1e3) / 1e12))
+        row["forms"][name] = entry
+    if _torch_muon_ns(G[:1]) is not None:
+        peer_ms = _median_ms(lambda: _torch_muon_ns(G), device, repeats)
+        row["torch_muon"] = {"total_ms": round(peer_ms, 3), "gflop": _sig(batch * ns_forms.ns_flops(n, m) / 1e9),
+                             "rel_dist_to_fp64": {k: _rel(_torch_muon_ns(x), refs[k]) for k, x in inputs.items()}}
+        row["torch_muon_over_form"] = {k: round(peer_ms / v["total_ms"], 2) for k, v in row["forms"].items()}
+    return row
+
+
+def ns_form_table(sizes: dict, device: torch.device, repeats: int) -> dict:
+    """Each Newton-Schulz form on each shape: ms (normalisation, iteration, total), FLOPs, TFLOP/s,
+    distance to a float64 NS5 on two input classes, beside torch.optim.Muon's NS; and auto's plan."""
+    out: dict = {}
+    for shape_name, (batch, rows, cols) in NS_SHAPES.items():
+        rows, cols = max(rows // sizes["scale"], 4), max(cols // sizes["scale"], 4)
+        out[shape_name] = _ns_shape_row(batch, rows, cols, device, repeats)
+        _free(device)
+    return out
 
 
 def attention_tracking(sizes: dict, device: torch.device, repeats: int) -> dict:
@@ -275,12 +407,14 @@ def main(argv: list[str] | None = None) -> dict:
         "sizes": sizes,
         "auto_precision": str(resolve_ns_dtype("auto", device)).replace("torch.", ""),
         "cpu_native_bf16": cpu_has_native_bf16(),
+        "auto_rates": {k: round(v, 1) for k, v in ns_auto.measured_rates(device).items()},
     }
     _section(result, "correctness", correctness, sizes, device)
     _section(result, "qk_clip", qk_clip_landing, device)
     _section(result, "bf16_tracking", bf16_tracking, sizes, device)
     _section(result, "lab_resume", lab_resume, device)
     _section(result, "optimizer", optimizer_steps, sizes, device, args.repeats)
+    _section(result, "ns_forms", ns_form_table, sizes, device, args.repeats)
     _section(result, "attention", attention_tracking, sizes, device, args.repeats)
     if not args.skip_dragon:
         _section(result, "dragon", dragon_run, sizes, device)

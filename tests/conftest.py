@@ -46,6 +46,8 @@ def _imitate_cpu_bf16_flags(monkeypatch):
         from muonclip.optim import precision
 
         monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: tuple(f for f in flags.split(",") if f))
+        # and auto measures bf16 faster, as such a CPU does (unless a test pins other rates)
+        monkeypatch.setenv("MUONCLIP_NS_RATES", '{"fp32": 300, "bf16": 1000}')
     yield
 
 

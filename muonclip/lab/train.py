@@ -120,8 +120,8 @@ def _git_sha() -> str | None:
         return None
 
 
-def run_info(cfg: TrainConfig) -> dict[str, Any]:
-    return {
+def run_info(cfg: TrainConfig, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    info = {
         "git_sha": _git_sha(),
         "config_hash": config_hash(cfg),
         "seed": cfg.run.seed,
@@ -137,6 +137,9 @@ def run_info(cfg: TrainConfig) -> dict[str, Any]:
         "ns_dtype": str(precision.resolve_ns_dtype(cfg.optim.ns_precision, cfg.run.device)).removeprefix("torch."),
         "argv": sys.argv,
     }
+    if isinstance(optimizer, MuonClip):  # each matrix's Newton-Schulz precision and form (recorded on resume)
+        info["ns_plan"] = optimizer.ns_plan()
+    return info
 
 
 def _tracked(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -238,7 +241,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
         log(f"resuming {run_dir} at step {start_step}/{cfg.run.steps}")
     if main:
         save_config(cfg, run_dir / "config.json")
-        atomic_write_json(run_dir / "run.json", run_info(cfg))
+        atomic_write_json(run_dir / "run.json", run_info(cfg, optimizer))
 
     metrics = MetricsLog(run_dir, resume_step=start_step if resume else None) if main else lab_dist.NullLog()
     spectra = SpectraStore.load(run_dir / "spectra.npz", start_step) if resume else SpectraStore()

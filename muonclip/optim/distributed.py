@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from . import functional as muon_math
+from .ns_forms import parse_form
 
 __all__ = [
     "COMM", "CommStats", "DistContext", "ShardRows", "all_gather_owned", "all_reduce_", "all_reduce_max",
@@ -181,8 +182,11 @@ def matrix_cost(shape: Sequence[int], steps: int = 5, impl: str = "auto", expert
     any other >=3-D tensor: flattened, as :func:`functional.matrix_dims` says; a per-head
     layout: per block). ``coeffs`` (the schedule) sets the steps and marks cubic iterations."""
     batch, n, m = muon_math.block_dims(shape, expert_stack, head_block)
-    gram = {"auto": muon_math.gram_is_cheaper(n, m, steps, coeffs), "gram": True, "direct": False}[impl]
-    return batch * muon_math.ns_flops(n, m, steps, gram=gram, coeffs=coeffs)
+    if impl == "auto":
+        gram = muon_math.gram_is_cheaper(n, m, steps, coeffs)
+        return batch * muon_math.ns_flops(n, m, steps, gram=gram, coeffs=coeffs)
+    kind, restarts = parse_form(impl)
+    return batch * muon_math.ns_flops(n, m, steps, gram=kind == "gram", coeffs=coeffs, restarts=restarts or ())
 
 
 def partition_by_flops(costs: Sequence[int], world_size: int) -> list[int]:

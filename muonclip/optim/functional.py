@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .ns_auto import parse_plan
 from .ns_forms import Workspace, gram_is_cheaper, newton_schulz_batch, ns_flops
 from .orthogonalizers import (
     NS5_COEFFS,
@@ -182,6 +183,8 @@ def muon_directions(
     scaled: bool = True,
     out_dtype: torch.dtype | None = None,
     workspace: Workspace | None = None,
+    plans: Sequence[str] | None = None,
+    keep_dtype: bool = False,
 ) -> list[Tensor]:
     """Scaled Muon directions ``s(n, m) NS(U)``, shaped like ``shapes``.
 
@@ -195,29 +198,32 @@ def muon_directions(
     float64 iteration); passing the iteration's ``dtype`` (e.g. bf16) skips a conversion pass,
     and :func:`apply_updates_` takes such directions as they are. With a ``workspace`` (see
     :class:`.ns_forms.Workspace`) the directions may be views of its buffers, valid until
-    its next use.
+    its next use. ``plans[i]`` (:mod:`.ns_auto`, e.g. ``"bf16:direct"``) sets update ``i``'s
+    precision and form instead of ``impl`` and ``dtype``; ``keep_dtype`` returns each direction
+    in its iteration's dtype (no conversion pass).
     """
     count = len(updates)
     flags = list(expert_flags) if expert_flags is not None else [False] * count
     blocks = list(head_blocks) if head_blocks is not None else [None] * count
     full = [u.reshape(matrix_dims(s, e)) for u, s, e in zip(updates, shapes, flags, strict=True)]
     mats = [_split_blocks(x, b) for x, b in zip(full, blocks, strict=True)]
-    by_shape: dict[tuple[int, int], list[int]] = {}
+    by_shape: dict[tuple[int, int, str | None], list[int]] = {}
     for i, mat in enumerate(mats):
-        by_shape.setdefault(tuple(mat.shape[-2:]), []).append(i)
+        by_shape.setdefault((*mat.shape[-2:], plans[i] if plans is not None else None), []).append(i)
     spec = resolve_orthogonalizer(method)
     coeffs = spec.schedule(steps)
     out_dtype = out_dtype or _out_dtype(dtype)
     directions: list[Tensor | None] = [None] * count
-    for (n, m), members in by_shape.items():
+    for (n, m, plan), members in by_shape.items():
+        it_dtype, it_impl = parse_plan(plan) if plan is not None else (dtype, impl)
         # The last iteration is linear in (a, b, c): scaling them applies the update scale for
         # free instead of another pass over every matrix.
         scale = update_scale(n, m, scale_mode) if scaled and n and m else 1.0  # empty: nothing to scale
         a, b, c = coeffs[-1]
         scaled_coeffs = coeffs[:-1] + ((a * scale, b * scale, c * scale),)
-        out = newton_schulz_batch([mats[i] for i in members], scaled_coeffs, impl, dtype, spec.norm_safety,
+        out = newton_schulz_batch([mats[i] for i in members], scaled_coeffs, it_impl, it_dtype, spec.norm_safety,
                                   workspace)
-        out = out.to(out_dtype)
+        out = out if keep_dtype else out.to(out_dtype)
         for i, block in zip(members, out.split([mats[i].shape[0] for i in members]), strict=True):
             directions[i] = _merge_blocks(block, blocks[i], *full[i].shape[-2:]).reshape(shapes[i])
     return directions  # type: ignore[return-value]

@@ -2,8 +2,8 @@
 
 Longer than ~400 lines because the class docstring (algorithm box, every option, the
 distributed contract) is a fifth of it; the math lives in functional.py, normuon.py, shapes.py,
-qk_clip.py and distributed.py, the group option checks in group_options.py, and this class
-checks each step's inputs, keeps the state and dispatches.
+qk_clip.py and distributed.py, the group option checks in group_options.py, the state and
+checkpoints in optimizer_state.py, and this class checks each step's inputs and dispatches.
 """
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from . import distributed
 from . import functional as muon_math
-from .group_options import expert_flags, head_blocks, label, validate_group
-from .normuon import NORMUON_BETA2, normuon_directions_, second_moment_shape
-from .ns_forms import NS_IMPLS, Workspace, ns_form
+from .group_options import expert_flags, head_blocks, validate_group
+from .normuon import NORMUON_BETA2, normuon_directions_
+from .ns_forms import NS_IMPLS, Workspace, parse_form
+from .optimizer_state import StateMixin, _state_dtype, check_plannable
 from .orthogonalizers import OrthogonalizerSpec, resolve_orthogonalizer
-from .precision import resolve_ns_dtype
 from .qk_clip import (
     GQA_MODES,
     GRANULARITIES,
@@ -33,19 +32,6 @@ from .qk_clip import (
 __all__ = ["MuonClip", "NonFiniteGradientError", "QKClipStats"]
 
 NONFINITE_POLICIES = ("raise", "skip")
-
-
-# State MuonClip keeps in at least fp32 whatever the parameter's dtype (see ``_init_state``).
-_WIDE_STATE = ("momentum_buffer", "normuon_second_moment", "exp_avg", "exp_avg_sq")
-
-
-def _state_dtype(p: Tensor, key: str = "momentum_buffer") -> torch.dtype:
-    """The dtype ``_init_state`` gives state ``key`` of ``p``: fp32 for fp32/bf16/fp16
-    parameters, fp64 for fp64 ones (never narrower than fp32 nor than the parameter); the
-    NorMuon second moment, a row statistic of fp32 directions, is always fp32."""
-    if key == "normuon_second_moment":
-        return torch.float32
-    return muon_math._working_dtype(p.dtype)
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -62,7 +48,7 @@ class QKClipStats:
     max_logit: float = float("nan")
 
 
-class MuonClip(Optimizer):
+class MuonClip(StateMixin):
     r"""Muon with QK-Clip (Kimi K2, arXiv 2507.20534, Alg. 1), AdamW for non-matrix params.
 
     .. code-block:: text
@@ -128,11 +114,14 @@ class MuonClip(Optimizer):
     ``params``; :func:`muonclip.build_param_groups` fills that list from parameter names.
     Declared stacks (E, n, m) are orthogonalised per expert, batched.
 
-    Precision (``ns_precision``): ``"auto"`` (default) runs Newton-Schulz's products in bf16 on
-    CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), fp32 elsewhere; ``"fp32"`` and
-    ``"bf16"`` force one. Momentum, moments and the normalisation stay fp32 in every mode (fp64
-    for fp64 parameters, which are updated in fp64); bf16/fp16 parameters are updated in fp32
-    and cast back.
+    Precision and form (``ns_precision``, ``ns_impl``): ``"auto"`` (default) picks, per matrix
+    shape, the precision (fp32, or a native bf16 / fp16) and form (direct, Gram, Gram with
+    restarts) with the least FLOPs / measured product rate among the forms as accurate as
+    torch.optim.Muon (:mod:`.ns_auto`); ``"fp32"``, ``"bf16"``, ``"fp16"`` force a precision,
+    ``ns_impl`` (``"direct"``, ``"gram"``, ``"gram@2"``) a form. The choice is recorded per
+    parameter in the state (``ns_plan``; :meth:`ns_plan` lists it), so a resumed run keeps it.
+    Momentum, moments and the normalisation stay fp32 (fp64 for fp64 parameters); bf16/fp16
+    parameters are updated in fp32 and cast back.
 
     Notes:
       * Muon's update ignores the gradient's scale (NS normalises it), so clipping the
@@ -201,8 +190,10 @@ class MuonClip(Optimizer):
             raise ValueError(f"Invalid momentum: {momentum}")
         if weight_decay < 0.0:
             raise ValueError(f"Invalid weight_decay: {weight_decay}")
-        if ns_impl not in NS_IMPLS:
-            raise ValueError(f"Unknown ns_impl {ns_impl!r}; choose from {NS_IMPLS}")
+        if ns_impl not in NS_IMPLS and not ns_impl.startswith("gram@"):
+            raise ValueError(f"Unknown ns_impl {ns_impl!r}; choose from {NS_IMPLS} or 'gram@<iterations>'")
+        if ns_impl != "auto":
+            parse_form(ns_impl)
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"Invalid betas: {betas}")
         if eps < 0.0:
@@ -256,110 +247,9 @@ class MuonClip(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         validate_group(group)
-        if self.ns_impl == "gram" and group.get("algorithm", "muon") == "muon" and group["params"]:
+        if group.get("algorithm", "muon") == "muon" and group["params"]:
             # checked here, not in the step: a refused step must leave the momentum untouched
-            ns_form(1, 2, "gram", dtype=self._ns_dtype(group, group["params"][0]))
-
-    @staticmethod
-    def _fill_group_defaults(opt: "MuonClip") -> None:
-        """After ``load_state_dict``: groups saved before an option existed get its default."""
-        for group in opt.param_groups:
-            for key, value in opt.defaults.items():
-                group.setdefault(key, value)
-
-    # -- checkpoints ----------------------------------------------------------------------
-    def load_state_dict(self, state_dict: dict) -> None:
-        """``torch.optim.Optimizer.load_state_dict``, checked first, with fp32 state kept fp32.
-
-        Every saved group (with this optimizer's parameters and defaults) and the shape of
-        every saved state tensor are checked before anything changes, so a refused load
-        leaves the optimizer as it was. torch casts floating state to each parameter's dtype;
-        MuonClip keeps momentum and moments in fp32 whatever the parameter's dtype, so they
-        are taken from the saved fp32 tensors instead, and a bf16 model's resumed run goes on
-        exactly as an uninterrupted one.
-        """
-        id_to_param = self._check_loadable(state_dict)
-        super().load_state_dict(state_dict)
-        for param_id, entries in state_dict["state"].items():
-            p = id_to_param.get(param_id)
-            for key in _WIDE_STATE if p is not None else ():
-                value = entries.get(key)
-                if isinstance(value, Tensor) and value.is_floating_point():
-                    self.state[p][key] = value.to(device=p.device, dtype=_state_dtype(p, key))
-
-    def _check_loadable(self, state_dict: dict) -> dict:
-        """Raise ``ValueError`` unless ``state_dict`` fits this optimizer; return saved id -> param.
-
-        Group counts and sizes are left to torch's own check, which also raises before any
-        change."""
-        saved_groups = state_dict.get("param_groups", [])
-        if len(saved_groups) != len(self.param_groups):
-            return {}
-        pairs = list(zip(saved_groups, self.param_groups, strict=True))
-        if any(len(saved["params"]) != len(group["params"]) for saved, group in pairs):
-            return {}
-        where: dict = {}
-        for saved, group in pairs:
-            candidate = {**self.defaults, **saved, "params": group["params"]}
-            validate_group(candidate)
-            for i, (param_id, stack) in enumerate(zip(saved["params"], expert_flags(candidate), strict=True)):
-                where[param_id] = (candidate, i, stack)
-        for param_id, entries in state_dict.get("state", {}).items():
-            if param_id not in where:
-                continue
-            group, i, stack = where[param_id]
-            p = group["params"][i]
-            expected = {"momentum_buffer": p.shape, "exp_avg": p.shape, "exp_avg_sq": p.shape,
-                        "normuon_second_moment": second_moment_shape(p.shape, stack)}
-            for key, shape in expected.items():
-                value = entries.get(key)
-                if isinstance(value, Tensor) and tuple(value.shape) != tuple(shape):
-                    raise ValueError(f"saved {key} of {label(group, i)} has shape {tuple(value.shape)}, expected "
-                                     f"{tuple(shape)}: the state dict is not this model's; nothing was loaded")
-        return {param_id: group["params"][i] for param_id, (group, i, _) in where.items()}
-
-    def _params_by_name(self) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        for group in self.param_groups:
-            for name, p in zip(group.get("param_names") or (), group["params"], strict=False):
-                out[name] = p
-        return out
-
-    # -- state ----------------------------------------------------------------------------
-    def _init_state(self, p: Tensor, group: dict, expert_stack: bool = False) -> dict:
-        """The state of ``p`` (created on first use: fp32, or fp64 for an fp64 ``p``; shaped and
-        sharded like ``p``).
-
-        Muon: ``momentum_buffer``, plus ``normuon_second_moment`` (per row of p, sharded like
-        p's rows) in a NorMuon group -- also added later if a group turns NorMuon on.
-        AdamW: ``step``, ``exp_avg``, ``exp_avg_sq``.
-        """
-        state = self.state[p]
-        if group.get("algorithm", "muon") == "muon":
-            if not state:
-                state["momentum_buffer"] = torch.zeros_like(p, dtype=_state_dtype(p))
-            if group.get("normuon") and "normuon_second_moment" not in state:
-                state["normuon_second_moment"] = distributed.zeros_rows_like(
-                    p, second_moment_shape(p.shape, expert_stack))
-        elif not state:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p, dtype=_state_dtype(p))
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=_state_dtype(p))
-        return state
-
-    def init_state(self) -> None:
-        """Create zero optimizer state for every parameter without stepping.
-
-        ``torch.distributed.checkpoint.state_dict`` otherwise initialises state with a fake
-        ``step()`` at lr 0, which would also run QK-Clip on stale max logits; call this on a
-        fresh optimizer before ``get_optimizer_state_dict`` / ``set_optimizer_state_dict``, and
-        before saving too, so that a parameter that never stepped (skipped on every rank) has
-        state in the checkpoint: a load asks for every parameter's. Zero state is what a first
-        step would create, so training goes on identically.
-        """
-        for group in self.param_groups:
-            for p, stack in zip(group["params"], expert_flags(group), strict=True):
-                self._init_state(p, group, stack)
+            check_plannable(group.get("ns_precision", "auto"), self.ns_impl)
 
     # -- step -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -454,16 +344,6 @@ class MuonClip(Optimizer):
                              "and parameters and optimizer state are unchanged")
         return (flags[:-2] > 0.5).tolist()
 
-    def _label_of(self, p: Tensor) -> str:
-        for group in self.param_groups:
-            for i, q in enumerate(group["params"]):
-                if q is p:
-                    return label(group, i)
-        return "an unknown parameter"
-
-    def _ns_dtype(self, group: dict, p: Tensor) -> torch.dtype:
-        return resolve_ns_dtype(group.get("ns_precision", "auto"), p.device)
-
     def _muon_step(self, active: list[list[bool]], ctx: distributed.DistContext | None) -> None:
         """Momentum, orthogonalisation and the update for every Muon group.
 
@@ -498,26 +378,26 @@ class MuonClip(Optimizer):
         for group, params, updates, flags, blocks in work:
             # Directions stay in the iteration's dtype (bf16 on native-bf16 hardware) up to the
             # update, which adds them to fp32 weights: converting them first is one more pass.
-            out_dtype = None if group.get("normuon", False) else self._ns_dtype(group, params[0])
             workspace = self._workspace if params[0].device.type == "cpu" else None
-            directions = self._directions(group, params, updates, flags, blocks, out_dtype=out_dtype,
-                                          workspace=workspace)
+            directions = self._directions(group, params, updates, flags, blocks, workspace=workspace,
+                                          keep_dtype=not group.get("normuon", False), record=True)
             self._apply(group, params, self._normuon(group, params, directions, flags, blocks, None))
 
     def _schedule(self, group: dict) -> tuple[tuple[float, float, float], ...]:
         return resolve_orthogonalizer(group["orthogonalizer"]).schedule(group.get("ns_steps"))
 
-    def _directions(self, group: dict, params: list[Tensor], updates: list[Tensor],
-                    flags: list[bool], blocks: list, out_dtype: torch.dtype | None = None,
-                    workspace: Workspace | None = None) -> list[Tensor]:
+    def _directions(self, group: dict, params: list[Tensor], updates: list[Tensor], flags: list[bool],
+                    blocks: list, workspace: Workspace | None = None, keep_dtype: bool = False,
+                    record: bool = False) -> list[Tensor]:
         """s NS(U) (or the unscaled NS(U) in a NorMuon group, scaled after the row normalisation),
-        in ``out_dtype`` (default fp32, fp64 for fp64 parameters); with a workspace they are
+        each parameter's in its plan's precision and form (:meth:`_ns_plans`; ``record``: kept in
+        its state); fp32 unless ``keep_dtype`` (the iteration's dtype); with a workspace they are
         views of its buffers, to be applied before the next group's directions are computed."""
+        plans = self._ns_plans(group, params, flags, blocks, record=record)
         return muon_math.muon_directions(
             updates, [p.shape for p in params], flags, method=group["orthogonalizer"],
-            steps=len(self._schedule(group)), scale_mode=group["update_scale"], impl=self.ns_impl,
-            dtype=self._ns_dtype(group, params[0]), head_blocks=blocks, scaled=not group.get("normuon", False),
-            out_dtype=out_dtype, workspace=workspace)
+            steps=len(self._schedule(group)), scale_mode=group["update_scale"], head_blocks=blocks,
+            scaled=not group.get("normuon", False), workspace=workspace, plans=plans, keep_dtype=keep_dtype)
 
     def _normuon(self, group: dict, params: list[Tensor], directions: list[Tensor], flags: list[bool],
                  blocks: list, ctx: distributed.DistContext | None) -> list[Tensor]:

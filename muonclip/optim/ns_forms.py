@@ -13,16 +13,18 @@ Both work on either orientation without a transposed copy: a wide batch (n <= m)
 by ``X X^T`` from the left, a tall one by ``X^T X`` from the right, so a tall weight's
 direction comes out in the weight's own layout.
 
-Which form runs is decided from the dtype and FLOPs only (:func:`ns_form`), never from a
-timing, so the same config gives the same bits in every process. The Gram form is an fp32 /
-fp64 form: it iterates on R = X X^T, which squares the condition number, so rounding R to
-bf16 puts a noise floor of sqrt(2^-9) ~ 0.04 under every singular value, and the iteration
-multiplies noise in R's small eigenvalues by a^2 ~ 12 per step. Measured against a float64
-NS5 (``benchmarks/ns_bf16_variants.py``): on Gaussian inputs bf16 Gram is 1.4e-2 to 4.9e-2
-(direct bf16: 0.9e-2 to 1.7e-2), but on ill-conditioned ones (singular values log-spaced
-from 1 to 1e-3 or 1e-6, or decaying as i^-2) its output blows up, 0.7 to 1.9e4, while the
-direct form stays at 0.07 to 0.24 as torch.optim.Muon's does. So in 16-bit only the direct
-form runs.
+Which form runs in a given dtype is decided from FLOPs only (:func:`resolve_form`), never
+from a timing (which dtype runs is :mod:`.ns_auto`'s question). The Gram form iterates on
+R = X X^T, which squares the condition number: rounding R to bf16 puts a noise floor of
+sqrt(2^-9) ~ 0.04 under every singular value, and the iteration multiplies noise in R's small
+eigenvalues by a^2 ~ 12 per step. Measured against a float64 NS5: without restarts, on
+ill-conditioned inputs (singular values log-spaced from 1 to 1e-3 or 1e-6, or decaying as
+i^-2) its bf16 output blows up, 0.7 to 1.9e4, while the direct form stays at 0.07 to 0.24 as
+torch.optim.Muon's does. *Restarts* (X <- Q X, R <- X X^T, Q <- I after an iteration) drop
+that error: restarted after iteration 2, fp16 Gram is 4-10x closer to float64 than the peer;
+bf16 Gram restarted after 2 and 4 is not (1.6x the peer on small Gaussian matrices). So in
+bf16 only the direct form runs; in fp16 direct and Gram restarted after 2
+(:data:`ACCEPTED_16BIT`, each held to the peer by tests/optim/test_ns_forms.py).
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from . import triton_ns
 from .orthogonalizers import Coeffs
 
 __all__ = [
-    "NS_IMPLS", "ns_flops", "gram_is_cheaper", "ns_form",
+    "NS_IMPLS", "DEFAULT_RESTARTS", "ACCEPTED_16BIT", "parse_form", "form_name", "form_flops", "accepted_forms",
+    "resolve_form", "ns_flops", "gram_is_cheaper", "ns_form",
     "Workspace", "normalized_batch", "quintic_direct", "quintic_gram", "newton_schulz_batch",
 ]
 
@@ -48,13 +51,57 @@ _SAFE_NORM = 1e-15
 _FULL = (torch.float32, torch.float64)
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
+# Where a plain "gram" restarts, per dtype: never in fp32 / fp64 (the form the reproduction
+# presets were measured with); in fp16 after iteration 2, as the form's authors run it; in bf16
+# (3 fewer mantissa bits) after iterations 2 and 4, the best bf16 schedule measured -- and
+# still refused (below).
+DEFAULT_RESTARTS: dict[torch.dtype, tuple[int, ...]] = {
+    torch.float32: (), torch.float64: (), torch.bfloat16: (2, 4), torch.float16: (2,)}
+# The 16-bit forms that are run: each is no further from a float64 NS5 than torch.optim.Muon's
+# bf16 NS5 on Gaussian and on three ill-conditioned input classes, at every shape tested
+# (tests/optim/test_ns_forms.py compares them side by side; that test is the rule). fp16's
+# three extra mantissa bits make its forms 4-10x closer than the peer. bf16 Gram restarted
+# after 2 and 4 passes at 256 x 1024 but not at 64 x 256, where on Gaussian inputs it is
+# 1.6x the peer's distance (measured), so in bf16 only the direct form runs.
+ACCEPTED_16BIT: dict[torch.dtype, tuple[str, ...]] = {
+    torch.bfloat16: ("direct",), torch.float16: ("direct", "gram@2")}
+
+
+def parse_form(form: str) -> tuple[str, tuple[int, ...] | None]:
+    """``"direct"`` -> ("direct", ()); ``"gram"`` -> ("gram", None: the dtype's default restarts);
+    ``"gram@2,4"`` -> ("gram", (2, 4)): restart after iterations 2 and 4; ``"gram@"``: none."""
+    if form == "direct":
+        return "direct", ()
+    if form == "gram":
+        return "gram", None
+    if form.startswith("gram@"):
+        tail = form[len("gram@"):]
+        try:
+            restarts = tuple(int(t) for t in tail.split(",")) if tail else ()
+        except ValueError:
+            restarts = None
+        if restarts is not None and list(restarts) == sorted(set(restarts)) and all(r >= 1 for r in restarts):
+            return "gram", restarts
+    raise ValueError(f"unknown Newton-Schulz form {form!r}: expected 'auto', 'direct', 'gram' or "
+                     "'gram@<iterations>' (restart after those iterations, increasing, e.g. 'gram@2,4'; 'gram@': none)")
+
+
+def form_name(kind: str, restarts: Sequence[int] = ()) -> str:
+    """The canonical name of a form: ``"direct"``, ``"gram"`` (no restart) or ``"gram@2,4"``."""
+    if kind == "direct":
+        return "direct"
+    return "gram@" + ",".join(str(r) for r in restarts) if restarts else "gram"
+
 
 def ns_flops(n: int, m: int, steps: int = 5, gram: bool = False,
-             coeffs: Sequence[Coeffs] | None = None) -> int:
+             coeffs: Sequence[Coeffs] | None = None, restarts: Sequence[int] = ()) -> int:
     """FLOPs of `steps` Newton-Schulz iterations on one n x m matrix (either orientation).
 
     ``coeffs`` (if given) sets the steps and marks cubic iterations (c = 0), which skip the
-    A^2 (direct) or R^2 (Gram) product.
+    A^2 (direct) or R^2 (Gram) product. ``restarts`` (Gram only): iterations after which the
+    iterate is formed (X <- Q X, a long product) and its Gram matrix recomputed (R <- X X^T,
+    another); that iteration's R update (two short products) and the next one's Q product are
+    then not needed. Equal to the FLOPs torch counts in :func:`quintic_gram` (tested).
     """
     n, m = min(n, m), max(n, m)
     if coeffs is not None:
@@ -62,36 +109,78 @@ def ns_flops(n: int, m: int, steps: int = 5, gram: bool = False,
         quintic = sum(1 for _, _, c in coeffs if c != 0)
     else:
         quintic = steps
-    if gram:
-        # R0 = X X^T and the final Q X0 (2 n^2 m each), then per iteration R^2 (quintic only),
-        # Q <- P Q and R <- P R P (first Q is P itself; the last R update is skipped).
-        n3_products = quintic + (steps - 1) + 2 * (steps - 1)
-        return 4 * n * n * m + 2 * n**3 * n3_products
-    return steps * 4 * n * n * m + quintic * 2 * n**3
+    if not gram:
+        return steps * 4 * n * n * m + quintic * 2 * n**3
+    restarts = [r for r in restarts if r < steps]  # a restart after the last iteration is the final Q X
+    # Long products: the first R = X X^T and the final Q X, plus two per restart.
+    long = 2 + 2 * len(restarts)
+    # Short ones: R^2 per quintic iteration; a Q product in every iteration but the first of
+    # each segment; R <- P R P (two) after every iteration that is neither last nor a restart.
+    segments = len(restarts) + 1
+    short = quintic + (steps - segments) + 2 * (steps - 1 - len(restarts))
+    return long * 2 * n * n * m + short * 2 * n**3
 
 
-def gram_is_cheaper(n: int, m: int, steps: int = 5, coeffs: Sequence[Coeffs] | None = None) -> bool:
-    return ns_flops(n, m, steps, gram=True, coeffs=coeffs) < ns_flops(n, m, steps, gram=False, coeffs=coeffs)
+def form_flops(n: int, m: int, form: str, coeffs: Sequence[Coeffs], dtype: torch.dtype = torch.float32) -> int:
+    """FLOPs of ``form`` (a name :func:`parse_form` reads; ``"gram"`` restarts as the dtype's
+    default) on one n x m matrix."""
+    kind, restarts = parse_form(form)
+    if restarts is None:
+        restarts = DEFAULT_RESTARTS[dtype]
+    return ns_flops(n, m, gram=kind == "gram", coeffs=coeffs, restarts=restarts)
+
+
+def gram_is_cheaper(n: int, m: int, steps: int = 5, coeffs: Sequence[Coeffs] | None = None,
+                    restarts: Sequence[int] = ()) -> bool:
+    return ns_flops(n, m, steps, gram=True, coeffs=coeffs, restarts=restarts) < ns_flops(
+        n, m, steps, gram=False, coeffs=coeffs)
+
+
+def accepted_forms(dtype: torch.dtype) -> tuple[str, ...]:
+    """The forms run in ``dtype``: in fp32 / fp64 direct and Gram (no restart); in 16-bit the
+    measured ones of :data:`ACCEPTED_16BIT`."""
+    if dtype in _LOW_PRECISION:
+        return ACCEPTED_16BIT[dtype]
+    return ("direct", "gram")
+
+
+def resolve_form(n: int, m: int, impl: str = "auto", coeffs: Sequence[Coeffs] | None = None,
+                 dtype: torch.dtype | None = None) -> str:
+    """The canonical form (:func:`form_name`) ``impl`` runs on an n x m matrix in ``dtype``.
+
+    ``"auto"``: of the forms accepted in ``dtype`` (:func:`accepted_forms`), the one with the
+    fewest FLOPs (the direct form on a tie): in fp32 the Gram form without restarts once it is
+    cheaper, as before restarts existed, so an fp32 run computes what it always did.
+    ``"gram"`` restarts where the dtype's default says. A 16-bit form that is not accepted
+    raises: without restarts the Gram form diverges on ill-conditioned inputs there (module
+    docstring).
+    """
+    dtype = dtype or torch.float32
+    steps_coeffs = coeffs if coeffs is not None else ((3.4445, -4.7750, 2.0315),) * 5
+    if impl == "auto":
+        options = accepted_forms(dtype)
+        return min(options, key=lambda f: (form_flops(n, m, f, steps_coeffs, dtype), f != "direct"))
+    if impl not in NS_IMPLS and not impl.startswith("gram@"):
+        raise ValueError(f"unknown impl {impl!r}; expected one of {NS_IMPLS} or 'gram@<iterations>'")
+    kind, restarts = parse_form(impl)
+    if restarts is None:
+        restarts = DEFAULT_RESTARTS.get(dtype, ())
+    name = form_name(kind, restarts)
+    if dtype in _LOW_PRECISION and name not in ACCEPTED_16BIT[dtype]:
+        raise ValueError(
+            f"the Newton-Schulz form {name!r} is not run in {dtype}: only {ACCEPTED_16BIT[dtype]} are, the forms "
+            "measured no further from a float64 NS5 than torch.optim.Muon on Gaussian and ill-conditioned inputs. "
+            "The Gram form without restarts iterates on R = X X^T, which squares the condition number; its output "
+            "blows up on ill-conditioned inputs (0.7 to 1.9e4 from a float64 NS5, measured). Use impl='auto', "
+            "'direct' or 'gram' (default restarts), or an fp32 iteration")
+    return name
 
 
 def ns_form(n: int, m: int, impl: str = "auto", coeffs: Sequence[Coeffs] | None = None,
             dtype: torch.dtype | None = None) -> str:
-    """``"gram"`` or ``"direct"``: the form ``impl`` runs on an n x m matrix in ``dtype``.
-
-    ``"auto"``: in fp32 / fp64 the form with fewer FLOPs, in 16-bit the direct form. An
-    explicit ``"gram"`` in 16-bit raises: that form diverges on ill-conditioned inputs there
-    (module docstring).
-    """
-    if impl not in NS_IMPLS:
-        raise ValueError(f"unknown impl {impl!r}; expected one of {NS_IMPLS}")
-    low_precision = dtype in _LOW_PRECISION
-    if impl == "gram" and low_precision:
-        raise ValueError(f"the Gram form of Newton-Schulz is not run in {dtype}: its R = X X^T iterate squares "
-                         "the condition number and its output blows up on ill-conditioned inputs (0.7 to 1.9e4 "
-                         "from a float64 NS5, measured); use impl='direct' or 'auto', or an fp32 iteration")
-    if impl == "auto":
-        return "gram" if not low_precision and gram_is_cheaper(n, m, coeffs=coeffs) else "direct"
-    return impl
+    """``"gram"`` or ``"direct"``: the kind of form ``impl`` runs on an n x m matrix in ``dtype``
+    (:func:`resolve_form` names the restarts too)."""
+    return parse_form(resolve_form(n, m, impl, coeffs, dtype))[0]
 
 
 class Workspace:
@@ -199,38 +288,74 @@ def quintic_direct(X: Tensor, coeffs: Sequence[Coeffs], ws: Workspace | None = N
     return X
 
 
-def quintic_gram(X0: Tensor, coeffs: Sequence[Coeffs], ws: Workspace | None = None) -> Tensor:
+def quintic_gram(X0: Tensor, coeffs: Sequence[Coeffs], ws: Workspace | None = None,
+                 restarts: Sequence[int] = ()) -> Tensor:
     """The same iteration carried out on the small Gram matrix (Gram Newton-Schulz).
 
     Wide: X_k = Q_k X_0 with Q_k a polynomial in R_0 = X_0 X_0^T, so only the first Gram
     product and the final Q X_0 touch the long dimension; tall: X_k = X_0 Q_k with
-    R_0 = X_0^T X_0. Exact in exact arithmetic; in fp32 it agrees with the direct form to
-    round-off (tested against the float64 reference); not run in 16-bit (:func:`ns_form`).
+    R_0 = X_0^T X_0. Per iteration Z = b R + c R^2, Q <- Q (a I + Z), R <- (a I + Z) R (a I + Z).
+    ``restarts``: after each of these iterations X <- Q X, R <- X X^T, Q <- I (the form's
+    authors restart after iteration 2 in fp16): R's accumulated rounding is dropped, at two
+    long products each.
+
+    fp32 / fp64 form P = a I + Z (the products fp32 runs have always run, bit for bit); 16-bit
+    never rounds a into a 16-bit factor: Q <- Z Q + a Q and R Z + a R are one fused product each
+    (rounding a I + Z to bf16 costs 2x the direct form's error, benchmarks/ns_bf16_variants.py).
+    Exact in exact arithmetic; which dtype runs which restarts is :func:`resolve_form`'s rule.
     """
     tall = X0.shape[-2] > X0.shape[-1]
     k = min(X0.shape[-2:])
     small = (X0.shape[0], k, k)
+    low = X0.dtype in _LOW_PRECISION
     R = _gram(X0, tall, _buffer(ws, "r0", small, X0))
     eye = torch.eye(k, dtype=R.dtype, device=R.device)
-    Q = None
+    X, x_slot, Q = X0, 0, None
     last = len(coeffs) - 1
+    stops = {r - 1 for r in restarts if 1 <= r <= last}
+
+    def times_q(Q: Tensor, X: Tensor) -> Tensor:  # X <- Q X (wide) or X Q (tall), a long product
+        nonlocal x_slot
+        x_slot = 1 - x_slot
+        out = _buffer(ws, f"x{x_slot}", X.shape, X)
+        return torch.bmm(X, Q, out=out) if tall else torch.bmm(Q, X, out=out)
+
     for i, (a, b, c) in enumerate(coeffs):
-        P = _buffer(ws, f"p{i % 2}", small, X0)
-        if c != 0:
-            torch.baddbmm(R, R, R, beta=b, alpha=c, out=P)
+        r_next = _buffer(ws, f"r{(i + 1) % 2}", small, X0)
+        if low:
+            Z = _buffer(ws, "z", small, X0)
+            if c != 0:
+                torch.baddbmm(R, R, R, beta=b, alpha=c, out=Z)
+            else:
+                torch.mul(R, b, out=Z)
+            q_out = _buffer(ws, f"q{i % 2}", small, X0)
+            if Q is None:
+                Q = torch.add(Z, eye, alpha=a, out=q_out)
+            else:
+                Q = torch.baddbmm(Q, Q, Z, beta=a, out=q_out) if tall else torch.baddbmm(Q, Z, Q, beta=a, out=q_out)
+            if i != last and i not in stops:
+                RZ = torch.baddbmm(R, R, Z, beta=a, out=_buffer(ws, "rp", small, X0))
+                R = torch.baddbmm(RZ, Z, RZ, beta=a, out=r_next)
         else:
-            torch.mul(R, b, out=P)
-        P.add_(eye, alpha=a)
-        if Q is None:
-            Q = P
-        else:
-            Q = torch.bmm(Q, P, out=_buffer(ws, f"q{i % 2}", small, X0)) if tall else \
-                torch.bmm(P, Q, out=_buffer(ws, f"q{i % 2}", small, X0))
-        if i != last:
-            RP = torch.bmm(R, P, out=_buffer(ws, "rp", small, X0))
-            R = torch.bmm(P, RP, out=_buffer(ws, f"r{(i + 1) % 2}", small, X0))
-    out = _buffer(ws, "x1", X0.shape, X0)
-    return torch.bmm(X0, Q, out=out) if tall else torch.bmm(Q, X0, out=out)
+            P = _buffer(ws, f"p{i % 2}", small, X0)
+            if c != 0:
+                torch.baddbmm(R, R, R, beta=b, alpha=c, out=P)
+            else:
+                torch.mul(R, b, out=P)
+            P.add_(eye, alpha=a)
+            if Q is None:
+                Q = P
+            else:
+                Q = torch.bmm(Q, P, out=_buffer(ws, f"q{i % 2}", small, X0)) if tall else \
+                    torch.bmm(P, Q, out=_buffer(ws, f"q{i % 2}", small, X0))
+            if i != last and i not in stops:
+                RP = torch.bmm(R, P, out=_buffer(ws, "rp", small, X0))
+                R = torch.bmm(P, RP, out=r_next)
+        if i in stops:  # restart: the iterate itself, and a fresh Gram matrix of it
+            X = times_q(Q, X)
+            R = _gram(X, tall, r_next)
+            Q = None
+    return times_q(Q, X)  # without restarts into "x1", as it always was
 
 
 def newton_schulz_batch(mats: Sequence[Tensor], coeffs: Sequence[Coeffs], impl: str = "auto",
@@ -238,13 +363,14 @@ def newton_schulz_batch(mats: Sequence[Tensor], coeffs: Sequence[Coeffs], impl: 
                         ws: Workspace | None = None) -> Tensor:
     """Newton-Schulz of same-shape (b_i, n, m) batches, either orientation, stacked into one
     (sum b_i, n, m) batch and returned in the iteration's ``dtype`` (default float32); with a
-    workspace the result lives in it (see :class:`Workspace`)."""
+    workspace the result lives in it (see :class:`Workspace`). ``impl``: ``"auto"``, a form
+    name (``"direct"``, ``"gram"``, ``"gram@2,4"``; see :func:`resolve_form`)."""
     dtype = dtype or torch.float32
     n, m = mats[0].shape[-2:]
-    form = ns_form(n, m, impl, coeffs, dtype)
+    kind, restarts = parse_form(resolve_form(n, m, impl, coeffs, dtype))
     if min(n, m) == 0:  # empty matrices (a zero-size layer) have empty directions
         return torch.zeros((sum(x.shape[0] for x in mats), n, m), dtype=dtype, device=mats[0].device)
     X = normalized_batch(mats, dtype, norm_safety, ws)
-    if form == "gram":
-        return quintic_gram(X, coeffs, ws)
+    if kind == "gram":
+        return quintic_gram(X, coeffs, ws, restarts or ())
     return quintic_direct(X, coeffs, ws, symmetric=triton_ns.symmetric_product_fn(X))

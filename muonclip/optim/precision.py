@@ -1,13 +1,14 @@
-"""Which precision Newton-Schulz runs in: bf16 where the hardware multiplies bf16 natively, else fp32.
+"""Which precision Newton-Schulz runs in: the CPU's native 16-bit capabilities and ``ns_precision``'s names.
 
-``ns_precision="auto"`` is decided from the device's capabilities, never from a timing:
+``ns_precision`` is ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"``. ``"auto"`` is decided per
+matrix shape from FLOPs times measured product rates (:mod:`.ns_auto`), among the precisions
+the device multiplies natively:
 
-* CUDA: bf16 (tensor cores; what every GPU Muon ships).
-* CPU with AVX512-BF16 or AMX-BF16 (Intel Sapphire Rapids and later, AMD Zen 4 and later):
-  bf16, unless oneDNN or ATen is capped below those instruction sets by
-  ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` (how an AVX2-only CPU is imitated).
-* Anything else (AVX2-only x86, unknown CPUs): fp32. There bf16 matmuls are emulated and
-  100x slower than fp32 (torch.optim.Muon's bf16 step is 30-60x slower than ours there).
+* CUDA: fp32, bf16 and fp16 (tensor cores).
+* CPU: fp32; bf16 with AVX512-BF16 or AMX-BF16 (Intel Sapphire Rapids and later, AMD Zen 4
+  and later), unless oneDNN or ATen is capped below those instruction sets by
+  ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` (how an AVX2-only CPU is imitated); there
+  bf16 matmuls are emulated and 100x slower than fp32.
 
 Momentum, weights and the update scale stay fp32 in every mode; only the iteration's
 matrix products change precision.
@@ -20,9 +21,10 @@ from typing import Literal, get_args
 
 import torch
 
-__all__ = ["NS_PRECISIONS", "NsPrecision", "cpu_bf16_flags", "cpu_has_native_bf16", "resolve_ns_dtype"]
+__all__ = ["NS_PRECISIONS", "NsPrecision", "cpu_bf16_flags", "cpu_matmul_flags", "cpu_has_native_bf16", "isa_capped",
+           "resolve_ns_dtype"]
 
-NsPrecision = Literal["auto", "fp32", "bf16"]
+NsPrecision = Literal["auto", "fp32", "bf16", "fp16"]
 NS_PRECISIONS: tuple[str, ...] = get_args(NsPrecision)
 
 # CPU flags (as /proc/cpuinfo names them) that make bf16 matmuls native in oneDNN.
@@ -33,17 +35,33 @@ _ATEN_NO_BF16 = {"default", "avx2", "zvector", "vsx"}
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_bf16_flags() -> tuple[str, ...]:
-    """The bf16 matmul flags this CPU reports (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return tuple(flag for flag in _BF16_FLAGS if flag in flags)
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return ()
+    return frozenset()
+
+
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """The bf16 matmul flags this CPU reports (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    return cpu_matmul_flags(_BF16_FLAGS)
+
+
+def cpu_matmul_flags(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of ``names`` this CPU reports."""
+    flags = _cpu_flags()
+    return tuple(flag for flag in names if flag in flags)
+
+
+def isa_capped() -> bool:
+    """True when this process caps oneDNN or ATen below the 16-bit instruction sets."""
+    return (os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ONEDNN_NO_BF16
+            or os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in _ATEN_NO_BF16)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -52,26 +70,19 @@ def cpu_has_native_bf16() -> bool:
     Reads the CPU's flags and honours the ISA caps of this process's environment, so a child
     started with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` reports False.
     """
-    if not cpu_bf16_flags():
-        return False
-    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ONEDNN_NO_BF16:
-        return False
-    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in _ATEN_NO_BF16:
-        return False
-    return True
+    return bool(cpu_bf16_flags()) and not isa_capped()
 
 
 def resolve_ns_dtype(precision: str, device: torch.device | str) -> torch.dtype:
-    """The dtype of Newton-Schulz's matrix products for ``precision`` on ``device``."""
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
+    """The dtype of Newton-Schulz's matrix products for ``precision`` on ``device``; for
+    ``"auto"``, the one it picks for a square 256 x 256 matrix here (other shapes may differ:
+    ``MuonClip.ns_plan()`` names every parameter's)."""
+    explicit = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision in explicit:
+        return explicit[precision]
     if precision != "auto":
         raise ValueError(f"unknown ns_precision {precision!r}; expected one of {NS_PRECISIONS}")
-    device_type = torch.device(device).type
-    if device_type == "cuda":
-        return torch.bfloat16
-    if device_type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
-    return torch.float32
+    from . import ns_auto  # here: ns_auto builds on this module
+    from .orthogonalizers import ORTHOGONALIZERS
+
+    return ns_auto.parse_plan(ns_auto.plan(256, 256, "auto", "auto", ORTHOGONALIZERS["ns5"].schedule(5), device))[0]

@@ -16,7 +16,7 @@ from .shapes import matrix_dims
 
 __all__ = [
     "reference_orthogonalize", "reference_polar_express", "reference_muon_step", "reference_adamw_step",
-    "reference_normuon", "ill_conditioned",
+    "reference_normuon", "ill_conditioned", "power_law", "input_classes",
 ]
 
 
@@ -32,6 +32,29 @@ def ill_conditioned(batch: int, n: int, m: int, log10_min: float, generator: tor
         V, _ = torch.linalg.qr(torch.randn(m, k, generator=generator, dtype=torch.float64))
         mats.append((U * values) @ V.T)
     return torch.stack(mats)
+
+
+def power_law(batch: int, n: int, m: int, exponent: float, generator: torch.Generator) -> Tensor:
+    """A float64 (batch, n, m) test batch with singular values i^exponent, i = 1..min(n, m)
+    (random orthonormal bases): a heavy head and a long tail, like a trained layer's momentum."""
+    k = min(n, m)
+    values = torch.arange(1, k + 1, dtype=torch.float64) ** exponent
+    mats = []
+    for _ in range(batch):
+        U, _ = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=torch.float64))
+        V, _ = torch.linalg.qr(torch.randn(m, k, generator=generator, dtype=torch.float64))
+        mats.append((U * values) @ V.T)
+    return torch.stack(mats)
+
+
+def input_classes(batch: int, n: int, m: int, seed: int = 0) -> dict[str, Tensor]:
+    """The four float32 input classes every Newton-Schulz form is held to: Gaussian, singular
+    values log-spaced from 1 to 1e-3 and to 1e-6, and sigma_i proportional to i^-2."""
+    g = torch.Generator().manual_seed(seed)
+    return {"gaussian": torch.randn(batch, n, m, generator=g),
+            "log_1e-3": ill_conditioned(batch, n, m, -3, g).float(),
+            "log_1e-6": ill_conditioned(batch, n, m, -6, g).float(),
+            "power_-2": power_law(batch, n, m, -2.0, g).float()}
 
 
 def _ref_ns_matrix(G: Tensor, coeffs: Sequence[tuple[float, float, float]], norm_safety: float) -> Tensor:

@@ -27,6 +27,23 @@ def test_toy_run_prints_one_json_line_with_every_row(gpu_check, capsys):
     assert result["lab_resume"]["bit_exact"]
     assert result["correctness"]["ns5_rel_dist_to_fp64_fp32"] < 1e-4
     assert result["dragon"]["steps"] == gpu_check.TOY["dragon_steps"]
+    assert "muonclip_fp16" in steps and "fp32" in result["auto_rates"]
+    forms = result["ns_forms"]
+    assert set(forms) == set(gpu_check.NS_SHAPES)
+    for row in forms.values():
+        # no CUDA here: the Triton rows are left out, every other form is timed and measured
+        assert set(row["forms"]) == {k for k, (_, _, triton) in gpu_check.NS_FORMS.items() if not triton}
+        gpu_check.ns_auto.parse_plan(row["auto_plan"])
+        for entry in row["forms"].values():
+            assert entry["iterate_ms"] > 0 and entry["normalize_ms"] > 0 and entry["gflop"] > 0
+        dist = {k: v["rel_dist_to_fp64"] for k, v in row["forms"].items()}
+        assert max(dist["fp32_direct"].values()) < 1e-4
+        # the restarted fp16 Gram form beats torch.optim.Muon's NS on the ill-conditioned input
+        assert dist["fp16_gram_restart_2"]["log_1e-6"] < row["torch_muon"]["rel_dist_to_fp64"]["log_1e-6"]
+        assert set(row["torch_muon_over_form"]) == set(row["forms"])
+    # Gram forms run fewer FLOPs than the direct one on a wide shape (d x 4d)
+    down = forms["1b_down"]["forms"]
+    assert down["fp16_gram_restart_2"]["gflop"] < down["fp16_direct_torch"]["gflop"]
     assert result["dragon"]["loss_last"] < result["dragon"]["loss_first"]
 
 
@@ -72,34 +89,47 @@ def test_ns_bf16_variants_rejects_a_malformed_shape(load_benchmark, capsys):
 
 
 def test_optimizer_step_toy_run(load_benchmark):
-    """benchmarks/optimizer_step.py at toy size, children included: every form timed with its own
-    FLOPs and bound, the ratios the speed targets read present, accuracy beside torch.optim.Muon's,
-    the Gram form measured in bf16 but refused there, and the AVX2-capped child on fp32."""
-    result = load_benchmark("optimizer_step").main(
+    """benchmarks/optimizer_step.py at toy size, children included: every form timed with its
+    recorded plans, FLOPs and own bound; the ratios the speed targets read, each beside the CPU
+    capability; accuracy of every form beside torch.optim.Muon's on four input classes, the bf16
+    Gram forms measured but refused; the AVX2-capped child on fp32 plans only."""
+    bench = load_benchmark("optimizer_step")
+    result = bench.main(
         ["--d", "16", "--layers", "1", "--repeats", "2", "--slow-repeats", "1", "--matmul-n", "64",
          "--breakdown", "--threads", "1"])
     assert result["shape_set"] == {"d": 16, "layers": 1} and result["matrix_params"] == (4 + 2 * 4) * 16 * 16
-    assert set(result["step_ms"]) >= {"muonclip_auto", "muonclip_fp32", "muonclip_fp32_direct", "muonclip_bf16",
-                                      "adamw", "torch_muon"}
+    native = set(bench.ns_auto.candidate_precisions("cpu"))
+    expected = {name for name, (prec, _) in bench.FORMS.items() if prec in native | {"auto"}}
+    assert set(result["step_ms"]) == expected | {"adamw", "torch_muon"}
     assert all(ms > 0 for ms in result["step_ms"].values())
     forms = result["forms"]
-    assert set(forms) == {"muonclip_auto", "muonclip_fp32", "muonclip_fp32_direct", "muonclip_bf16"}
+    assert set(forms) == expected and set(result["not_timed"]) == set(bench.FORMS) - expected
     for form in forms.values():
-        assert form["step_ms"] > 0 and form["own_bound_ms"] > 0 and form["over_direct_bound"] > 0
-    # the fp32 default takes the Gram form where it saves FLOPs; the direct rows run the full count
+        assert form["step_ms"] > 0 and form["own_bound_ms"] > 0 and form["over_own_bound"] > 0
+        assert set(form["plans"]) == {"16x16", "16x64", "64x16"} and form["cpu_capability"]
+    # the fp32 default takes the Gram form where it saves FLOPs; fp16 the restarted one
+    assert forms["muonclip_fp32"]["plans"] == {"16x16": "fp32:direct", "16x64": "fp32:gram", "64x16": "fp32:gram"}
+    if "muonclip_fp16" in forms:
+        assert forms["muonclip_fp16"]["plans"]["16x64"] == "fp16:gram@2"
     assert forms["muonclip_fp32"]["ns_gflop"] <= forms["muonclip_fp32_direct"]["ns_gflop"]
+    assert result["auto_plans"] == forms["muonclip_auto"]["plans"] and "fp32" in result["auto_rates"]
     assert result["cpu_capability"] and isinstance(result["native_bf16"], bool)
-    assert set(result["met"]) == {"torch_muon_over_auto", "auto_over_direct_bf16_bound",
-                                  "fp32_over_direct_fp32_bound", "avx2_only_torch_muon_over_auto"}
+    ratios = result["ratios"]
+    assert {"default_step", "avx2_only"} <= set(ratios)
+    for row in ratios.values():
+        assert row["cpu_capability"] and isinstance(row["met"], bool) and isinstance(row["fp32_met_own_bound"], bool)
+        assert row["fp32_over_own_bound"] >= row["fp32_over_direct_bound"] > 0  # Gram: fewer FLOPs, lower bound
     accuracy = result["accuracy"]
-    for inputs in ("gaussian", "log1e-3", "log1e-6"):
-        assert set(accuracy[inputs]) == {"fp32_direct", "fp32_gram", "bf16_direct", "bf16_gram_refused",
-                                         "torch_muon"}
+    for inputs in ("gaussian", "log_1e-3", "log_1e-6", "power_-2"):
+        assert set(accuracy[inputs]) == set(bench.ACCURACY_FORMS) | {
+            "bf16_gram_refused", "bf16_gram_restart_2_4_refused", "torch_muon"}
         assert accuracy[inputs]["fp32_direct"] < 1e-4 < accuracy[inputs]["bf16_direct"]
+        assert accuracy[inputs]["fp16_gram_restart_2"] < accuracy[inputs]["torch_muon"]
     # the reason the Gram form is refused in bf16: it blows up on an ill-conditioned input
-    assert accuracy["log1e-6"]["bf16_gram_refused"] > 10 * accuracy["log1e-6"]["bf16_direct"]
-    assert {"finite_check", "momentum", "normalize_fp32", "apply_fp32", "normalize_bf16",
-            "apply_bf16"} <= set(result["breakdown_ms"])
+    assert accuracy["log_1e-6"]["bf16_gram_refused"] > 10 * accuracy["log_1e-6"]["bf16_direct"]
+    assert {"finite_check", "momentum", "normalize_fp32", "apply_fp32"} <= set(result["breakdown_ms"])
     child = result["avx2_only"]
-    assert child["native_bf16"] is False and child["auto_precision"] == "fp32"
+    assert child["native_bf16"] is False and child["auto_precision"] == "float32"
+    assert set(child["not_timed"]) == {"muonclip_bf16", "muonclip_fp16"}  # emulated there
+    assert set(child["auto_plans"].values()) <= {"fp32:direct", "fp32:gram"} and list(child["auto_rates"]) == ["fp32"]
     assert child["torch_muon_over_muonclip_auto"] > 0

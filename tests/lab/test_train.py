@@ -369,9 +369,27 @@ def test_run_info_records_what_decides_the_numerics_beyond_the_config(monkeypatc
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ("amx_bf16",))
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setenv("MUONCLIP_NS_RATES", '{"fp32": 300, "bf16": 1000}')  # auto's measured rates there
     cfg = get_preset("tiny")
     for ns_precision, dtype in (("auto", "bfloat16"), ("fp32", "float32")):
         info = run_info(cfg.replace(optim=dataclasses.replace(cfg.optim, ns_precision=ns_precision)))
         assert info["ns_dtype"] == dtype
         assert info["cpu_bf16_flags"] == ["amx_bf16"]
         assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_run_info_records_each_matrix_newton_schulz_plan(monkeypatch):
+    """run.json names the precision and form ns_precision="auto" chose for every Muon matrix
+    (MuonClip.ns_plan()), so a run's numerics can be told apart across machines."""
+    from muonclip.lab.presets import get_preset
+    from muonclip.lab.train import build_model, build_optimizer, run_info
+    from muonclip.optim import ns_auto
+
+    monkeypatch.setenv("MUONCLIP_NS_RATES", '{"fp32": 100}')
+    cfg = get_preset("tiny")
+    optimizer = build_optimizer(build_model(cfg), cfg)
+    plans = run_info(cfg, optimizer)["ns_plan"]
+    muon = [n for g in optimizer.param_groups if g["algorithm"] == "muon" for n in g["param_names"]]
+    assert sorted(plans) == sorted(muon) and plans
+    assert {ns_auto.parse_plan(p)[0] for p in plans.values()} == {torch.float32}
+    assert "ns_plan" not in run_info(cfg)

@@ -22,6 +22,7 @@ def native_bf16_cpu(monkeypatch):
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ("amx_bf16",))
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setenv("MUONCLIP_NS_RATES", '{"fp32": 300, "bf16": 1000}')  # auto's measured rates there
     assert resolve_ns_dtype("auto", "cpu") == torch.bfloat16
 
 
