@@ -15,7 +15,7 @@ from ..viz.style import COLORS, DIGITS, fmt_g, fmt_pct
 from . import widgets
 from .page import Page, e, f, n, q, tau
 from .runs import story_plan
-from .texts import ALTERNATIVES, INTROS, LOOK, TAU_RULES
+from .texts import ALTERNATIVES, INTROS, LOOK
 
 __all__ = ["CHAPTERS", "chapter", "runs_section"]
 
@@ -27,10 +27,6 @@ def chapter(pg: Page, title: str, anchor: str) -> None:
         pg.p(f"<b>What to look at:</b> {LOOK[anchor]}", "look")
     if anchor in INTROS:
         pg.p(INTROS[anchor])
-
-
-# The rule a preset module states for its tau (muonclip/reproduce/presets.py), by preset name.
-_PRESET_RULES = {"guardrail": getattr(presets, "GUARDRAIL_TAU_RULE", None)}
 
 
 def _tau_origin(numbers: dict, run_id: str) -> tuple[str, float | None, bool] | None:
@@ -57,10 +53,8 @@ def _tau_choice(numbers: dict, drawn: dict, key: str | None = None, extra: str =
     if origin is None:
         return f"<p>{text}.{extra}</p>"
     preset, base, overridden = origin
-    text += f" (preset <code>{e(preset)}</code>): {TAU_RULES.get(preset, 'set by the preset')}."
-    rule = _PRESET_RULES.get(preset)
-    if rule:  # the presets' own account of how they picked it, where they give one
-        text += f" The preset says: {e(rule)}."
+    # the presets' own account (muonclip/reproduce/presets.py), the one the results page prints too
+    text += f" (preset <code>{e(preset)}</code>): {e(presets.TAU_RULES.get(preset, 'set by the preset'))}."
     if overridden and numbers.get("mode") == "quick":
         text += (f" These are the shortened <code>--quick</code> runs: their overrides set &tau; to "
                  f"{e(fmt_g(drawn['tau']))} so that the clip still has something to do in a few steps (the full "

@@ -5,7 +5,7 @@ Nothing here states a measured number: sentences with numbers are built in
 """
 from __future__ import annotations
 
-__all__ = ["INTROS", "LOOK", "CAPTIONS", "TAU_RULES", "ALTERNATIVES"]
+__all__ = ["INTROS", "LOOK", "CAPTIONS", "ALTERNATIVES"]
 
 # The opening paragraph of a chapter, by anchor.
 INTROS = {
@@ -112,17 +112,6 @@ CAPTIONS = {
 
 # How each preset's tau was chosen: the rule in words (the values come from each run's config;
 # the presets and their searches are in muonclip/reproduce/presets.py).
-TAU_RULES = {
-    "dragon": ("one threshold for this model scale (K2 used 100 at its scale, 30 in its small ablation). Vanilla "
-               "Muon does not clip, so here &tau; only marks where MuonClip on the same preset (the dragon-clip run "
-               "of chapter 8) steps in"),
-    "guardrail": ("chosen from vanilla Muon's own peak on the same preset, so that unclipped Muon clearly passes "
-                  "&tau; and the clip has work to do without clipping most heads (the search: "
-                  "docs/guardrail-search.md)"),
-    "lifecycle": ("set for the smaller lifecycle model, whose logits stay lower: low enough that the clip fires "
-                  "early, high enough that weight decay and the decaying learning rate can pull the logits back "
-                  "under it"),
-}
 
 # Why K2 clipped rather than normalised or soft-capped (after Su Jianlin's QK-Clip post and the K2 report).
 ALTERNATIVES = (

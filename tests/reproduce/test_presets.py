@@ -47,3 +47,18 @@ def test_sae_and_tradeoff_optimizers_run_newton_schulz_in_fp32_on_a_native_bf16_
     for clip in (False, True):
         _, opt = tradeoff._build(tradeoff.QUICK, clip)
         assert _muon_dtypes(opt) == {torch.float32}
+
+
+def test_every_story_preset_states_its_tau_rule_and_the_guardrail_follows_its_own():
+    """tau comes from a rule stated in the preset module (issue #26), printed by both pages."""
+    from muonclip.lab import get_preset
+    from muonclip.reproduce import presets
+
+    presets.register_presets()
+    for name in ("dragon", "guardrail", "lifecycle", "efficiency"):
+        rule = presets.TAU_RULES[name]
+        assert rule.startswith(f"tau {get_preset(name).optim.qk_clip_tau:g}"), (name, rule)
+    # guardrail: the stated multiple of the median of AdamW's measured peaks
+    median = sorted(presets.GUARDRAIL_ADAMW_PEAKS)[len(presets.GUARDRAIL_ADAMW_PEAKS) // 2]
+    assert presets.GUARDRAIL_TAU == round(presets.GUARDRAIL_TAU_OVER_ADAMW * median, 1)
+    assert get_preset("guardrail").optim.qk_clip_tau == presets.GUARDRAIL_TAU

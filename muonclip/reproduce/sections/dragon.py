@@ -5,7 +5,7 @@ from typing import Any
 
 from ...viz import charts
 from ...viz.style import DIGITS, fmt, fmt_g
-from .. import results
+from .. import presets, results
 from ..runner import Arm, Run, Runner
 from .base import Section, cell, curves_and_bands, first_seed, logit, seeds_of
 
@@ -45,6 +45,7 @@ def section_dragon(rn: Runner) -> Section:
              f"{cell(runs, results.loss_spikes)} / {cell(runs, results.max_loss_jump, 3)}"),
         ])
     s.table.append(("tau (this scale)", fmt_g(tau)))
+    s.table.append(("tau rule (the preset's)", presets.TAU_RULES["dragon"]))
     s.checks.extend(results.dragon_targets([results.dragon_seed_numbers(r.rows, tau) for r in muon],
                                            seeds=seeds_of(muon)))
     layer_peaks = [max(v) for v in results.layer_max_series(muon[0].rows)[1]]

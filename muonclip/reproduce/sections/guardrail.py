@@ -138,7 +138,7 @@ def section_guardrail(rn: Runner) -> Section:
 def _tau_rule(s: Section, adamw: Sequence[Run], tau: float) -> None:
     """How tau was chosen (the preset's rule) and what AdamW reaches on the same preset here."""
     s.table.extend([
-        ("tau rule (the preset's)", presets.GUARDRAIL_TAU_RULE),
+        ("tau rule (the preset's)", presets.TAU_RULES["guardrail"]),
         ("AdamW on the same preset: peak max logit / tau over that peak",
          f"{cell(adamw, results.peak_max_logit, DIGITS['logit'])} / "
          f"{cell(adamw, lambda rows: tau / results.peak_max_logit(rows), DIGITS['ratio'])}"),

@@ -36,6 +36,7 @@ def section_lifecycle(rn: Runner) -> Section:
                      f"{fmt_g(c.schedule.min_lr_ratio)}; weight decay {fmt_g(c.optim.weight_decay)}; "
                      f"lr {fmt_g(c.optim.lr)}"),
         ("tau", fmt_g(tau)),
+        ("tau rule (the preset's)", presets.TAU_RULES["lifecycle"]),
         ("first clip / last clip (step)", f"{over('first_clip')} / {over('last_clip')} of {over('steps')}"),
         ("last clip as a fraction of training", over("last_clip_fraction", DIGITS["ratio"])),
         ("peak max logit", over("peak", DIGITS["logit"])),
