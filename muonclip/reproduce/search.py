@@ -50,6 +50,7 @@ CANDIDATES: dict[str, Candidate] = {c.name: c for c in (
 )}
 
 ARMS = ("adamw", "muon", "muonclip")
+_ADAMW_TAU = 26.7
 
 
 def _config(c: Candidate, optimizer: str, seed: int, precision: str, tau: float | None = None) -> TrainConfig:
@@ -57,6 +58,10 @@ def _config(c: Candidate, optimizer: str, seed: int, precision: str, tau: float 
     # config, one AdamW run (one config hash) serves every Muon lr of a sweep.
     mine = [o for o in c.overrides if not (optimizer == "adamw" and o.startswith("optim.lr="))]
     over = [f"optim.optimizer={optimizer}", *mine, f"run.seed={seed}", f"optim.ns_precision={precision}"]
+    if optimizer == "adamw":
+        # AdamW never reads tau, and the preset's tau is derived from these very runs: a fixed value
+        # keeps their config hash from following it (26.7: the preset's tau when they were first cached).
+        over.append(f"optim.qk_clip_tau={_ADAMW_TAU:g}")
     if tau is not None:
         over.append(f"optim.qk_clip_tau={tau:.6g}")
     return apply_overrides(get_preset("guardrail"), over)
