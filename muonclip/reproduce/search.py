@@ -29,6 +29,7 @@ from . import presets
 from .pool import train_missing
 from .results import CAP_MAX, guardrail_seed_numbers, guardrail_targets, peak_max_logit, slack_decomposition
 from .runner import ensure_run, seed_label
+from .sections.base import environment
 
 __all__ = ["Candidate", "CANDIDATES", "candidate_jobs", "judge_candidate", "slack_of_candidate", "main"]
 
@@ -212,7 +213,10 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
     print("\n".join((slack_rows if args.slack_only else table_rows)(results)))
     log(f"[search] {len(results)} row(s) in {time.perf_counter() - t0:.0f} s")
     if args.json:
-        atomic_write_text(args.json, json.dumps({"results": results}, indent=1) + "\n")
+        given = argv if argv is not None else sys.argv[1:]
+        record = {"command": "python -m muonclip.reproduce.search " + " ".join(given),
+                  "environment": environment(), "results": results}
+        atomic_write_text(args.json, json.dumps(record, indent=1) + "\n")
     if args.figure:
         args.figure.parent.mkdir(parents=True, exist_ok=True)
         slack_figure(slack_points(results), cap=CAP_MAX).savefig(args.figure, dpi=110)
@@ -222,7 +226,8 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
 def slack_points(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One point per MuonClip run (candidate, precision, seed): its lr, tau and slack factors."""
     return [{"lr": s["lr"], "tau": s["tau"], "growth": (s["slack"] or {}).get("growth"),
-             "batch": (s["slack"] or {}).get("batch"), "label": f"{r['candidate']} {r['precision']} seed {s['seed']}"}
+             "batch": (s["slack"] or {}).get("batch"), "worst": (s["slack"] or {}).get("worst"),
+             "label": f"{r['candidate']} {r['precision']} seed {s['seed']}"}
             for r in results for s in r["per_seed"]]
 
 

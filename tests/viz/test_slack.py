@@ -22,6 +22,12 @@ def test_each_panel_plots_every_run_in_percent_over_one():
     assert np.allclose(batch_l.get_offsets(), [[0.01, 0.0], [0.02, 2.0]])
     assert np.allclose(right.collections[0].get_offsets()[:, 0], [20.0, 26.7])
     assert any(np.allclose(line.get_ydata(), [10.0, 10.0]) for line in left.lines)  # the cap target
+    assert len(left.collections[2].get_offsets()) == 0  # no worst rows given
+
+
+def test_worst_rows_are_drawn_as_their_excess():
+    fig = slack_figure([{**_point(0.02, 20.0, 1.01, 1.0), "worst": {"excess": 1.25}}])
+    assert np.allclose(fig.axes[0].collections[2].get_offsets(), [[0.02, 25.0]])
 
 
 def test_a_run_without_clips_is_left_out_and_no_runs_is_an_error():
