@@ -130,8 +130,8 @@ def _train_stage(plan: list, cache_dir: Path, quick: bool, sae: bool, workers: i
                       git_sha=run_info(plan[0].cfg)["git_sha"] if plan else None)
     stage = train_jobs(jobs, workers=workers, threads=threads, log=say)
     if jobs:
-        say(f"training done in {stage['wall']:.0f} s wall time ({sum(stage['seconds'].values()):.0f} s of "
-            f"job time on {min(workers, len(jobs))} worker(s))")
+        say(f"training done in {stage['wall']:.0f} s wall time ({sum(stage['cpu'].values()):.0f} s of CPU time "
+            f"on {min(workers, len(jobs))} worker(s))")
     fatal = {name: err for name, err in stage["errors"].items() if name != "SAE"}
     if fatal:
         raise RuntimeError("training failed: " + "; ".join(f"{n}: {e}" for n, e in fatal.items()))
@@ -157,6 +157,8 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan, workers, 
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
+    say(f"the {'quick' if quick else 'full'} story: {len(plan)} runs, the trade-off experiment and its sweep"
+        + (", the SAEs" if sae else ""))
     stage = _train_stage(plan, cache_dir, quick, sae, workers, threads, say)
     trained = stage["seconds"]
     runs: dict[str, Any] = {}

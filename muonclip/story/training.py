@@ -95,6 +95,14 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _timed(fn: Callable[..., Any], *args: Any) -> float:
+    """Run ``fn(*args)``; return the CPU seconds it took (this process's, all its threads):
+    on a busy machine the wall time says little, the CPU time what the job costs."""
+    t0 = time.process_time()
+    fn(*args)
+    return time.process_time() - t0
+
+
 def _train_run(cfg: TrainConfig, cache: str, label: str) -> None:
     ensure_run(cfg, cache, label, progress=False)
 
@@ -148,7 +156,8 @@ def story_jobs(runs: Sequence[tuple[str, TrainConfig]], cache: str | Path, *,
 
 def train_jobs(jobs: Sequence[Job], *, workers: int | None = None, threads: int = 1,
                log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """Run ``jobs``; returns ``{"seconds": {name: s}, "errors": {name: message}, "wall": s}``.
+    """Run ``jobs``; returns ``{"seconds": {name: s}, "cpu": {name: s}, "errors": {name: message},
+    "wall": s}`` (``seconds``: each job's wall time, ``cpu``: its CPU time).
 
     ``workers`` (default: every core) spawned processes with ``threads`` torch threads each;
     ``workers=1`` runs the jobs here, one after another. A failed job does not stop the others
@@ -161,7 +170,7 @@ def train_jobs(jobs: Sequence[Job], *, workers: int | None = None, threads: int 
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"job names must be unique, got {names}")
-    out: dict[str, Any] = {"seconds": {}, "errors": {}, "wall": 0.0}
+    out: dict[str, Any] = {"seconds": {}, "cpu": {}, "errors": {}, "wall": 0.0}
     if not jobs:
         return out
     workers = min(workers, len(jobs))
@@ -174,16 +183,18 @@ def train_jobs(jobs: Sequence[Job], *, workers: int | None = None, threads: int 
     started: dict[str, float] = {}
     done_cost = 0.0
 
-    def finished(job: Job, error: BaseException | None) -> None:
+    def finished(job: Job, error: BaseException | None, cpu: float | None = None) -> None:
         nonlocal done_cost
         now = time.perf_counter()
         out["seconds"][job.name] = now - started[job.name]
+        if cpu is not None:
+            out["cpu"][job.name] = cpu
         done_cost += job.cost
         n_done = len(out["seconds"])
         if error is not None:
             out["errors"][job.name] = f"{type(error).__name__}: {error}"
         status = "FAILED: " + out["errors"][job.name] if error is not None else \
-            f"done in {format_seconds(out['seconds'][job.name])}"
+            f"done in {format_seconds(out['seconds'][job.name])} ({format_seconds(cpu or 0.0)} CPU)"
         left = total - done_cost
         eta = ""
         if left > 0 and done_cost > 0:
@@ -206,11 +217,11 @@ def train_jobs(jobs: Sequence[Job], *, workers: int | None = None, threads: int 
                 finished(job, RuntimeError(f"{job.after} failed"))
                 continue
             try:
-                job.fn(*job.args)
+                cpu = _timed(job.fn, *job.args)
             except Exception as exc:  # keep the other jobs going; the caller sees the error
                 finished(job, exc)
             else:
-                finished(job, None)
+                finished(job, None, cpu)
         out["wall"] = time.perf_counter() - t0
         return out
 
@@ -228,13 +239,14 @@ def train_jobs(jobs: Sequence[Job], *, workers: int | None = None, threads: int 
                 job = next(j for j in pending if ready(j))
                 pending.remove(job)
                 started[job.name] = time.perf_counter()
-                running[pool.submit(job.fn, *job.args)] = job
+                running[pool.submit(_timed, job.fn, *job.args)] = job
             if not running:
                 continue
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 job = running.pop(future)
-                finished(job, future.exception())
+                error = future.exception()
+                finished(job, error, None if error is not None else future.result())
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
