@@ -59,7 +59,11 @@ def execute_notebook(path: str | Path = NOTEBOOK, *, quick: bool = True, widgets
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    env = {"MUONCLIP_STORY_QUICK": "1" if quick else "0", "MUONCLIP_NOTEBOOK_WIDGETS": "1" if widgets else "0"}
+    # the kernel imports the muonclip that runs this (a worktree's, not another install's)
+    root = str(Path(__file__).resolve().parents[2])
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {"MUONCLIP_STORY_QUICK": "1" if quick else "0", "MUONCLIP_NOTEBOOK_WIDGETS": "1" if widgets else "0",
+           "PYTHONPATH": pythonpath}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
