@@ -65,8 +65,10 @@ def circle_figure(history: Sequence[torch.Tensor]):
 
 def singular_values_figure(measured: np.ndarray, predicted: np.ndarray, coeffs: tuple[float, float, float]):
     """Left: the scalar map p(s) = a s + b s^3 + c s^5 and the singular values of X_0 moving under it.
-    Right: every singular value after each iteration: measured on the matrix (dots) and the
-    scalar map iterated (lines). ``measured``, ``predicted``: (iterations + 1, k)."""
+    Right: the singular values after each iteration: measured on the matrix (dots) and the
+    scalar map iterated on each singular value of X_0 (lines). ``measured``: (iterations + 1, k),
+    each row sorted as an SVD gives it; ``predicted``: (iterations + 1, k), column j the path
+    of the j-th singular value of X_0 (p is not monotone, so paths may cross)."""
     plt = _plt()
     a, b, c = coeffs
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -74,16 +76,17 @@ def singular_values_figure(measured: np.ndarray, predicted: np.ndarray, coeffs: 
     left.plot(s, a * s + b * s**3 + c * s**5, color="C0", label="p(s) = a s + b s^3 + c s^5")
     left.plot(s, s, "k:", lw=0.8, label="p(s) = s")
     left.axhline(1, color="grey", lw=0.6)
-    left.scatter(measured[0], measured[1], s=10, color="C1", zorder=3, label="(sigma_0, sigma_1) of the matrix")
+    left.scatter(predicted[0], predicted[1], s=10, color="C1", zorder=3, label="(sigma, p(sigma)) of X_0")
     left.set_xlabel("sigma")
     left.set_ylabel("p(sigma)")
     left.set_ylim(0, 1.4)
     left.set_title("One iteration acts on each singular value alone")
     left.legend(fontsize=8, loc="lower right")
     steps = np.arange(measured.shape[0])
-    for j in range(0, measured.shape[1], max(1, measured.shape[1] // 16)):
-        right.plot(steps, predicted[:, j], color="C0", lw=0.8, alpha=0.7)
-        right.plot(steps, measured[:, j], "o", color="C1", ms=3)
+    for j in range(predicted.shape[1]):
+        right.plot(steps, predicted[:, j], color="C0", lw=0.6, alpha=0.5)
+    for k in steps:
+        right.plot(np.full(measured.shape[1], k), measured[k], "o", color="C1", ms=2.5)
     right.plot([], [], color="C0", label="p iterated on sigma_0")
     right.plot([], [], "o", color="C1", ms=3, label="svdvals(X_k)")
     right.set_yscale("log")
