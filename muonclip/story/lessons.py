@@ -7,6 +7,7 @@ kernel runs with ipywidgets installed, else the figure of the default values.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
@@ -16,18 +17,21 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["circle_figure", "singular_values_figure", "logits_figure", "sliders", "widgets_enabled",
+__all__ = ["circle_figure", "singular_values_figure", "logits_figure", "sliders", "widgets_enabled", "as_image",
            "MiniDragon", "mini_dragon_config", "train_mini_dragon", "mini_dragon_figure"]
 
 
-def _plt():
+def _figure(**kwargs):
+    """A Figure outside pyplot: nothing global to close, and a kernel shows only what is displayed."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _cmap(name: str):
     import matplotlib
 
-    if "MPLBACKEND" not in os.environ and not _in_kernel():
-        matplotlib.use("Agg")  # outside a notebook: draw off-screen
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.colormaps[name]
 
 
 def _in_kernel() -> bool:
@@ -42,11 +46,11 @@ def _in_kernel() -> bool:
 
 def circle_figure(history: Sequence[torch.Tensor]):
     """The unit circle's image under each iterate of a 2x2 matrix (``history[k]`` = X_k)."""
-    plt = _plt()
     theta = torch.linspace(0, 2 * math.pi, 200, dtype=torch.float64)
     circle = torch.stack([theta.cos(), theta.sin()])
-    fig, ax = plt.subplots(figsize=(5.2, 5.2))
-    cmap = plt.get_cmap("viridis")
+    fig = _figure(figsize=(5.2, 5.2))
+    ax = fig.subplots()
+    cmap = _cmap("viridis")
     for k, X in enumerate(history):
         pts = X.double() @ circle
         sv = torch.linalg.svdvals(X.double())
@@ -69,9 +73,9 @@ def singular_values_figure(measured: np.ndarray, predicted: np.ndarray, coeffs: 
     scalar map iterated on each singular value of X_0 (lines). ``measured``: (iterations + 1, k),
     each row sorted as an SVD gives it; ``predicted``: (iterations + 1, k), column j the path
     of the j-th singular value of X_0 (p is not monotone, so paths may cross)."""
-    plt = _plt()
     a, b, c = coeffs
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig = _figure(figsize=(10, 4.2))
+    left, right = fig.subplots(1, 2)
     s = np.linspace(0, 1.25, 400)
     left.plot(s, a * s + b * s**3 + c * s**5, color="C0", label="p(s) = a s + b s^3 + c s^5")
     left.plot(s, s, "k:", lw=0.8, label="p(s) = s")
@@ -102,10 +106,10 @@ def singular_values_figure(measured: np.ndarray, predicted: np.ndarray, coeffs: 
 
 def logits_figure(before: torch.Tensor, after: torch.Tensor, tau: float):
     """One head's causal logits (T x T) before and after QK-Clip, on one colour scale."""
-    plt = _plt()
     mask = torch.ones_like(before, dtype=torch.bool).tril()
     vmax = float(before[mask].abs().max())
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    fig = _figure(figsize=(9, 4))
+    axes = fig.subplots(1, 2)
     for ax, logits, title in ((axes[0], before, "before"), (axes[1], after, "after QK-Clip")):
         shown = logits.double().masked_fill(~mask, float("nan")).numpy()
         im = ax.imshow(shown, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
@@ -153,12 +157,20 @@ def sliders(draw: Callable[..., Any], *, manual: bool = False, **controls: tuple
     return run(lambda **values: _show(draw(**values)), **made)
 
 
+def as_image(fig):
+    """``fig`` as an IPython PNG image: shown the same under any matplotlib backend."""
+    from IPython.display import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return Image(data=buf.getvalue(), format="png")
+
+
 def _show(obj: Any) -> Any:
     from IPython.display import display
 
     if hasattr(obj, "savefig"):
-        display(obj)
-        _plt().close(obj)
+        display(as_image(obj))
         return None
     return obj
 
@@ -212,7 +224,10 @@ def train_mini_dragon(steps: int = 300, lr: float | None = None, tau: float | No
 
 
 def _train_mini_dragon(steps, lr, tau, draw_every, on_draw, progress) -> MiniDragon:
-    from tqdm.auto import tqdm
+    if widgets_enabled():  # a widget bar where widgets work, else text (it reads the same saved)
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     from ..lab.train import build_model, build_optimizer, load_dataset
 
@@ -228,7 +243,7 @@ def _train_mini_dragon(steps, lr, tau, draw_every, on_draw, progress) -> MiniDra
     out = MiniDragon(steps, base.optim.qk_clip_tau, base.optim.lr, {n: [] for n in OPTIMIZERS},
                      {n: [] for n in OPTIMIZERS}, {n: 0 for n in OPTIMIZERS})
     t0 = time.perf_counter()
-    with tqdm(total=steps, desc="mini-dragon", unit="step", disable=not progress) as bar:
+    with tqdm(total=steps, desc="mini-dragon", unit="step", disable=not progress, mininterval=2) as bar:
         for step in range(steps):
             x, y = data.batch_at(step, base.run.batch_size, base.model.seq_len)
             for name, (model, opt) in arms.items():
@@ -251,8 +266,8 @@ def _train_mini_dragon(steps, lr, tau, draw_every, on_draw, progress) -> MiniDra
 
 def mini_dragon_figure(result: MiniDragon):
     """Max logit (log scale, tau marked) and training loss of the three optimizers so far."""
-    plt = _plt()
-    fig, (top, bottom) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = _figure(figsize=(10, 3.8))
+    top, bottom = fig.subplots(1, 2)
     colors = {"adamw": "C2", "muon": "C3", "muonclip": "C0"}
     labels = {"adamw": "AdamW", "muon": "Muon", "muonclip": f"MuonClip (tau = {result.tau:g})"}
     for name in OPTIMIZERS:
