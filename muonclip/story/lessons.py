@@ -256,7 +256,7 @@ def _train_mini_dragon(steps, lr, tau, draw_every, on_draw, progress) -> MiniDra
                 stats = getattr(opt, "last_qk_clip", None)
                 out.n_clipped[name] += bool(stats and stats.n_clipped)
             bar.update(1)
-            bar.set_postfix({n: f"{v[-1]:.1f}" for n, v in out.max_logit.items()})
+            bar.set_postfix({n: f"{v[-1]:.1f}" for n, v in out.max_logit.items()}, refresh=False)
             if on_draw is not None and draw_every and ((step + 1) % draw_every == 0 or step + 1 == steps):
                 out.seconds = time.perf_counter() - t0
                 on_draw(out)
