@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -170,6 +171,9 @@ def train_jobs(jobs: Sequence[Job], *, workers: int | None = None, threads: int 
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"job names must be unique, got {names}")
+    unknown = [j.after for j in jobs if j.after is not None and j.after not in names]
+    if unknown:
+        raise ValueError(f"jobs wait for jobs that are not in the list: {unknown}")
     out: dict[str, Any] = {"seconds": {}, "cpu": {}, "errors": {}, "wall": 0.0}
     if not jobs:
         return out
@@ -227,26 +231,55 @@ def train_jobs(jobs: Sequence[Job], *, workers: int | None = None, threads: int 
 
     # spawn, not fork: a forked child would inherit this process's torch thread pools and locks
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(threads,))
+
+    pool = new_pool()
     running: dict[Future, Job] = {}
+    tries: dict[str, int] = {}
     try:
         while pending or running:
             for job in [j for j in pending if blocked(j)]:
                 pending.remove(job)
                 started[job.name] = time.perf_counter()
                 finished(job, RuntimeError(f"{job.after} failed"))
+            broken = False
             while len(running) < workers and any(ready(j) for j in pending):
                 job = next(j for j in pending if ready(j))
+                try:
+                    future = pool.submit(_timed, job.fn, *job.args)
+                except BrokenProcessPool:  # a worker died since the last look: rebuilt below
+                    broken = True
+                    break
                 pending.remove(job)
                 started[job.name] = time.perf_counter()
-                running[pool.submit(_timed, job.fn, *job.args)] = job
-            if not running:
-                continue
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+                tries[job.name] = tries.get(job.name, 0) + 1
+                running[future] = job
+            done: set[Future] = set()
+            if running and not broken:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                broken = any(isinstance(f.exception(), BrokenProcessPool) for f in done)
+            if broken:
+                # A worker process died (killed from outside, or out of memory): the executor
+                # fails every job it was running. Each gets one more try in a fresh pool; the
+                # cache keeps what finished, and an interrupted run resumes or restarts cleanly.
+                wait(running)
+                done = set(running)
+            requeue = []
             for future in done:
                 job = running.pop(future)
                 error = future.exception()
+                if isinstance(error, BrokenProcessPool) and tries[job.name] < 2:
+                    log(f"{job.name}: its worker process died; trying it once more")
+                    requeue.append(job)
+                    continue
                 finished(job, error, None if error is not None else future.result())
+            pending[:0] = requeue
+            if broken:
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = new_pool()
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise

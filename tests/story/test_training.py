@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 
 import pytest
@@ -33,11 +34,25 @@ def test_train_jobs_runs_each_job_once_and_keeps_failures_apart(workers):
     assert order.index("after long") > order.index("long")
 
 
+def test_a_job_whose_worker_dies_is_tried_once_more_and_the_others_finish():
+    """A worker process killed mid-job (here it exits) breaks the executor: the jobs it was
+    running get one more try in a fresh pool; the dying one then fails, the others finish."""
+    lines = []
+    jobs = [Job("dies", os._exit, (3,), 2.0), Job("fine", time.sleep, (0.5,), 1.0),
+            Job("later", time.sleep, (0.0,), 0.5)]
+    out = train_jobs(jobs, workers=2, log=lines.append)
+    assert set(out["errors"]) == {"dies"} and "BrokenProcessPool" in out["errors"]["dies"]
+    assert set(out["seconds"]) == {"dies", "fine", "later"}
+    assert any(line.startswith("dies: its worker process died") for line in lines)
+
+
 def test_train_jobs_refuses_bad_arguments():
     with pytest.raises(ValueError, match="workers"):
         train_jobs(_jobs(), workers=0)
     with pytest.raises(ValueError, match="unique"):
         train_jobs([Job("a", time.sleep, (0,), 1), Job("a", time.sleep, (0,), 1)])
+    with pytest.raises(ValueError, match="not in the list"):
+        train_jobs([Job("a", time.sleep, (0,), 1, after="b")])
     assert train_jobs([]) == {"seconds": {}, "cpu": {}, "errors": {}, "wall": 0.0}
 
 
