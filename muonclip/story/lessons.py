@@ -113,10 +113,11 @@ def logits_figure(before: torch.Tensor, after: torch.Tensor, tau: float):
     for ax, logits, title in ((axes[0], before, "before"), (axes[1], after, "after QK-Clip")):
         shown = logits.double().masked_fill(~mask, float("nan")).numpy()
         im = ax.imshow(shown, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-        ax.set_title(f"{title}: max logit {float(logits[mask].max()):.2f} (tau = {tau:g})")
+        ax.set_title(f"{title}: max logit {float(logits[mask].max()):.2f}", fontsize=10)
         ax.set_xlabel("key j")
         ax.set_ylabel("query i")
     fig.colorbar(im, ax=axes, shrink=0.8)
+    fig.suptitle(f"one head's logits s_ij, tau = {tau:g}", fontsize=10)
     return fig
 
 

@@ -59,7 +59,7 @@ def test_figures_draw_their_data():
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     logits = torch.randn(6, 6, dtype=torch.float64)
     fig = lessons.logits_figure(logits, 0.5 * logits, 1.0)
-    assert "max logit" in fig.axes[0].get_title()
+    assert "max logit" in fig.axes[0].get_title() and "tau = 1" in fig._suptitle.get_text()
 
 
 def test_mini_dragon_trains_three_optimizers_from_one_start():
