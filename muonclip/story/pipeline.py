@@ -156,7 +156,7 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan, workers, 
             print(f"[story] {msg}", file=sys.stderr, flush=True)
 
     timings: dict[str, float] = {}
-    t_all = time.perf_counter()
+    t_all, cpu_here = time.perf_counter(), time.process_time()
     say(f"the {'quick' if quick else 'full'} story: {len(plan)} runs, the trade-off experiment and its sweep"
         + (", the SAEs" if sae else ""))
     stage = _train_stage(plan, cache_dir, quick, sae, workers, threads, say)
@@ -274,7 +274,9 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan, workers, 
     bar.close()
     timings["total"] = time.perf_counter() - t_all
     files = sorted(p for p in out_dir.iterdir() if p.is_file())
-    say(f"done in {timings['total']:.0f} s: {len(files)} files in {out_dir}")
+    # CPU time: this process's and the training workers' (on a busy machine the wall time says little)
+    cpu = time.process_time() - cpu_here + sum(stage["cpu"].values())
+    say(f"done in {timings['total']:.0f} s ({cpu:.0f} s of CPU time): {len(files)} files in {out_dir}")
     return StoryResult(out_dir, report, numbers, files, errors, timings)
 
 
