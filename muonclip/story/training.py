@@ -238,7 +238,15 @@ def train_jobs(jobs: Sequence[Job], *, workers: int | None = None, threads: int 
 
     pool = new_pool()
     running: dict[Future, Job] = {}
-    tries: dict[str, int] = {}
+    # jobs that were running when a worker died: tried again alone, so that the one whose worker
+    # dies (a job that crashes its process, or the largest when memory runs out) is the one that fails
+    alone: set[str] = set()
+
+    def may_start(job: Job) -> bool:
+        if not ready(job) or any(j.name in alone for j in running.values()):
+            return False
+        return job.name not in alone or not running
+
     try:
         while pending or running:
             for job in [j for j in pending if blocked(j)]:
@@ -246,8 +254,8 @@ def train_jobs(jobs: Sequence[Job], *, workers: int | None = None, threads: int 
                 started[job.name] = time.perf_counter()
                 finished(job, RuntimeError(f"{job.after} failed"))
             broken = False
-            while len(running) < workers and any(ready(j) for j in pending):
-                job = next(j for j in pending if ready(j))
+            while len(running) < workers and any(may_start(j) for j in pending):
+                job = next(j for j in pending if may_start(j))
                 try:
                     future = pool.submit(_timed, job.fn, *job.args)
                 except BrokenProcessPool:  # a worker died since the last look: rebuilt below
@@ -255,7 +263,6 @@ def train_jobs(jobs: Sequence[Job], *, workers: int | None = None, threads: int 
                     break
                 pending.remove(job)
                 started[job.name] = time.perf_counter()
-                tries[job.name] = tries.get(job.name, 0) + 1
                 running[future] = job
             done: set[Future] = set()
             if running and not broken:
@@ -263,16 +270,17 @@ def train_jobs(jobs: Sequence[Job], *, workers: int | None = None, threads: int 
                 broken = any(isinstance(f.exception(), BrokenProcessPool) for f in done)
             if broken:
                 # A worker process died (killed from outside, or out of memory): the executor
-                # fails every job it was running. Each gets one more try in a fresh pool; the
-                # cache keeps what finished, and an interrupted run resumes or restarts cleanly.
+                # fails every job it was running. Each gets one more try, alone, in a fresh pool;
+                # the cache keeps what finished, and an interrupted run resumes or restarts cleanly.
                 wait(running)
                 done = set(running)
             requeue = []
             for future in done:
                 job = running.pop(future)
                 error = future.exception()
-                if isinstance(error, BrokenProcessPool) and tries[job.name] < 2:
-                    log(f"{job.name}: its worker process died; trying it once more")
+                if isinstance(error, BrokenProcessPool) and job.name not in alone:
+                    log(f"{job.name}: its worker process died; trying it once more, alone")
+                    alone.add(job.name)
                     requeue.append(job)
                     continue
                 finished(job, error, None if error is not None else future.result())
