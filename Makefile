@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (set up + main job) and `make test` (set up + test suite).
+# Entry points: `make demo` (set up + main job), `make test` (set up + test suite) and
+# `make notebook` (set up + execute the teaching notebook, saved with its outputs).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -8,13 +9,13 @@ STAMP  := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 # torch is pinned here (pyproject says torch>=2.9) so pip takes the local CPU wheel.
 TORCH  := torch==2.13.0
-EXTRAS := .[dev,viz,hf]
+EXTRAS := .[dev,viz,hf,notebook]
 # `make test-latest`: a separate venv with the newest releases (the drift alarm; not on CI).
 LATEST := .venv-latest
 # Extra pytest arguments, e.g. `make test-latest PYTEST_ARGS=tests/integrations`.
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-isa test-latest lint constraints venv bench clean
+.PHONY: demo notebook test test-isa test-latest lint constraints venv bench clean
 
 venv: $(STAMP)
 
@@ -25,8 +26,14 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '$(EXTRAS)'
 	touch $(STAMP)
 
+# Trains the story's runs on every core (one worker process per core); prints how long it took.
 demo: $(STAMP)
 	$(PY) -m muonclip demo
+
+# Runs notebooks/muonclip_story.ipynb top to bottom with nbclient (quick story, static figures
+# instead of sliders so that the saved outputs render anywhere) and saves it with its outputs.
+notebook: $(STAMP)
+	$(PY) -m muonclip.story.notebook
 
 # Needs no root. The report browser test needs Chromium: it skips without it, except on CI
 # (CI=true), where it fails; .ci/run installs Chromium before calling this.

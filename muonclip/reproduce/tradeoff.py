@@ -37,7 +37,8 @@ from ..viz.style import fmt_g
 
 __all__ = ["TradeoffConfig", "QUICK", "FULL", "SWEEP", "SWEEP_TAUS", "SWEEP_SEQ_LENS", "SWEEP_QUICK",
            "SWEEP_QUICK_TAUS", "SWEEP_QUICK_SEQ_LENS", "make_prompts", "run_arm",
-           "run_tradeoff", "ensure_tradeoff", "sweep_plan", "run_sweep", "ensure_tradeoff_sweep"]
+           "run_tradeoff", "ensure_tradeoff", "sweep_plan", "run_sweep", "ensure_tradeoff_sweep", "sweep_dir",
+           "tradeoff_dir"]
 
 
 @dataclass(frozen=True)
@@ -254,13 +255,22 @@ def _read_cached(path: Path) -> dict | None:
     return result if isinstance(result, dict) else None
 
 
+def sweep_dir(cfg: TradeoffConfig, cache_dir: str | Path, taus=SWEEP_TAUS, seq_lens=SWEEP_SEQ_LENS) -> Path:
+    """Where :func:`ensure_tradeoff_sweep` caches this sweep (``result.json`` in it once computed)."""
+    spec = json.dumps({"cfg": cfg.hash(), "taus": list(taus), "seq_lens": list(seq_lens)}, sort_keys=True)
+    return Path(cache_dir) / f"tradeoff-sweep-{hashlib.sha256(spec.encode('utf-8')).hexdigest()[:12]}"
+
+
+def tradeoff_dir(cfg: TradeoffConfig, cache_dir: str | Path) -> Path:
+    """Where :func:`ensure_tradeoff` caches ``cfg``'s result (``result.json`` in it once computed)."""
+    return Path(cache_dir) / f"tradeoff-{cfg.hash()}"
+
+
 def ensure_tradeoff_sweep(cfg: TradeoffConfig, cache_dir: str | Path, taus=SWEEP_TAUS, seq_lens=SWEEP_SEQ_LENS, *,
                           git_sha: str | None = None,
                           progress: Callable[[int], None] | None = None) -> tuple[dict, Path]:
     """The cached sweep (``cache_dir/tradeoff-sweep-HASH/result.json``), computing it if absent."""
-    spec = json.dumps({"cfg": cfg.hash(), "taus": list(taus), "seq_lens": list(seq_lens)}, sort_keys=True)
-    key = hashlib.sha256(spec.encode("utf-8")).hexdigest()[:12]
-    run_dir = Path(cache_dir) / f"tradeoff-sweep-{key}"
+    run_dir = sweep_dir(cfg, cache_dir, taus, seq_lens)
     path = run_dir / "result.json"
     cached = _read_cached(path)
     if cached is not None:
@@ -276,7 +286,7 @@ def ensure_tradeoff_sweep(cfg: TradeoffConfig, cache_dir: str | Path, taus=SWEEP
 def ensure_tradeoff(cfg: TradeoffConfig, cache_dir: str | Path, *, git_sha: str | None = None,
                     progress: Callable[[int], None] | None = None) -> tuple[dict, Path]:
     """The cached result for ``cfg`` (``cache_dir/tradeoff-HASH/result.json``), computing it if absent."""
-    run_dir = Path(cache_dir) / f"tradeoff-{cfg.hash()}"
+    run_dir = tradeoff_dir(cfg, cache_dir)
     path = run_dir / "result.json"
     cached = _read_cached(path)
     if cached is not None:

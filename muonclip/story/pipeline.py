@@ -3,11 +3,11 @@
     result = run_story("runs/story", cache_dir="runs/cache", quick=True)
     print(result.report)
 
-The story plans, reads and draws: its runs and the trade-off experiment are trained by
-:mod:`muonclip.reproduce` (:func:`~muonclip.reproduce.runner.ensure_run`,
-:func:`~muonclip.reproduce.tradeoff.ensure_tradeoff`) and cached by config hash, so a second
-call with the same plan only re-draws. Progress goes to stderr: an overall bar plus one line
-per run or figure.
+The story plans, reads and draws: its runs, the trade-off experiment and the SAEs are trained
+first, all at once on every core (:mod:`.training`), by :mod:`muonclip.reproduce`
+(:func:`~muonclip.reproduce.runner.ensure_run`, :func:`~muonclip.reproduce.tradeoff.ensure_tradeoff`)
+and cached by config hash, so a second call with the same plan only re-draws. Progress goes to
+stderr: an overall bar plus one line per run (with the time left) or figure.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from ..viz.style import fmt_g
 from .figures import FIGURES
 from .report import write_report
 from .runs import story_plan
+from .training import default_workers, story_jobs, train_jobs
 
 __all__ = ["StoryResult", "run_story", "STORY_FILES"]
 
@@ -62,12 +63,26 @@ class StoryResult:
         return not self.errors
 
 
+def _sae_config(quick: bool):
+    """The SAE comparison's config: the SAE module's QUICK, shorter still in a quick story."""
+    if quick:
+        return apply_overrides(QUICK, ["steps=150", "n_tokens=16384", "n_eval_tokens=2048"])
+    return QUICK
+
+
+def _sae_source(plan: list) -> Any:
+    """The plan's run the SAEs read: the no-decay guardrail, else the dragon."""
+    for role in ("dragon_clip", "dragon"):
+        item = next((item for item in plan if role in item.roles), None)
+        if item is not None:
+            return item
+    return None
+
+
 def _sae_stage(runs: dict, cache_dir: Path, quick: bool, log: Callable[[str], None]):
     """Adam vs Muon SAEs on the no-decay guardrail run's activations (cached)."""
     source = runs.get("dragon_clip") or runs.get("dragon")
-    cfg = QUICK
-    if quick:
-        cfg = apply_overrides(QUICK, ["steps=150", "n_tokens=16384", "n_eval_tokens=2048"])
+    cfg = _sae_config(quick)
     out, _ = ensure_sae_compare(source.run_dir, cfg, cache_dir, log=log)
     dirs = {opt: out / opt for opt in ("adam", "muon") if (out / opt / "metrics.jsonl").exists()}
     prov = f"SAE {out.name} on run {source.run_id} | config {sae_config_hash(cfg)} | git {source.git_sha[:12]}"
@@ -78,25 +93,52 @@ def _sae_stage(runs: dict, cache_dir: Path, quick: bool, log: Callable[[str], No
 
 def run_story(out_dir: str | Path = "runs/story", *, cache_dir: str | Path = "runs/cache", quick: bool = False,
               progress: bool | None = None, log: Callable[[str], None] | None = None,
-              sae: bool = True, plan: list | None = None, threads: int | None = 1) -> StoryResult:
+              sae: bool = True, plan: list | None = None, threads: int | None = 1,
+              workers: int | None = None) -> StoryResult:
     """Everything the story needs, from runs to ``out_dir/report.html``.
 
     ``plan`` (a list of :class:`~muonclip.story.runs.StoryRun`) replaces :func:`story_plan`.
-    ``threads``: torch CPU threads while the story runs (default 1: on a shared 2-core
-    machine, two threads of these small models stall whenever another process takes a core;
-    None keeps torch's setting). Restored afterwards.
+    ``threads``: torch CPU threads of this process and of each training worker (default 1: on
+    a shared 2-core machine, two threads of these small models stall whenever another process
+    takes a core; None keeps torch's setting here and gives each worker 1). Restored afterwards.
+    ``workers``: training processes (default: the cores, divided by ``threads``; 1 trains here,
+    one job after another).
     """
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    if workers is None:
+        workers = max(1, default_workers() // (threads or 1))
     try:
         return _run_story(out_dir, cache_dir=cache_dir, quick=quick, progress=progress, log=log, sae=sae,
-                          plan=plan)
+                          plan=plan, workers=workers, threads=threads or 1)
     finally:
         torch.set_num_threads(before)
 
 
-def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryResult:
+def _train_stage(plan: list, cache_dir: Path, quick: bool, sae: bool, workers: int, threads: int,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """Train everything the story lacks, on ``workers`` processes (:mod:`.training`); a failed
+    run or trade-off raises (after the others finished and were cached), a failed SAE is
+    reported in the result's ``errors``."""
+    from ..lab.train import run_info
+
+    source = _sae_source(plan) if sae else None
+    jobs = story_jobs([(item.label, item.cfg) for item in plan], cache_dir,
+                      tradeoff_cfg=tradeoff.QUICK if quick else tradeoff.FULL, sweep=tradeoff.sweep_plan(quick),
+                      sae=(source.label, source.cfg, _sae_config(quick)) if source is not None else None,
+                      git_sha=run_info(plan[0].cfg)["git_sha"] if plan else None)
+    stage = train_jobs(jobs, workers=workers, threads=threads, log=say)
+    if jobs:
+        say(f"training done in {stage['wall']:.0f} s wall time ({sum(stage['cpu'].values()):.0f} s of CPU time "
+            f"on {min(workers, len(jobs))} worker(s))")
+    fatal = {name: err for name, err in stage["errors"].items() if name != "SAE"}
+    if fatal:
+        raise RuntimeError("training failed: " + "; ".join(f"{n}: {e}" for n, e in fatal.items()))
+    return stage
+
+
+def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan, workers, threads) -> StoryResult:
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +156,11 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
             print(f"[story] {msg}", file=sys.stderr, flush=True)
 
     timings: dict[str, float] = {}
-    t_all = time.perf_counter()
+    t_all, cpu_here = time.perf_counter(), time.process_time()
+    say(f"the {'quick' if quick else 'full'} story: {len(plan)} runs, the trade-off experiment and its sweep"
+        + (", the SAEs" if sae else ""))
+    stage = _train_stage(plan, cache_dir, quick, sae, workers, threads, say)
+    trained = stage["seconds"]
     runs: dict[str, Any] = {}
     plan_info = []
     for i, item in enumerate(plan, 1):
@@ -122,7 +168,7 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
         say(f"run {i}/{len(plan)}: {item.label} ({', '.join(item.roles)}; config {item.config_hash})")
         t0 = time.perf_counter()
         run_dir = ensure_run(item.cfg, cache_dir, item.label, progress=show, log=say)
-        timings[f"run:{item.label}"] = time.perf_counter() - t0
+        timings[f"run:{item.label}"] = trained.get(f"run {item.label}", time.perf_counter() - t0)
         data = load_run(run_dir, item.label)
         for role in item.roles:
             runs[role] = data
@@ -142,7 +188,7 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
     tbar.close()
 
     def record(label: str, run_dir: Path, cfg, result: dict, description: str, started: float) -> None:
-        timings[label] = time.perf_counter() - started
+        timings[label] = trained.get(label.replace("-", " "), time.perf_counter() - started)
         plan_info.append({"label": label, "roles": [label.replace("-", "_")], "run_id": run_dir.name,
                           "config_hash": cfg.hash(), "git_sha": result.get("git_sha"), "description": description,
                           "seconds": round(timings[label], 1)})
@@ -165,12 +211,14 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
         bar.set_description("story: SAE")
         t0 = time.perf_counter()
         try:
+            if "SAE" in stage["errors"]:
+                raise RuntimeError(stage["errors"]["SAE"])
             dirs, prov, info = _sae_stage(runs, cache_dir, quick, say)
             opts["sae_dirs"], opts["sae_provenance"], opts["sae_source"] = dirs, prov, info
         except Exception as exc:  # the SAE is an extra chapter: report, keep going
-            errors["sae"] = f"{type(exc).__name__}: {exc}"
+            errors["sae"] = str(exc) if "SAE" in stage["errors"] else f"{type(exc).__name__}: {exc}"
             say(f"SAE stage failed: {errors['sae']}")
-        timings["sae"] = time.perf_counter() - t0
+        timings["sae"] = trained.get("SAE", time.perf_counter() - t0)
         bar.update(1)
 
     numbers: dict[str, Any] = {}
@@ -226,7 +274,9 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan) -> StoryR
     bar.close()
     timings["total"] = time.perf_counter() - t_all
     files = sorted(p for p in out_dir.iterdir() if p.is_file())
-    say(f"done in {timings['total']:.0f} s: {len(files)} files in {out_dir}")
+    # CPU time: this process's and the training workers' (on a busy machine the wall time says little)
+    cpu = time.process_time() - cpu_here + sum(stage["cpu"].values())
+    say(f"done in {timings['total']:.0f} s ({cpu:.0f} s of CPU time): {len(files)} files in {out_dir}")
     return StoryResult(out_dir, report, numbers, files, errors, timings)
 
 
