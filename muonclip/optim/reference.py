@@ -24,21 +24,20 @@ def ill_conditioned(batch: int, n: int, m: int, log10_min: float, generator: tor
     """A float64 (batch, n, m) test batch whose singular values are log-spaced from 1 to
     10^log10_min (random orthonormal bases): inputs that, unlike Gaussian ones, tell apart the
     Newton-Schulz forms, as real momenta have a few dominant directions."""
-    k = min(n, m)
-    values = torch.logspace(0, log10_min, k, dtype=torch.float64)
-    mats = []
-    for _ in range(batch):
-        U, _ = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=torch.float64))
-        V, _ = torch.linalg.qr(torch.randn(m, k, generator=generator, dtype=torch.float64))
-        mats.append((U * values) @ V.T)
-    return torch.stack(mats)
+    return _with_singular_values(torch.logspace(0, log10_min, min(n, m), dtype=torch.float64), batch, n, m,
+                                 generator)
 
 
 def power_law(batch: int, n: int, m: int, exponent: float, generator: torch.Generator) -> Tensor:
     """A float64 (batch, n, m) test batch with singular values i^exponent, i = 1..min(n, m)
     (random orthonormal bases): a heavy head and a long tail, like a trained layer's momentum."""
-    k = min(n, m)
-    values = torch.arange(1, k + 1, dtype=torch.float64) ** exponent
+    return _with_singular_values(torch.arange(1, min(n, m) + 1, dtype=torch.float64) ** exponent, batch, n, m,
+                                 generator)
+
+
+def _with_singular_values(values: Tensor, batch: int, n: int, m: int, generator: torch.Generator) -> Tensor:
+    """``batch`` float64 (n, m) matrices U diag(values) V^T with random orthonormal U and V."""
+    k = len(values)
     mats = []
     for _ in range(batch):
         U, _ = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=torch.float64))
