@@ -137,3 +137,16 @@ def toy_batch():
         g = torch.Generator().manual_seed(1)
         return torch.randint(0, vocab, (batch, seq), generator=g)
     return make
+
+
+# A short corpus keeps the lab's tiny runs fast and independent of the embedded corpus build.
+CORPUS = ("The quick brown fox jumps over the lazy dog. " * 40 +
+          "Muon orthogonalises momentum; QK-Clip rescales query and key weights. " * 40)
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    """:data:`CORPUS` written to a UTF-8 file (``data.source=`` of a tiny run)."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(CORPUS, encoding="utf-8")
+    return path

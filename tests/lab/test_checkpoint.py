@@ -26,16 +26,12 @@ from muonclip.lab.metrics import read_metrics
 from muonclip.lab.probe import attention_entropy
 from muonclip.lab.train import build_model, build_optimizer, train
 
-CORPUS = ("The quick brown fox jumps over the lazy dog. " * 40 +
-          "Muon orthogonalises momentum; QK-Clip rescales query and key weights. " * 40)
 MAGIC_V1 = b"MUONCLIP-CKPT-1\n"
 
 
 @pytest.fixture
-def tiny_cfg(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(CORPUS, encoding="utf-8")
-    return apply_overrides(get_preset("tiny"), [f"data.source={corpus}", "run.steps=4", "run.eval_every=0",
+def tiny_cfg(corpus_file):
+    return apply_overrides(get_preset("tiny"), [f"data.source={corpus_file}", "run.steps=4", "run.eval_every=0",
                                                 "run.spectra_every=0", "run.checkpoint_every=0"])
 
 

@@ -18,17 +18,6 @@ from muonclip.lab.config import ConfigError
 from muonclip.lab.metrics import METRIC_FIELDS, read_metrics
 from muonclip.lab.train import train
 
-# A short corpus keeps tests fast and independent of the embedded corpus build.
-CORPUS = ("The quick brown fox jumps over the lazy dog. " * 40 +
-          "Muon orthogonalises momentum; QK-Clip rescales query and key weights. " * 40)
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(CORPUS, encoding="utf-8")
-    return path
-
 
 def tiny(corpus_file, *overrides):
     return apply_overrides(get_preset("tiny"), [f"data.source={corpus_file}", *overrides])

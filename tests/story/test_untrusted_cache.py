@@ -16,15 +16,10 @@ from muonclip.reproduce.runner import ensure_run, ensure_sae_compare, run_dir_fo
 from muonclip.sae import QUICK  # noqa: E402
 from muonclip.story.figures import FIGURES  # noqa: E402
 
-CORPUS = ("The quick brown fox jumps over the lazy dog. " * 40 +
-          "Muon orthogonalises momentum; QK-Clip rescales query and key weights. " * 40)
-
 
 @pytest.fixture
-def tiny_cfg(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(CORPUS, encoding="utf-8")
-    return apply_overrides(get_preset("tiny"), [f"data.source={corpus}", "run.steps=4", "run.eval_every=0",
+def tiny_cfg(corpus_file):
+    return apply_overrides(get_preset("tiny"), [f"data.source={corpus_file}", "run.steps=4", "run.eval_every=0",
                                                 "run.spectra_every=0", "run.checkpoint_every=0",
                                                 "optim.qk_clip_tau=0.5"])
 
