@@ -30,6 +30,8 @@ smaller ones (found by the searches their comments cite).
 """
 from __future__ import annotations
 
+import statistics
+
 from ..lab.config import DataCfg, OptimCfg, RunCfg, ScheduleCfg, TrainConfig
 from ..lab.presets import register_preset
 from ..models import GPTConfig
@@ -107,10 +109,11 @@ DRAGON = TrainConfig(
 # The no-decay guardrail of docs/results.md is the dragon preset run with --optimizer muonclip.
 GUARDRAIL_ADAMW_PEAKS = (28.35, 27.49, 30.96)  # AdamW's peak max logit, seeds 0, 1, 2 (fp32, Zen 4)
 GUARDRAIL_TAU_OVER_ADAMW = 1.0
-GUARDRAIL_TAU = round(GUARDRAIL_TAU_OVER_ADAMW * sorted(GUARDRAIL_ADAMW_PEAKS)[1], 1)  # 28.4
+_GUARDRAIL_ADAMW_MEDIAN = statistics.median(GUARDRAIL_ADAMW_PEAKS)
+GUARDRAIL_TAU = round(GUARDRAIL_TAU_OVER_ADAMW * _GUARDRAIL_ADAMW_MEDIAN, 1)  # 28.4
 # How GUARDRAIL_TAU was chosen, printed in docs/results.md and the story beside what AdamW reaches.
 GUARDRAIL_TAU_RULE = (f"{GUARDRAIL_TAU_OVER_ADAMW:g} x the peak max logit that AdamW reaches on the same preset "
-                      f"(median of seeds 0-2: {sorted(GUARDRAIL_ADAMW_PEAKS)[1]:g}), so that the clip touches only "
+                      f"(median of seeds 0-2: {_GUARDRAIL_ADAMW_MEDIAN:g}), so that the clip touches only "
                       "what a well-behaved optimizer never reaches on this model")
 
 

@@ -22,8 +22,8 @@ from ..sae import compare as sae_compare
 from ..sae.config import SAEConfig, sae_config_hash
 from . import presets
 
-__all__ = ["run_dir_for", "cached_run", "ensure_run", "ensure_sae_compare", "Arm", "Run", "Runner", "train_command",
-           "seed_label"]
+__all__ = ["run_dir_for", "cached_run", "ensure_run", "sae_dir", "ensure_sae_compare", "Arm", "Run", "Runner",
+           "train_command", "seed_label"]
 
 
 def run_dir_for(cfg: TrainConfig, cache_dir: str | Path, label: str) -> Path:
@@ -68,13 +68,18 @@ def ensure_run(cfg: TrainConfig, cache_dir: str | Path, label: str, *, progress:
     return run_dir
 
 
+def sae_dir(run_dir: str | Path, cfg: SAEConfig, cache_dir: str | Path) -> Path:
+    """Where :func:`ensure_sae_compare` caches the Adam vs Muon SAEs of ``run_dir``."""
+    return Path(cache_dir) / f"sae-{Path(run_dir).name}-{sae_config_hash(cfg)}"
+
+
 def ensure_sae_compare(run_dir: str | Path, cfg: SAEConfig, cache_dir: str | Path, *,
                        log: Callable[[str], None] | None = None,
                        train_log: Callable[[str], None] | None = None) -> tuple[Path, dict]:
     """``(CACHE/sae-RUN-HASH, result)`` of Adam vs Muon SAEs trained on ``run_dir``'s residual
     stream (:func:`muonclip.sae.compare.run_compare`), computed unless cached for this run and
     SAE config. ``log`` gets one line; ``train_log`` the training's own progress (default: none)."""
-    out = Path(cache_dir) / f"sae-{Path(run_dir).name}-{sae_config_hash(cfg)}"
+    out = sae_dir(run_dir, cfg, cache_dir)
     if (out / "compare.json").exists():
         if log:
             log(f"reusing cached SAE comparison {out.name}")

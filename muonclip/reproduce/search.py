@@ -97,15 +97,22 @@ def candidate_jobs(c: Candidate, seeds: Sequence[int], precisions: Sequence[str]
     return jobs
 
 
+def _seed_run(c: Candidate, optimizer: str, seed: int, precision: str, cache: Path) -> tuple[TrainConfig, Any]:
+    """``(config, RunData)`` of one arm of ``c`` on ``seed``, tau by the candidate's rule."""
+    tau = _adamw_tau(c, seed, cache) if c.tau_over_adamw is not None else None
+    cfg = _config(c, optimizer, seed, precision, tau)
+    return cfg, load_run(ensure_run(cfg, cache, _label(c, optimizer, seed, precision), progress=False))
+
+
+def _slack_numbers(cfg: TrainConfig, clip_run: Any) -> dict[str, Any]:
+    """A MuonClip run's tau, lr and slack decomposition."""
+    tau = cfg.optim.qk_clip_tau
+    return {"tau": tau, "lr": cfg.optim.lr, "slack": slack_decomposition(clip_run.rows, tau)}
+
+
 def slack_of_candidate(c: Candidate, seeds: Sequence[int], precision: str, cache: Path) -> dict[str, Any]:
     """The slack decomposition of every MuonClip run of one candidate (no Muon arm needed)."""
-    per_seed = []
-    for seed in seeds:
-        tau = _adamw_tau(c, seed, cache) if c.tau_over_adamw is not None else None
-        cfg = _config(c, "muonclip", seed, precision, tau)
-        run = load_run(ensure_run(cfg, cache, _label(c, "muonclip", seed, precision), progress=False))
-        per_seed.append({"seed": seed, "tau": cfg.optim.qk_clip_tau, "lr": cfg.optim.lr,
-                         "slack": slack_decomposition(run.rows, cfg.optim.qk_clip_tau)})
+    per_seed = [{"seed": seed, **_slack_numbers(*_seed_run(c, "muonclip", seed, precision, cache))} for seed in seeds]
     return {"candidate": c.name, "overrides": list(c.overrides), "precision": precision, "per_seed": per_seed}
 
 
@@ -129,17 +136,12 @@ def judge_candidate(c: Candidate, seeds: Sequence[int], precision: str, cache: P
     """Per-seed numbers and the targets' verdicts of one candidate in one precision."""
     per_seed = []
     for seed in seeds:
-        tau = _adamw_tau(c, seed, cache) if c.tau_over_adamw is not None else None
-        runs = {}
-        for opt in ("muon", "muonclip"):
-            cfg = _config(c, opt, seed, precision, tau)
-            runs[opt] = load_run(ensure_run(cfg, cache, _label(c, opt, seed, precision), progress=False))
-        tau_used = _config(c, "muonclip", seed, precision, tau).optim.qk_clip_tau
-        numbers = guardrail_seed_numbers(runs["muon"].rows, runs["muonclip"].rows, tau_used)
-        numbers["slack"] = slack_decomposition(runs["muonclip"].rows, tau_used)
-        numbers["lr"] = runs["muonclip"].config["optim"]["lr"]
+        _, muon = _seed_run(c, "muon", seed, precision, cache)
+        cfg, clip = _seed_run(c, "muonclip", seed, precision, cache)
+        tau = cfg.optim.qk_clip_tau
+        numbers = {**guardrail_seed_numbers(muon.rows, clip.rows, tau), **_slack_numbers(cfg, clip)}
         if c.tau_over_adamw is not None:
-            numbers["adamw_peak"] = tau_used / c.tau_over_adamw
+            numbers["adamw_peak"] = tau / c.tau_over_adamw
         per_seed.append({"seed": seed, **numbers})
     verdicts = guardrail_targets(per_seed, label=f"{c.name} {precision}", seeds=list(seeds))
     return {"candidate": c.name, "overrides": list(c.overrides), "tau_over_adamw": c.tau_over_adamw,

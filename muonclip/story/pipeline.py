@@ -188,7 +188,7 @@ def _run_story(out_dir, *, cache_dir, quick, progress, log, sae, plan, workers, 
     tbar.close()
 
     def record(label: str, run_dir: Path, cfg, result: dict, description: str, started: float) -> None:
-        timings[label] = trained.get(label.replace("-", " "), time.perf_counter() - started)
+        timings[label] = trained.get(label, time.perf_counter() - started)  # the stage's job of that name
         plan_info.append({"label": label, "roles": [label.replace("-", "_")], "run_id": run_dir.name,
                           "config_hash": cfg.hash(), "git_sha": result.get("git_sha"), "description": description,
                           "seconds": round(timings[label], 1)})

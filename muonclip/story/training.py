@@ -24,11 +24,11 @@ import torch
 from ..lab import TrainConfig
 from ..reproduce import tradeoff
 from ..reproduce.pool import missing_jobs
-from ..reproduce.runner import cached_run, ensure_run, ensure_sae_compare
-from ..sae.config import SAEConfig, sae_config_hash
+from ..reproduce.runner import cached_run, ensure_run, ensure_sae_compare, sae_dir
+from ..sae.config import SAEConfig
 
 __all__ = ["Job", "story_jobs", "train_jobs", "default_workers", "run_cost", "tradeoff_cost", "sae_cost",
-           "format_seconds", "sae_dir"]
+           "format_seconds"]
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,6 @@ def sae_cost(run_cfg: TrainConfig, sae_cfg: SAEConfig, optimizers: int = 2) -> f
     return collect + optimizers * 3.0 * sae_cfg.steps * sae_cfg.batch_size * 2 * m.d_model * d_sae
 
 
-def sae_dir(run_dir: Path, sae_cfg: SAEConfig, cache: str | Path) -> Path:
-    """Where :func:`~muonclip.reproduce.runner.ensure_sae_compare` caches the SAEs of ``run_dir``."""
-    return Path(cache) / f"sae-{Path(run_dir).name}-{sae_config_hash(sae_cfg)}"
-
-
 def format_seconds(seconds: float) -> str:
     seconds = max(0.0, seconds)
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
@@ -134,12 +129,12 @@ def story_jobs(runs: Sequence[tuple[str, TrainConfig]], cache: str | Path, *,
     jobs = [Job(f"run {label}", _train_run, (cfg, str(cache), label), run_cost(cfg))
             for label, cfg in missing_jobs(list(runs), cache)]
     if tradeoff_cfg is not None and not (tradeoff.tradeoff_dir(tradeoff_cfg, cache) / "result.json").is_file():
-        jobs.append(Job("trade-off", _train_tradeoff, (tradeoff_cfg, str(cache), git_sha), tradeoff_cost(tradeoff_cfg)))
+        jobs.append(Job("tradeoff", _train_tradeoff, (tradeoff_cfg, str(cache), git_sha), tradeoff_cost(tradeoff_cfg)))
     if sweep is not None:
         sweep_cfg, taus, seq_lens = sweep
         if not (tradeoff.sweep_dir(sweep_cfg, cache, taus, seq_lens) / "result.json").is_file():
             cost = sum(tradeoff_cost(replace(sweep_cfg, seq_len=n), arms=len(taus)) for n in seq_lens)
-            jobs.append(Job("trade-off sweep", _train_sweep,
+            jobs.append(Job("tradeoff-sweep", _train_sweep,
                             (sweep_cfg, str(cache), tuple(taus), tuple(seq_lens), git_sha), cost))
     if sae is not None:
         label, run_cfg, sae_cfg = sae
