@@ -310,10 +310,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
             tokens += x.numel() * world
             dt = time.perf_counter() - t0
             clip_stats = getattr(optimizer, "last_qk_clip", None) if o.optimizer == "muonclip" else None
-            flat = torch.cat(max_logits)
+            max_logit = float(torch.cat(max_logits).max())
             # After a clip, or with a head within AFTER_PASS_NEAR of tau: the same batch again, so that
             # the next row's excess over tau splits into this update's growth and the next batch's variation.
-            near_tau = clip_stats is not None and float(flat.max()) >= AFTER_PASS_NEAR * o.qk_clip_tau
+            near_tau = max_logit >= AFTER_PASS_NEAR * o.qk_clip_tau
             after_clip = _max_logits_after_step(model, x, dctx) if clip_stats and (clip_stats.n_clipped or near_tau) \
                 else None
             row = {
@@ -321,7 +321,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
                 "tokens": tokens,
                 "loss": lab_dist.mean_across(float(loss.detach()), dctx),
                 "lr": optimizer.param_groups[0]["lr"],
-                "max_logit": float(flat.max()),
+                "max_logit": max_logit,
                 "max_logits": [[round(float(v), 5) for v in t] for t in max_logits],
                 "n_clipped": clip_stats.n_clipped if clip_stats else 0,
                 "min_gamma": clip_stats.min_gamma if clip_stats else 1.0,

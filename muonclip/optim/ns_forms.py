@@ -38,7 +38,7 @@ from .orthogonalizers import Coeffs
 
 __all__ = [
     "NS_IMPLS", "DEFAULT_RESTARTS", "ACCEPTED_16BIT", "parse_form", "form_name", "form_flops", "accepted_forms",
-    "resolve_form", "ns_flops", "gram_is_cheaper", "ns_form",
+    "resolve_form", "ns_flops", "gram_is_cheaper",
     "Workspace", "normalized_batch", "quintic_direct", "quintic_gram", "newton_schulz_batch",
 ]
 
@@ -174,13 +174,6 @@ def resolve_form(n: int, m: int, impl: str = "auto", coeffs: Sequence[Coeffs] | 
             "blows up on ill-conditioned inputs (0.7 to 1.9e4 from a float64 NS5, measured). Use impl='auto', "
             "'direct' or 'gram' (default restarts), or an fp32 iteration")
     return name
-
-
-def ns_form(n: int, m: int, impl: str = "auto", coeffs: Sequence[Coeffs] | None = None,
-            dtype: torch.dtype | None = None) -> str:
-    """``"gram"`` or ``"direct"``: the kind of form ``impl`` runs on an n x m matrix in ``dtype``
-    (:func:`resolve_form` names the restarts too)."""
-    return parse_form(resolve_form(n, m, impl, coeffs, dtype))[0]
 
 
 class Workspace:

@@ -182,10 +182,15 @@ class StateMixin(Optimizer):
         head block) shape and, with ``record``, recorded. Distributed steps do not record (the
         plan is a per-process choice; see docs/performance.md)."""
         request = f"{group.get('ns_precision', 'auto')}/{self.ns_impl}"
-        if group.get("ns_request") != request or len(group.get("ns_plans") or ()) != len(group["params"]):
-            recorded: list = [None] * len(group["params"])
-        else:
+        if group.get("ns_request") == request and len(group.get("ns_plans") or ()) == len(group["params"]):
             recorded = list(group["ns_plans"])
+        elif record:
+            recorded = [None] * len(group["params"])
+        else:
+            # not recorded, but kept for this process (the measured rates never change within it):
+            # a distributed step need not plan every matrix again on every step
+            unrecorded = self.__dict__.setdefault("_unrecorded_ns_plans", {})
+            recorded = unrecorded.setdefault((id(group), request, len(group["params"])), [None] * len(group["params"]))
         index = {id(q): j for j, q in enumerate(group["params"])}
         coeffs = resolve_orthogonalizer(group["orthogonalizer"]).schedule(group.get("ns_steps"))
         plans = []
