@@ -19,7 +19,7 @@ from .group_options import expert_flags, head_blocks, validate_group
 from .normuon import NORMUON_BETA2, normuon_directions_
 from .ns_forms import NS_IMPLS, Workspace, parse_form
 from .optimizer_state import StateMixin, _state_dtype, check_plannable
-from .orthogonalizers import OrthogonalizerSpec, resolve_orthogonalizer
+from .orthogonalizers import OrthogonalizerSpec
 from .qk_clip import (
     GQA_MODES,
     GRANULARITIES,
@@ -382,9 +382,6 @@ class MuonClip(StateMixin):
             directions = self._directions(group, params, updates, flags, blocks, workspace=workspace,
                                           keep_dtype=not group.get("normuon", False), record=True)
             self._apply(group, params, self._normuon(group, params, directions, flags, blocks, None))
-
-    def _schedule(self, group: dict) -> tuple[tuple[float, float, float], ...]:
-        return resolve_orthogonalizer(group["orthogonalizer"]).schedule(group.get("ns_steps"))
 
     def _directions(self, group: dict, params: list[Tensor], updates: list[Tensor], flags: list[bool],
                     blocks: list, workspace: Workspace | None = None, keep_dtype: bool = False,

@@ -32,7 +32,7 @@ from .orthogonalizers import Coeffs
 __all__ = ["PRECISION_DTYPES", "choose", "plan", "parse_plan", "candidate_precisions", "measured_rates", "probe",
            "probe_all"]
 
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_DTYPES = _precision.PRECISION_DTYPES
 # On equal cost, the more accurate precision (fp16 has 3 more mantissa bits than bf16).
 _ACCURACY_ORDER = ("fp32", "fp16", "bf16")
 _FP16_FLAGS = ("avx512_fp16", "amx_fp16")

@@ -174,6 +174,10 @@ class StateMixin(Optimizer):
                     return label(group, i)
         return "an unknown parameter"
 
+    def _schedule(self, group: dict) -> tuple[tuple[float, float, float], ...]:
+        """The group's Newton-Schulz coefficients, one triple per iteration."""
+        return resolve_orthogonalizer(group["orthogonalizer"]).schedule(group.get("ns_steps"))
+
     def _ns_plans(self, group: dict, params: Sequence[Tensor], flags: Sequence[bool], blocks: Sequence,
                   record: bool = True) -> list[str]:
         """Each parameter's Newton-Schulz plan: the one recorded in the group (``ns_plans``,
@@ -192,7 +196,7 @@ class StateMixin(Optimizer):
             unrecorded = self.__dict__.setdefault("_unrecorded_ns_plans", {})
             recorded = unrecorded.setdefault((id(group), request, len(group["params"])), [None] * len(group["params"]))
         index = {id(q): j for j, q in enumerate(group["params"])}
-        coeffs = resolve_orthogonalizer(group["orthogonalizer"]).schedule(group.get("ns_steps"))
+        coeffs = self._schedule(group)
         plans = []
         for p, stack, block in zip(params, flags, blocks, strict=True):
             j = index[id(p)]

@@ -21,8 +21,8 @@ from typing import Literal, get_args
 
 import torch
 
-__all__ = ["NS_PRECISIONS", "NsPrecision", "cpu_bf16_flags", "cpu_matmul_flags", "cpu_has_native_bf16", "isa_capped",
-           "resolve_ns_dtype"]
+__all__ = ["NS_PRECISIONS", "PRECISION_DTYPES", "NsPrecision", "cpu_bf16_flags", "cpu_matmul_flags",
+           "cpu_has_native_bf16", "isa_capped", "resolve_ns_dtype"]
 
 NsPrecision = Literal["auto", "fp32", "bf16", "fp16"]
 NS_PRECISIONS: tuple[str, ...] = get_args(NsPrecision)
@@ -73,13 +73,16 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_bf16_flags()) and not isa_capped()
 
 
+# The dtype of each explicit ``ns_precision``.
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def resolve_ns_dtype(precision: str, device: torch.device | str) -> torch.dtype:
     """The dtype of Newton-Schulz's matrix products for ``precision`` on ``device``; for
     ``"auto"``, the one it picks for a square 256 x 256 matrix here (other shapes may differ:
     ``MuonClip.ns_plan()`` names every parameter's)."""
-    explicit = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision in explicit:
-        return explicit[precision]
+    if precision in PRECISION_DTYPES:
+        return PRECISION_DTYPES[precision]
     if precision != "auto":
         raise ValueError(f"unknown ns_precision {precision!r}; expected one of {NS_PRECISIONS}")
     from . import ns_auto  # here: ns_auto builds on this module
