@@ -27,7 +27,7 @@ from .io import atomic_write_text, read_json
 __all__ = [
     "ConfigError", "check", "did_you_mean", "field_types", "parse_value", "coerce_value", "validate_fields",
     "leaf_keys", "parse_override", "apply_overrides", "to_dict", "from_dict", "to_json", "save_config",
-    "load_config", "config_hash", "PathLike",
+    "load_config", "config_hash", "HASH_OMITS_DEFAULT", "PathLike",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -364,20 +364,39 @@ def to_json(cfg: Any, *, indent: int | None = 2, canonical: bool = False) -> str
     return _canonical(data) if canonical else json.dumps(_jsonable(data), indent=indent, allow_nan=False)
 
 
+# Field metadata of a field added after runs were cached: at its default it is left out of
+# config_hash, so every run trained before the field existed keeps its hash (and its cache entry).
+HASH_OMITS_DEFAULT = {"hash_omits_default": True}
+
+
+def _hashed_dict(cfg: Any) -> dict[str, Any]:
+    """:func:`to_dict` without the fields marked :data:`HASH_OMITS_DEFAULT` that hold their default."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("hash_omits_default") and value == f.default:
+            continue
+        out[f.name] = _hashed_dict(value) if _is_config(value) else value
+    return out
+
+
 def config_hash(cfg: Any, length: int = 12, *, exclude: Iterable[str] = ()) -> str:
     """Short sha256 of the canonical JSON: equal configs, equal hash, in any process.
 
     ``exclude`` names dotted keys (``"run.steps"``) left out, e.g. those a resumed run may
-    change; an unknown key is a :class:`ConfigError`."""
-    data = to_dict(cfg)
+    change; an unknown key is a :class:`ConfigError`. Fields marked :data:`HASH_OMITS_DEFAULT`
+    count only when they differ from their default."""
+    check(_is_config(cfg), f"expected a config dataclass, got {type(cfg).__name__}")
+    data = _hashed_dict(cfg)
     for key in exclude:
         *parents, name = key.split(".")
         node = data
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or name not in node:
+        if isinstance(node, dict) and name in node:
+            del node[name]
+        elif key not in leaf_keys(cfg):  # else: a field at its omitted default, already out
             raise ConfigError(f"config_hash: cannot exclude unknown key {key!r}{did_you_mean(key, leaf_keys(cfg))}")
-        del node[name]
     return hashlib.sha256(_canonical(data).encode("utf-8")).hexdigest()[:length]
 
 

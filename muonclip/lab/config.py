@@ -116,8 +116,9 @@ class OptimCfg:
     ``polar_express``, ``cans``, ...) or custom coefficients ``"a,b,c;a,b,c;..."``, one triple
     per iteration;
     ``adamw_lr`` is the rate of the AdamW groups (embeddings, norms, biases, head) and of
-    the whole model when ``optimizer="adamw"``. ``qk_clip_tau`` and ``qk_clip_granularity``
-    (``head``, K2's; ``layer``, the naive ablation) matter only for ``muonclip``.
+    the whole model when ``optimizer="adamw"``. ``qk_clip_tau``, ``qk_clip_granularity``
+    (``head``, K2's; ``layer``, the naive ablation) and ``qk_clip_window`` (1, K2's: this batch
+    only; W > 1, an ablation: the max over the last W batches) matter only for ``muonclip``.
     ``grad_clip=None`` disables gradient-norm clipping. The field options of
     :class:`~muonclip.optim.MuonClip`: ``ns_precision`` (``auto`` picks bf16 where the device
     computes it natively), ``normuon``, ``cautious_weight_decay`` (Muon and AdamW groups alike)
@@ -144,6 +145,9 @@ class OptimCfg:
     cautious_weight_decay: bool = False
     muon_heads_per_block: int = 0
     qk_clip_granularity: str = "head"
+    # An ablation, not K2's rule: clip on the max over the last W batches (1: this batch only).
+    # Added after runs were cached, so at its default it is left out of the config hash.
+    qk_clip_window: int = field(default=1, metadata=typed.HASH_OMITS_DEFAULT)
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -154,6 +158,8 @@ class OptimCfg:
         check(all(0 <= b < 1 for b in self.betas), f"optim.betas must be in [0, 1); got {self.betas}")
         check(self.eps > 0, f"optim.eps must be > 0; got {self.eps}")
         check(self.qk_clip_tau > 0, f"optim.qk_clip_tau must be > 0; got {self.qk_clip_tau}")
+        check(self.qk_clip_window >= 1,
+              f"optim.qk_clip_window must be >= 1 (1: this batch only, K2's rule); got {self.qk_clip_window}")
         check(self.muon_heads_per_block >= 0,
               f"optim.muon_heads_per_block must be >= 0 (0: whole matrices); got {self.muon_heads_per_block}")
         check(self.grad_clip is None or self.grad_clip > 0,

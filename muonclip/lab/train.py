@@ -296,11 +296,13 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
             grad_norm = _grad_norm(params)
             if o.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+            clip_logits = (_window_max_logits(model, dataset, step, cfg, dctx, device, max_logits)
+                            if o.optimizer == "muonclip" and o.qk_clip_window > 1 else None)
             spectra_step = bool(r.spectra_every) and ((step + 1) % r.spectra_every == 0 or step == 0
                                                       or step + 1 == r.steps)
             before = [p.detach().clone() for p in hidden]
             tracked_before = {n: p.detach().clone() for n, p in tracked.items()} if spectra_step else {}
-            optimizer.step()
+            optimizer.step(max_logits=clip_logits) if clip_logits is not None else optimizer.step()
             lr_hidden = next((g["lr"] for g in optimizer.param_groups if _is_hidden(g)),
                              optimizer.param_groups[0]["lr"])
             with torch.no_grad():
@@ -332,6 +334,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
             }
             if after_clip is not None:
                 row["max_logits_after"] = [[round(float(v), 5) for v in t] for t in after_clip]
+            if clip_logits is not None:  # what the clip acted on: the max over the window
+                row["max_logits_clip"] = [[round(float(v), 5) for v in t] for t in clip_logits]
             if spectra_step:
                 summary = {}
                 for name, p in tracked.items():
@@ -382,6 +386,26 @@ def _finished_summary(run_dir: Path, cfg: TrainConfig, tokens: int) -> dict:
                        val_losses[-1] if val_losses else None)
     atomic_write_json(path, summary)
     return summary
+
+
+@torch.no_grad()
+def _window_max_logits(model: GPT, dataset, step: int, cfg: TrainConfig, dctx, device,
+                       current: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The ablation ``optim.qk_clip_window = W > 1`` (K2's rule is W = 1): each head's max logit
+    over this step's batch and the W-1 batches before it, the earlier ones read again with the
+    weights this step's forward used. A clip on this batch alone misses token pairs that a batch
+    of a few thousand tokens holds only now and then; the window shows how much of the cap's
+    excess that is. The earlier batches come from ``dataset.batch_at``, so a resumed run reads
+    the same ones. Costs W-1 forwards a step."""
+    out = [t.clone() for t in current]
+    r = cfg.run
+    for back in range(1, cfg.optim.qk_clip_window):
+        if step - back < 0:
+            break
+        x, _ = lab_dist.shard_batch(*dataset.batch_at(step - back, r.batch_size, cfg.model.seq_len), dctx)
+        model(x.to(device))  # training mode: the forward tracks max logits (no dropout, no RNG use)
+        out = [torch.maximum(a, b) for a, b in zip(out, lab_dist.max_across(model.max_logits(), dctx), strict=True)]
+    return out
 
 
 @torch.no_grad()

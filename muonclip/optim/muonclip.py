@@ -7,7 +7,6 @@ checkpoints in optimizer_state.py, and this class checks each step's inputs and 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -24,6 +23,7 @@ from .qk_clip import (
     GQA_MODES,
     GRANULARITIES,
     QKClipLayerSpec,
+    QKClipStats,
     check_qk_clip_params,
     qk_clip_gammas,
     scale_heads_,
@@ -36,16 +36,6 @@ NONFINITE_POLICIES = ("raise", "skip")
 
 class NonFiniteGradientError(FloatingPointError):
     """A gradient held NaN or Inf; the step was refused and nothing was modified."""
-
-
-@dataclass
-class QKClipStats:
-    """What the last QK-Clip did: per-layer gamma (1 = untouched) and summary counts."""
-
-    gammas: list[Tensor] = field(default_factory=list)
-    n_clipped: int = 0
-    min_gamma: float = 1.0
-    max_logit: float = float("nan")
 
 
 class MuonClip(StateMixin):

@@ -25,7 +25,7 @@ Heads with ``S_h <= tau`` keep their weights bit for bit in every layout.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
@@ -33,7 +33,7 @@ from torch import Tensor
 
 __all__ = [
     "RowBlock", "QKClipLayerSpec", "qk_clip_scales", "qk_clip_gammas", "check_qk_clip_params",
-    "scale_heads_", "apply_qk_clip_",
+    "scale_heads_", "apply_qk_clip_", "QKClipStats",
 ]
 
 GQA_MODES = ("exact", "balanced")
@@ -105,6 +105,16 @@ class QKClipLayerSpec:
     def param_names(self) -> tuple[str, ...]:
         blocks = self.q + self.k + self.q_rope
         return tuple(dict.fromkeys([b.param for b in blocks] + list(self.shared_k)))
+
+
+@dataclass
+class QKClipStats:
+    """What the last QK-Clip did: per-layer gamma (1 = untouched) and summary counts."""
+
+    gammas: list[Tensor] = field(default_factory=list)
+    n_clipped: int = 0
+    min_gamma: float = 1.0
+    max_logit: float = float("nan")
 
 
 def qk_clip_scales(max_logits: Tensor, tau: float) -> Tensor:

@@ -54,10 +54,13 @@ ARMS = ("adamw", "muon", "muonclip")
 _ADAMW_TAU = 26.7
 
 
+# Keys an arm never reads, left out of its config so that one run (one config hash) serves every
+# candidate that differs only in them: AdamW never reads the Muon lr; only MuonClip clips.
+_UNREAD = {"adamw": ("optim.lr=", "optim.qk_clip_window="), "muon": ("optim.qk_clip_window=",)}
+
+
 def _config(c: Candidate, optimizer: str, seed: int, precision: str, tau: float | None = None) -> TrainConfig:
-    # optim.lr is the hidden matrices' Muon lr, which the AdamW arm never reads: left out of its
-    # config, one AdamW run (one config hash) serves every Muon lr of a sweep.
-    mine = [o for o in c.overrides if not (optimizer == "adamw" and o.startswith("optim.lr="))]
+    mine = [o for o in c.overrides if not o.startswith(_UNREAD.get(optimizer, ()))]
     over = [f"optim.optimizer={optimizer}", *mine, f"run.seed={seed}", f"optim.ns_precision={precision}"]
     if optimizer == "adamw":
         # AdamW never reads tau, and the preset's tau is derived from these very runs: a fixed value

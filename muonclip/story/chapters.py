@@ -217,6 +217,29 @@ def _guardrail(pg: Page, numbers: dict) -> None:
     _cap_and_layer(pg, numbers)
 
 
+def _slack_parts(d: dict | None) -> str:
+    """The slack split into the update's growth and the next batch's variation (results.slack_decomposition)."""
+    if not d:
+        return ""
+    w, r = d["worst"], DIGITS["ratio"]
+    return (f" Split in two, for every clipped head: the same batch after the step's update puts it at up to "
+            f"{f(d['growth']['max'], r)}&times;&tau; (that is the update, the <em>growth</em>), and the next batch, "
+            f"read with the same weights, moves it by up to {f(d['batch']['max'], r)}&times; (the "
+            f"<em>batch</em>); the excess is their product. The worst row, step {w['step']}, head "
+            f"({w['head'][0]},{w['head'][1]}): {f(w['excess'], r)} = {f(w['growth'], r)} &times; "
+            f"{f(w['batch'], r)}." + _slack_cause(d.get("growth_share_median")))
+
+
+def _slack_cause(share: float | None) -> str:
+    """Which part dominates, from the median share of the log-excess that growth explains."""
+    if share is None:
+        return ""
+    part = "the next batch" if share < 0.5 else "the update"
+    return (f" Over the rows that ended above &tau;, the update explains a median {fmt_pct(share, 0)} of the "
+            f"excess, so most of it is {part}. In K2 a batch holds millions of tokens and the next one changes "
+            "little; with a few thousand tokens a batch, a rarely seen token pair can lift a head in one step.")
+
+
 def _cap_and_layer(pg: Page, numbers: dict) -> None:
     c = numbers.get("cap")
     if c and c.get("cap") is not None:
@@ -227,7 +250,8 @@ def _cap_and_layer(pg: Page, numbers: dict) -> None:
              + (f" On the clipping step's own batch, the clipped weights put those heads at "
                 f"{f(land['min'], 3)}&ndash;{f(land['max'], 3)}&times;&tau; (median {f(land['median'], 3)}); "
                 "the rest of the way to exactly &tau; is that same step's update, which the clip's factor (computed "
-                "before the update, as in K2) does not see." if land else ""))
+                "before the update, as in K2) does not see." if land else "")
+             + _slack_parts(c.get("slack_parts")))
         pg.figure("qk_clip_cap.png")
     pl = numbers.get("per_layer")
     if pl:

@@ -182,6 +182,7 @@ def fig_cap(runs: Runs, out: Path, opts: dict) -> dict:
     save_figure(fig, out / "qk_clip_cap.png",
                 description="max logit / tau per step, and the clipped heads after the clip")
     return {"tau": tau, "cap": results.cap_ratio(rows, tau), "slack": results.clip_slack(rows, tau),
+            "slack_parts": results.slack_decomposition(rows, tau),
             "landing": results.landing_after_clip(rows, tau), "first_clip": results.first_clip_step(rows),
             "tau_drawn": tau_drawn(run, "guardrail")}
 

@@ -38,3 +38,12 @@ def test_adamw_stage_ignores_the_muon_lr_so_one_run_serves_a_sweep(tmp_path):
     b = search.Candidate("a", ("optim.lr=0.03",), 1.0)
     (ja,), (jb,) = (search.candidate_jobs(c, [0], ["fp32"], tmp_path, stage="adamw") for c in (a, b))
     assert ja[1] == jb[1] and ja[1].optim.optimizer == "adamw"
+
+
+def test_a_clip_window_candidate_shares_the_muon_arm_with_base(tmp_path):
+    base = search.Candidate("base")
+    win = search.Candidate("win", ("optim.qk_clip_window=8",))
+    jb, jw = (dict(search.candidate_jobs(c, [0], ["fp32"], tmp_path, stage="optim")) for c in (base, win))
+    assert jb["search-base-muon-fp32-seed0"] == jw["search-win-muon-fp32-seed0"]
+    assert jw["search-win-muonclip-fp32-seed0"].optim.qk_clip_window == 8
+    assert jb["search-base-muonclip-fp32-seed0"].optim.qk_clip_window == 1

@@ -185,3 +185,38 @@ def test_interactive_data_is_the_runs_metrics(quick_story):
             assert line["steps"] == [r["step"] for r in rows]
             assert line["max_logit"] == [r["max_logit"] for r in rows]
             assert line["n_clipped"] == [r["n_clipped"] for r in rows]
+
+
+def test_cap_chapter_splits_the_slack_from_the_guardrail_run(quick_story):
+    """The cap chapter's growth x batch split is the guardrail run's own metrics, recomputed here."""
+    import math
+
+    _, out, cache = quick_story
+    numbers = json.loads((out / "numbers.json").read_text())
+    parts = numbers["cap"]["slack_parts"]
+    guard = next(p for p in numbers["plan"] if "guardrail" in p["roles"])
+    run = load_run(cache / guard["run_id"])
+    tau = run.config["optim"]["qk_clip_tau"]
+    by_step = {r["step"]: r for r in run.rows}
+    growth, batch = [], []
+    for r in run.rows:  # clipped heads at steps with an after-pass and a next row, straight from the log
+        nxt = by_step.get(r["step"] + 1)
+        if not r.get("max_logits_after") or nxt is None or not r["n_clipped"]:
+            continue
+        for li, layer in enumerate(r["max_logits"]):
+            for hi, s in enumerate(layer):
+                if s > tau:
+                    a = r["max_logits_after"][li][hi]
+                    growth.append(a / tau)
+                    batch.append(nxt["max_logits"][li][hi] / a)
+    if not growth:
+        assert parts is None
+        return
+    assert parts["growth"]["max"] == pytest.approx(max(growth))
+    assert parts["batch"]["max"] == pytest.approx(max(batch))
+    w = parts["worst"]
+    assert w["excess"] == pytest.approx(w["growth"] * w["batch"])
+    assert math.isclose(w["excess"], by_step[w["step"]]["max_logits"][w["head"][0]][w["head"][1]] / tau,
+                        rel_tol=1e-9)
+    html = (out / "report.html").read_text()
+    assert f"step {w['step']}, head ({w['head'][0]},{w['head'][1]})" in html

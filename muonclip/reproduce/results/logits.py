@@ -99,9 +99,10 @@ def n_heads(rows: Sequence[Row]) -> int:
 
 def heads_above(row: Row, tau: float) -> set[tuple[int, int]]:
     """``(layer, head)`` pairs of this row whose max logit exceeds ``tau``: for a MuonClip
-    run these are exactly the heads clipped at this step."""
-    return {(li, hi) for li, layer in enumerate(row["max_logits"]) for hi, v in enumerate(layer)
-            if _num(v) > tau}
+    run these are exactly the heads clipped at this step (with ``optim.qk_clip_window`` > 1 the
+    clip reads the remembered maximum, logged as ``max_logits_clip``)."""
+    logits = row.get("max_logits_clip") or row["max_logits"]
+    return {(li, hi) for li, layer in enumerate(logits) for hi, v in enumerate(layer) if _num(v) > tau}
 
 
 def head_peaks(rows: Sequence[Row]) -> np.ndarray:
