@@ -36,7 +36,7 @@ def _tau_origin(numbers: dict, run_id: str) -> tuple[str, float | None, bool] | 
     run = next((r for r in story_plan(numbers.get("mode") == "quick") if r.label == label), None)
     if run is None:
         return None
-    preset = run.description.split(",")[0].removeprefix("preset ").strip()
+    preset = run.preset
     overridden = any(o.startswith("optim.qk_clip_tau=") for o in run.overrides)
     try:
         base = get_preset(preset).optim.qk_clip_tau

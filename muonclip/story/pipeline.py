@@ -70,9 +70,13 @@ def _sae_config(quick: bool):
     return QUICK
 
 
+# The run the SAEs read, by role: the no-decay guardrail, else the dragon.
+SAE_SOURCE_ROLES = ("dragon_clip", "dragon")
+
+
 def _sae_source(plan: list) -> Any:
-    """The plan's run the SAEs read: the no-decay guardrail, else the dragon."""
-    for role in ("dragon_clip", "dragon"):
+    """The plan's run the SAEs read (the first of :data:`SAE_SOURCE_ROLES` it has)."""
+    for role in SAE_SOURCE_ROLES:
         item = next((item for item in plan if role in item.roles), None)
         if item is not None:
             return item
@@ -81,7 +85,7 @@ def _sae_source(plan: list) -> Any:
 
 def _sae_stage(runs: dict, cache_dir: Path, quick: bool, log: Callable[[str], None]):
     """Adam vs Muon SAEs on the no-decay guardrail run's activations (cached)."""
-    source = runs.get("dragon_clip") or runs.get("dragon")
+    source = next(runs[role] for role in SAE_SOURCE_ROLES if runs.get(role))
     cfg = _sae_config(quick)
     out, _ = ensure_sae_compare(source.run_dir, cfg, cache_dir, log=log)
     dirs = {opt: out / opt for opt in ("adam", "muon") if (out / opt / "metrics.jsonl").exists()}

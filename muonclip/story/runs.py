@@ -16,7 +16,7 @@ The plan is built from :data:`muonclip.reproduce.presets.STORY_RUNS` (and its
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..lab import TrainConfig, apply_overrides, config_hash, get_preset
 from ..reproduce import presets
@@ -37,6 +37,7 @@ class StoryRun:
     roles: tuple[str, ...]
     description: str = ""
     overrides: tuple[str, ...] = field(default=())
+    preset: str = ""  # the named preset the config starts from (before ``overrides``)
 
     @property
     def config_hash(self) -> str:
@@ -80,7 +81,8 @@ def story_plan(quick: bool = False) -> list[StoryRun]:
             ov = ov + list(presets.QUICK_OVERRIDES.get(label, presets.QUICK_OVERRIDES.get(preset, [])))
         cfg = apply_overrides(get_preset(preset), ov)
         desc = f"preset {preset}, {optimizer}"
-        plan.append(StoryRun(label, cfg, _roles_for(label, preset, optimizer or cfg.optim.optimizer), desc, tuple(ov)))
+        plan.append(StoryRun(label, cfg, _roles_for(label, preset, optimizer or cfg.optim.optimizer), desc, tuple(ov),
+                             preset))
     if quick:
         # The quick story draws loss-vs-tokens from the dragon runs (same settings, three optimizers)
         # instead of training the separate efficiency runs: it keeps --quick within minutes.
@@ -93,5 +95,5 @@ def story_plan(quick: bool = False) -> list[StoryRun]:
         if i is None:
             raise ValueError(f"the reproduction presets' STORY_RUNS have no run for the story's {role!r} role")
         run = plan[i]
-        plan[i] = StoryRun(run.label, run.cfg, run.roles + (role,), run.description, run.overrides)
+        plan[i] = replace(run, roles=run.roles + (role,))
     return plan
