@@ -227,17 +227,20 @@ def _slack_parts(d: dict | None) -> str:
             f"read with the same weights, moves it by up to {f(d['batch']['max'], r)}&times; (the "
             f"<em>batch</em>); the excess is their product. The worst row, step {w['step']}, head "
             f"({w['head'][0]},{w['head'][1]}): {f(w['excess'], r)} = {f(w['growth'], r)} &times; "
-            f"{f(w['batch'], r)}." + _slack_cause(d.get("growth_share_median")))
+            f"{f(w['batch'], r)}." + _slack_cause(d.get("growth_share_median"), w))
 
 
-def _slack_cause(share: float | None) -> str:
-    """Which part dominates, from the median share of the log-excess that growth explains."""
+def _slack_cause(share: float | None, worst: dict) -> str:
+    """Which part dominates the typical excess (the median share of the log-excess that growth
+    explains) and which set the cap (the worst row's larger factor)."""
     if share is None:
         return ""
-    part = "the next batch" if share < 0.5 else "the update"
+    typical = "the update" if share >= 0.5 else "the next batch"
+    cap = "the next batch" if worst["batch"] > worst["growth"] else "the update"
     return (f" Over the rows that ended above &tau;, the update explains a median {fmt_pct(share, 0)} of the "
-            f"excess, so most of it is {part}. In K2 a batch holds millions of tokens and the next one changes "
-            "little; with a few thousand tokens a batch, a rarely seen token pair can lift a head in one step.")
+            f"excess, so a typical excess is {typical}; the cap itself is set by {cap}. In K2 a batch holds "
+            "millions of tokens and the next one changes little; with a few thousand tokens a batch, a token pair "
+            "seen only now and then can lift a head in one step.")
 
 
 def _cap_and_layer(pg: Page, numbers: dict) -> None:

@@ -111,3 +111,21 @@ def test_per_layer_clipping_shrinks_healthy_heads(quick_runs):
     for row in per_head:
         if row["n_clipped"]:
             assert row["n_clipped"] == len(results.heads_above(row, QUICK_TAU))
+
+
+def _decomposition(growth: float, batch: float, share: float | None = 1.0) -> dict:
+    return {"worst": {"excess": growth * batch, "growth": growth, "batch": batch}, "growth_share_median": share}
+
+
+def test_the_slack_cause_follows_the_worst_rows_factors():
+    from muonclip.reproduce.sections.guardrail import _slack_cause
+
+    by_batch = [_decomposition(0.99, 1.10), _decomposition(1.0, 1.05), _decomposition(1.0, 1.02)]
+    text = _slack_cause(by_batch, [d["worst"]["excess"] for d in by_batch])
+    assert "on 3 of 3 seeds (" in text and "set by the next batch" in text and "jump" not in text
+    by_update = [_decomposition(1.08, 1.0), _decomposition(1.05, 1.01), _decomposition(0.99, 1.10)]
+    text = _slack_cause(by_update, [d["worst"]["excess"] for d in by_update])
+    assert "on 1 of 3 seeds (" in text and "set by the update" in text and "So on 2 of 3 seeds" in text
+    # a cap above every covered row: a row after a step with every head below 0.9 tau (a jump > 1.3/0.9)
+    text = _slack_cause(by_update, [1.3, by_update[1]["worst"]["excess"], by_update[2]["worst"]["excess"]])
+    assert "1.300 tau" in text and "more than 44%" in text and "set by the next batch" in text

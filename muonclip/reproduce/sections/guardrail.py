@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ...lab import get_preset, probe
+from ...lab.train import AFTER_PASS_NEAR
 from ...viz import charts, clip_charts
 from ...viz.style import DIGITS, fmt, fmt_g, fmt_pct
 from .. import presets, results
@@ -170,7 +171,39 @@ def _slack(s: Section, clip: Sequence[Run], tau: float) -> None:
         "update of the clipping step itself is unseen: on the same batch the clipped head lands at tau times that "
         "step's growth. The next row then reads the same weights on the next batch. Their product is the next "
         "row's max logit over tau (`results.slack_decomposition`); the table gives each part. "
-        "`docs/guardrail-search.md` plots both parts against lr and tau over the search's runs.")
+        "`docs/guardrail-search.md` plots both parts against lr and tau over the search's runs. "
+        + _slack_cause([d for d in per_seed if d], [results.cap_ratio(r.rows, tau) for r, d in zip(clip, per_seed,
+                                                                                                  strict=True) if d]))
+
+
+# The per-head logits are logged to 5 decimals, the max logit in full: a cap within this factor of
+# the worst covered row is that row.
+_LOGGED = 1 + 1e-4
+
+
+def _slack_cause(per_seed: Sequence[dict[str, Any]], caps: Sequence[float | None]) -> str:
+    """The cause, from the numbers: which factor is larger in each seed's worst covered row,
+    and which part a typical row above tau owes its excess to. A cap above the worst covered
+    row is a row the after-pass did not cover: every head was below ``AFTER_PASS_NEAR`` x tau the
+    step before, so that head jumped by more than cap / AFTER_PASS_NEAR in one step."""
+    uncovered = [c for d, c in zip(per_seed, caps, strict=True) if c is not None and c > d["worst"]["excess"] * _LOGGED]
+    by_batch = sum(d["worst"]["batch"] > d["worst"]["growth"] or (c is not None and c > d["worst"]["excess"] * _LOGGED)
+                   for d, c in zip(per_seed, caps, strict=True))
+    worst = "; ".join(f"{ratio(d['worst']['excess'])} = {ratio(d['worst']['growth'])} x {ratio(d['worst']['batch'])}"
+                      for d in per_seed)
+    jumps = (f" On {len(uncovered)} seed(s) the cap ({', '.join(ratio(c) for c in uncovered)} tau) is a row that "
+             f"followed a step with every head below {AFTER_PASS_NEAR:g} tau: a jump of more than "
+             f"{fmt_pct(min(uncovered) / AFTER_PASS_NEAR - 1, 0)} in one step." if uncovered else "")
+    shares = [d["growth_share_median"] for d in per_seed if d["growth_share_median"] is not None]
+    typical = (f" A typical row above tau owes a median {fmt_pct(results.spread(shares).median, 0)} of its "
+               "log-excess to the update (the batch factor's p90 is in the table)." if shares else "")
+    cause = ("the next batch (a token pair the clipping step's batch lacked), not the update the clip cannot see"
+             if 2 * by_batch > len(per_seed) else "the update the clip cannot see, not the next batch")
+    return (f"**Cause, measured:** the worst covered row owes more to its batch factor than to its growth on "
+            f"{sum(d['worst']['batch'] > d['worst']['growth'] for d in per_seed)} of {len(per_seed)} seeds "
+            f"(excess = growth x batch per seed: {worst}).{jumps}{typical} So on "
+            f"{by_batch if 2 * by_batch > len(per_seed) else len(per_seed) - by_batch} of {len(per_seed)} seeds the "
+            f"cap is set by {cause}.")
 
 
 def _signed_pct(x: float) -> str:
@@ -211,8 +244,8 @@ def _precisions(s: Section, by_precision: dict[str, tuple[list[Run], list[Run]]]
     if missed:
         s.extra_md.append(
             f"Missed on some seed: {'; '.join(missed)}. The guardrail search (`docs/guardrail-search.md`) records "
-            "every candidate preset measured, which target each misses and by how much, and why the cap's excess "
-            "comes from the next batch rather than from the update.")
+            "every candidate preset measured, which target each misses and by how much, and the slack's two parts "
+            "against lr and tau.")
     first = seeded[0]
     s.data[GUARDRAIL_DATA] = {
         "what": "the guardrail chapter of docs/results.md: vanilla Muon and MuonClip on the guardrail preset, per "
