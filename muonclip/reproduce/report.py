@@ -26,6 +26,7 @@ from .markdown import build_report
 from .pool import train_missing
 from .runner import Runner, ensure_sae_compare
 from .sections import SECTION_NAMES, SECTIONS, arms_of
+from .sections.base import environment
 
 __all__ = ["SECTION_NAMES", "determinism_check", "main"]
 
@@ -79,6 +80,18 @@ def sae_section(rn: Runner) -> str:
         "```", "", compare_markdown(result)])
 
 
+# Every target of the page, as data: what results.md's targets table prints, per section.
+TARGETS_DATA = "results-targets.json"
+
+
+def targets_data(sections: list, *, quick: bool, seeds: int) -> dict[str, Any]:
+    """The targets of ``sections`` (each :class:`~.results.Verdict` as a dict) with the seeds and
+    the environment they were measured on."""
+    return {"what": "every target of docs/results.md: met only where every seed meets it",
+            "seeds": list(range(seeds)), "quick": quick, "environment": environment(),
+            "sections": {sec.name: [v.to_dict() for v in sec.checks] for sec in sections}}
+
+
 def main(*, only: list[str] | None = None, quick: bool = False, cache: str | Path = "runs/reproduce",
          out: str | Path = "docs", threads: int = 1, determinism: bool = True, seeds: int = 1, workers: int = 1,
          log: Callable[[str], None] | None = None) -> Path:
@@ -120,6 +133,7 @@ def main(*, only: list[str] | None = None, quick: bool = False, cache: str | Pat
     for sec in sections:  # the data files the page names (e.g. data/guardrail-seeds.json)
         for name, obj in sec.data.items():
             atomic_write_json(out / "data" / name, obj)
+    atomic_write_json(out / "data" / TARGETS_DATA, targets_data(sections, quick=quick, seeds=seeds))
     path = out / "results.md"
     atomic_write_text(path, text + "\n")
     log(f"[reproduce] wrote {path}")

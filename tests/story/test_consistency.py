@@ -78,6 +78,13 @@ def test_results_md_and_report_html_print_the_same_numbers(quick_story, tmp_path
     md_path = main(only=["dragon", "guardrail", "lifecycle"], quick=True, cache=cache, out=tmp_path,
                    determinism=False, log=lambda m: None)
     tables = _tables(md_path.read_text(encoding="utf-8"))
+    # the page's targets as data print what its targets table prints
+    data = json.loads((tmp_path / "data" / "results-targets.json").read_text(encoding="utf-8"))
+    md_targets = md_path.read_text(encoding="utf-8").split("## Targets", 1)[1].split("\n## ", 1)[0]
+    for verdicts in data["sections"].values():
+        for v in verdicts:
+            assert f"| {v['name']} | {v['wanted']} | {v['measured']} | {v['met_text']} |" in md_targets.replace(
+                "**", ""), v
     html = (out / "report.html").read_text(encoding="utf-8")
     shown = re.findall(r'<span (?:class="num" )?data-q="([^"]+)">([^<]*)</span>', html)
     unknown = sorted({key for key, _ in shown} - set(WHERE))
