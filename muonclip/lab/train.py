@@ -302,7 +302,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
                                                       or step + 1 == r.steps)
             before = [p.detach().clone() for p in hidden]
             tracked_before = {n: p.detach().clone() for n, p in tracked.items()} if spectra_step else {}
-            optimizer.step(max_logits=clip_logits) if clip_logits is not None else optimizer.step()
+            if clip_logits is None:
+                optimizer.step()
+            else:  # the window's maxima instead of this batch's (model.max_logits)
+                optimizer.step(max_logits=clip_logits)
             lr_hidden = next((g["lr"] for g in optimizer.param_groups if _is_hidden(g)),
                              optimizer.param_groups[0]["lr"])
             with torch.no_grad():
