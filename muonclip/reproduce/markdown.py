@@ -25,7 +25,8 @@ def _seeds_line(seeds: int) -> str:
             "and the trade-off sweep run on one seed.".replace("\\u2013", "\u2013"))
 
 
-def _header(quick: bool, threads: int, elapsed: float, seeds: int = 1, workers: int = 1) -> list[str]:
+def _header(quick: bool, threads: int, elapsed: float, seeds: int = 1, workers: int = 1,
+            trained: tuple[int, float] = (0, 0.0)) -> list[str]:
     lines = ["# MuonClip at CPU scale: measured results", ""]
     if quick:
         lines += ["> **Quick mode**: shortened runs (`QUICK_OVERRIDES`), smoke-test only. The targets below are "
@@ -41,7 +42,8 @@ def _header(quick: bool, threads: int, elapsed: float, seeds: int = 1, workers: 
         "",
         f"Environment: {cpu_model()}, torch {torch.__version__}, Python {platform.python_version()}, "
         f"{platform.machine()}, torch threads = {threads} per run ({workers} worker process(es)). Wall time of "
-        f"this report: {elapsed / 60:.1f} min (cached runs are reused by config hash). CPU capability "
+        f"this report: {elapsed / 60:.1f} min (cached runs are reused by config hash); training time of its "
+        f"{trained[0]} runs, each by its own clock: {trained[1] / 60:.0f} min in all. CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}, bf16 flags: {', '.join(precision.cpu_bf16_flags()) or 'none'}. "
         f"Every run's Newton-Schulz is {presets.NS_PRECISION} (`presets.NS_PRECISION`), whatever the CPU's bf16 "
         f"support, except the guardrail's arms in the other precisions of `presets.GUARDRAIL_NS_PRECISIONS` "
@@ -108,9 +110,10 @@ def _reproducibility(determinism: tuple[str, float, list[str]] | None) -> list[s
 
 def build_report(sections: list[Section], *, quick: bool, threads: int, fig_rel: str,
                  determinism: tuple[str, float, list[str]] | None, elapsed: float, sae_md: str | None,
-                 seeds: int = 1, workers: int = 1) -> str:
-    """The text of results.md (figures are referenced as ``fig_rel/STEM.png``)."""
-    lines = _header(quick, threads, elapsed, seeds, workers) + _targets(sections)
+                 seeds: int = 1, workers: int = 1, trained: tuple[int, float] = (0, 0.0)) -> str:
+    """The text of results.md (figures are referenced as ``fig_rel/STEM.png``); ``trained``: how
+    many runs the page reads and their training seconds summed."""
+    lines = _header(quick, threads, elapsed, seeds, workers, trained) + _targets(sections)
     for sec in sections:
         lines += _section(sec, fig_rel, seeds)
     lines += _missed(sections) + _reproducibility(determinism)

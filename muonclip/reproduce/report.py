@@ -21,7 +21,7 @@ from ..lab.rundir import read_metrics
 from ..lab.train import train
 from ..sae import DEFAULT, QUICK
 from ..sae.compare import compare_markdown
-from . import presets
+from . import presets, results
 from .markdown import build_report
 from .pool import train_missing
 from .runner import Runner, ensure_sae_compare
@@ -127,7 +127,9 @@ def main(*, only: list[str] | None = None, quick: bool = False, cache: str | Pat
                 fig.savefig(fig_dir / f"{stem}.png", dpi=110)
         text = build_report(sections, quick=quick, threads=torch.get_num_threads(), fig_rel="figures",
                             determinism=det, elapsed=time.perf_counter() - t0, sae_md=sae_md,
-                            seeds=seeds, workers=workers)
+                            seeds=seeds, workers=workers,
+                            trained=(len(rn.runs), sum(results.training_seconds(r.data.rows)
+                                                       for r in rn.runs.values())))
     finally:
         torch.set_num_threads(before)
     for sec in sections:  # the data files the page names (e.g. data/guardrail-seeds.json)

@@ -253,3 +253,11 @@ def test_tradeoff_edge_on_loss_looks_for_a_rise():
     result = {"seq_lens": [16], "taus": [0.5, 1.0, None], "cells": cells}
     assert results.tradeoff_edge(result, "eval_loss", margin=0.01) == {16: 0.5}
     assert results.tradeoff_edge(result, "eval_loss", margin=0.001) == {16: 1.0}
+
+
+def test_training_seconds_is_the_last_rows_clock():
+    from muonclip.reproduce.results import training_seconds
+
+    assert training_seconds([]) == 0.0
+    assert training_seconds([{"step": 1, "time": 0.5}, {"step": 2, "time": 1.25}]) == 1.25
+    assert training_seconds([{"step": 1}]) == 0.0  # a log without a clock

@@ -59,6 +59,7 @@ from .logits import (
     peak_step,
     series,
     total_steps,
+    training_seconds,
 )
 from .losses import (
     best_val_loss,
@@ -108,7 +109,8 @@ from .targets import (
 )
 
 __all__ = [
-    "series", "is_finite_run", "total_steps", "initial_max_logit", "peak_max_logit", "peak_step", "final_max_logit",
+    "series", "is_finite_run", "total_steps", "training_seconds",
+    "initial_max_logit", "peak_max_logit", "peak_step", "final_max_logit",
     "growth_factor", "first_step_above", "n_heads", "heads_above", "head_peaks", "heads_peak_above", "head_names",
     "layer_max_series", "clip_steps", "first_clip_step", "last_clip_step", "heads_ever_clipped",
     "fraction_heads_ever_clipped", "max_after_first_clip", "clip_slack", "cap_ratio", "peaks_over_tau",

@@ -12,8 +12,8 @@ import numpy as np
 
 __all__ = [
     "series", "is_finite_run", "total_steps", "initial_max_logit", "peak_max_logit", "peak_step", "final_max_logit",
-    "growth_factor", "first_step_above", "n_heads", "heads_above", "head_peaks", "heads_peak_above", "head_names",
-    "layer_max_series",
+    "growth_factor", "first_step_above", "training_seconds", "n_heads", "heads_above", "head_peaks",
+    "heads_peak_above", "head_names", "layer_max_series",
 ]
 
 
@@ -43,6 +43,11 @@ def is_finite_run(rows: Sequence[Row]) -> bool:
 def total_steps(rows: Sequence[Row]) -> int:
     """Length of the run in optimizer steps: the last row's step (0 for no rows)."""
     return int(rows[-1]["step"]) if rows else 0
+
+
+def training_seconds(rows: Sequence[Row]) -> float:
+    """The run's own training clock at its last row (seconds; a resumed run counts every leg)."""
+    return float(rows[-1].get("time") or 0.0) if rows else 0.0
 
 
 def initial_max_logit(rows: Sequence[Row]) -> float:
