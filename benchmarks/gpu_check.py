@@ -143,10 +143,7 @@ def _log_spaced(batch: int, n: int, m: int, device: torch.device) -> torch.Tenso
 
 
 def _run_form(X: torch.Tensor, dtype: torch.dtype, form: str, ws) -> torch.Tensor:
-    kind, restarts = ns_forms.parse_form(form)
-    if kind == "gram":
-        return ns_forms.quintic_gram(X, NS5, ws, restarts or ())
-    return ns_forms.quintic_direct(X, NS5, ws, symmetric=triton_ns.symmetric_product_fn(X))
+    return ns_forms.run_form(X, NS5, *ns_forms.parse_form(form), ws)
 
 
 def _torch_muon_ns(G: torch.Tensor) -> torch.Tensor | None:
@@ -215,8 +212,7 @@ def _ns_shape_row(batch: int, rows: int, cols: int, device: torch.device, repeat
             continue
         entry = _with_triton(triton, lambda dtype=dtype, form=form: _time_form(G, inputs, refs, dtype, form,
                                                                                 device, repeats))
-        kind, restarts = ns_forms.parse_form(form)
-        flops = batch * ns_forms.ns_flops(n, m, gram=kind == "gram", restarts=restarts or ())
+        flops = batch * ns_forms.form_flops(n, m, form, NS5, dtype)
         entry.update(gflop=_sig(flops / 1e9), tflops=_sig(flops / (entry["iterate_ms"] / 1e3) / 1e12))
         row["forms"][name] = entry
     if _torch_muon_ns(G[:1]) is not None:

@@ -279,9 +279,7 @@ def breakdown(repeats: int, precisions: list[str], d: int = 256, layers: int = 4
             def ns(x0=x0, ws=ws, kind=kind, restarts=restarts):
                 x = ws.get("x0", x0.shape, x0)
                 x.copy_(x0)
-                if kind == "gram":
-                    return ns_forms.quintic_gram(x, NS5, ws, restarts or ())
-                return ns_forms.quintic_direct(x, NS5, ws)
+                return ns_forms.run_form(x, NS5, kind, restarts, ws)
             phases[f"ns_{p}_{shape[0]}x{shape[1]}_{form}"] = ns
         low = [t.to(dtype) for t in updates]
         phases[f"apply_{p}"] = (lambda low=low: muon_math.apply_updates_(params, low, 0.02, 0.1))

@@ -45,10 +45,10 @@ from .tokenizer import load_tokenizer, make_tokenizer
 
 __all__ = ["train", "build_model", "build_optimizer", "load_dataset", "TRACKED_MATRICES"]
 
-# Matrices whose spectra are tracked in every layer (suffixes of parameter names).
 # A MuonClip step whose max logit is at least this share of tau re-reads its batch after the update
 # (``max_logits_after``), as a clipping step does: one forward more, only near tau.
 AFTER_PASS_NEAR = 0.9
+# Matrices whose spectra are tracked in every layer (suffixes of parameter names).
 TRACKED_MATRICES = ("attn.q_proj.weight", "attn.k_proj.weight", "attn.o_proj.weight", "mlp.up_proj.weight")
 
 
@@ -319,7 +319,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
             # After a clip, or with a head within AFTER_PASS_NEAR of tau: the same batch again, so that
             # the next row's excess over tau splits into this update's growth and the next batch's variation.
             near_tau = max_logit >= AFTER_PASS_NEAR * o.qk_clip_tau
-            after_clip = _max_logits_after_step(model, x, dctx) if clip_stats and (clip_stats.n_clipped or near_tau) \
+            after_clip = _read_max_logits(model, x, dctx) if clip_stats and (clip_stats.n_clipped or near_tau) \
                 else None
             row = {
                 "step": step + 1,
@@ -327,7 +327,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
                 "loss": lab_dist.mean_across(float(loss.detach()), dctx),
                 "lr": optimizer.param_groups[0]["lr"],
                 "max_logit": max_logit,
-                "max_logits": [[round(float(v), 5) for v in t] for t in max_logits],
+                "max_logits": _logged(max_logits),
                 "n_clipped": clip_stats.n_clipped if clip_stats else 0,
                 "min_gamma": clip_stats.min_gamma if clip_stats else 1.0,
                 "grad_norm": grad_norm,
@@ -336,9 +336,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
                 "time": prior_time + (time.perf_counter() - t_start),
             }
             if after_clip is not None:
-                row["max_logits_after"] = [[round(float(v), 5) for v in t] for t in after_clip]
+                row["max_logits_after"] = _logged(after_clip)
             if clip_logits is not None:  # what the clip acted on: the max over the window
-                row["max_logits_clip"] = [[round(float(v), 5) for v in t] for t in clip_logits]
+                row["max_logits_clip"] = _logged(clip_logits)
             if spectra_step:
                 summary = {}
                 for name, p in tracked.items():
@@ -391,6 +391,12 @@ def _finished_summary(run_dir: Path, cfg: TrainConfig, tokens: int) -> dict:
     return summary
 
 
+def _logged(per_layer: list[torch.Tensor]) -> list[list[float]]:
+    """Per-layer, per-head max logits as the metrics row keeps them (5 decimals; one copy to
+    the host per layer)."""
+    return [[round(v, 5) for v in t.tolist()] for t in per_layer]
+
+
 @torch.no_grad()
 def _window_max_logits(model: GPT, dataset, step: int, cfg: TrainConfig, dctx, device,
                        current: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -400,24 +406,24 @@ def _window_max_logits(model: GPT, dataset, step: int, cfg: TrainConfig, dctx, d
     of a few thousand tokens holds only now and then; the window shows how much of the cap's
     excess that is. The earlier batches come from ``dataset.batch_at``, so a resumed run reads
     the same ones. Costs W-1 forwards a step."""
-    out = [t.clone() for t in current]
+    out = list(current)
     r = cfg.run
     for back in range(1, cfg.optim.qk_clip_window):
         if step - back < 0:
             break
         x, _ = lab_dist.shard_batch(*dataset.batch_at(step - back, r.batch_size, cfg.model.seq_len), dctx)
-        model(x.to(device))  # training mode: the forward tracks max logits (no dropout, no RNG use)
-        out = [torch.maximum(a, b) for a, b in zip(out, lab_dist.max_across(model.max_logits(), dctx), strict=True)]
+        out = [torch.maximum(a, b) for a, b in zip(out, _read_max_logits(model, x.to(device), dctx), strict=True)]
     return out
 
 
 @torch.no_grad()
-def _max_logits_after_step(model: GPT, x: torch.Tensor, dctx) -> list[torch.Tensor]:
-    """Per-head max logits of the updated (and clipped) weights on the step's own batch.
+def _read_max_logits(model: GPT, x: torch.Tensor, dctx) -> list[torch.Tensor]:
+    """Per-head max logits of the model's current weights on batch ``x`` (all ranks' maximum).
 
-    Logged on clipping steps only: it shows where the clip put each head. The clip's scale is
-    computed from the forward before the update (as in K2), so a head lands on tau up to what
-    that same step's update moved it, and, in deeper layers, what the layers below changed.
+    After the update (``max_logits_after``, on clipping steps and steps near tau) it shows where
+    the clip put each head. The clip's scale is computed from the forward before the update (as
+    in K2), so a head lands on tau up to what that same step's update moved it, and, in deeper
+    layers, what the layers below changed.
     """
     model(x)  # training mode: the forward tracks max logits (no dropout, no RNG use)
     return lab_dist.max_across([t.clone() for t in model.max_logits()], dctx)

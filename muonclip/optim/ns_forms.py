@@ -363,7 +363,12 @@ def newton_schulz_batch(mats: Sequence[Tensor], coeffs: Sequence[Coeffs], impl: 
     kind, restarts = parse_form(resolve_form(n, m, impl, coeffs, dtype))
     if min(n, m) == 0:  # empty matrices (a zero-size layer) have empty directions
         return torch.zeros((sum(x.shape[0] for x in mats), n, m), dtype=dtype, device=mats[0].device)
-    X = normalized_batch(mats, dtype, norm_safety, ws)
+    return run_form(normalized_batch(mats, dtype, norm_safety, ws), coeffs, kind, restarts, ws)
+
+
+def run_form(X: Tensor, coeffs: Sequence[Coeffs], kind: str, restarts, ws: Workspace | None = None) -> Tensor:
+    """The iteration of an already normalised batch ``X`` in the form ``(kind, restarts)`` that
+    :func:`parse_form` returns (direct: with the Triton symmetric product where it applies)."""
     if kind == "gram":
         return quintic_gram(X, coeffs, ws, restarts or ())
     return quintic_direct(X, coeffs, ws, symmetric=triton_ns.symmetric_product_fn(X))

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...lab.train import AFTER_PASS_NEAR
 from .logits import Row, _num, heads_above
 
 __all__ = ["SlackEvent", "slack_events", "slack_decomposition"]
@@ -50,7 +51,7 @@ class SlackEvent:
         return math.log(self.growth) / total if total > 0 else None
 
 
-def slack_events(rows: Sequence[Row], tau: float, *, near: float = 0.9) -> list[SlackEvent]:
+def slack_events(rows: Sequence[Row], tau: float, *, near: float = AFTER_PASS_NEAR) -> list[SlackEvent]:
     """Every head at or above ``near`` x tau (on the same batch after step t's update and clip)
     at each step t with an after-pass whose next row is step t+1; clipped heads always included."""
     by_step = {int(r["step"]): r for r in rows}
