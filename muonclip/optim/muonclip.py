@@ -16,7 +16,7 @@ from . import distributed
 from . import functional as muon_math
 from .group_options import expert_flags, head_blocks, validate_group
 from .normuon import NORMUON_BETA2, normuon_directions_
-from .ns_forms import NS_IMPLS, Workspace, parse_form
+from .ns_forms import Workspace, check_impl
 from .optimizer_state import StateMixin, _state_dtype, check_plannable
 from .orthogonalizers import OrthogonalizerSpec
 from .qk_clip import (
@@ -180,10 +180,7 @@ class MuonClip(StateMixin):
             raise ValueError(f"Invalid momentum: {momentum}")
         if weight_decay < 0.0:
             raise ValueError(f"Invalid weight_decay: {weight_decay}")
-        if ns_impl not in NS_IMPLS and not ns_impl.startswith("gram@"):
-            raise ValueError(f"Unknown ns_impl {ns_impl!r}; choose from {NS_IMPLS} or 'gram@<iterations>'")
-        if ns_impl != "auto":
-            parse_form(ns_impl)
+        check_impl(ns_impl)
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"Invalid betas: {betas}")
         if eps < 0.0:

@@ -37,8 +37,8 @@ from . import triton_ns
 from .orthogonalizers import Coeffs
 
 __all__ = [
-    "NS_IMPLS", "DEFAULT_RESTARTS", "ACCEPTED_16BIT", "parse_form", "form_name", "form_flops", "accepted_forms",
-    "resolve_form", "ns_flops", "gram_is_cheaper",
+    "NS_IMPLS", "DEFAULT_RESTARTS", "ACCEPTED_16BIT", "check_impl", "parse_form", "form_name", "form_flops",
+    "accepted_forms", "resolve_form", "ns_flops", "gram_is_cheaper",
     "Workspace", "normalized_batch", "quintic_direct", "quintic_gram", "newton_schulz_batch",
 ]
 
@@ -84,6 +84,18 @@ def parse_form(form: str) -> tuple[str, tuple[int, ...] | None]:
             return "gram", restarts
     raise ValueError(f"unknown Newton-Schulz form {form!r}: expected 'auto', 'direct', 'gram' or "
                      "'gram@<iterations>' (restart after those iterations, increasing, e.g. 'gram@2,4'; 'gram@': none)")
+
+
+def check_impl(impl: str) -> None:
+    """Raise ``ValueError`` unless ``ns_impl`` is ``"auto"`` or a form :func:`parse_form` reads:
+    the one check of the option's spelling (whether a precision runs the form is
+    :func:`resolve_form`'s)."""
+    if impl == "auto":
+        return
+    try:
+        parse_form(impl)
+    except ValueError as err:
+        raise ValueError(f"ns_impl={impl!r}: {err}") from None
 
 
 def form_name(kind: str, restarts: Sequence[int] = ()) -> str:
@@ -160,8 +172,6 @@ def resolve_form(n: int, m: int, impl: str = "auto", coeffs: Sequence[Coeffs] | 
     if impl == "auto":
         options = accepted_forms(dtype)
         return min(options, key=lambda f: (form_flops(n, m, f, steps_coeffs, dtype), f != "direct"))
-    if impl not in NS_IMPLS and not impl.startswith("gram@"):
-        raise ValueError(f"unknown impl {impl!r}; expected one of {NS_IMPLS} or 'gram@<iterations>'")
     kind, restarts = parse_form(impl)
     if restarts is None:
         restarts = DEFAULT_RESTARTS.get(dtype, ())

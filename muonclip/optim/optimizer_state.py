@@ -22,7 +22,7 @@ from . import functional as muon_math
 from .group_options import expert_flags, head_blocks, label, validate_group
 from .normuon import second_moment_shape
 from .ns_auto import PRECISION_DTYPES, parse_plan, plan
-from .ns_forms import parse_form, resolve_form
+from .ns_forms import check_impl, parse_form, resolve_form
 from .orthogonalizers import resolve_orthogonalizer
 
 __all__ = ["StateMixin", "check_plannable"]
@@ -43,8 +43,7 @@ def _state_dtype(p: Tensor, key: str = "momentum_buffer") -> torch.dtype:
 def check_plannable(precision: str, impl: str) -> None:
     """Raise ``ValueError`` unless ``impl`` is a form name that ``precision`` runs (a 16-bit
     precision refuses the forms not measured as accurate as torch.optim.Muon's)."""
-    if impl != "auto":
-        parse_form(impl)
+    check_impl(impl)
     if precision in PRECISION_DTYPES:
         resolve_form(1, 2, impl, None, PRECISION_DTYPES[precision])
 
@@ -196,15 +195,16 @@ class StateMixin(Optimizer):
             unrecorded = self.__dict__.setdefault("_unrecorded_ns_plans", {})
             recorded = unrecorded.setdefault((id(group), request, len(group["params"])), [None] * len(group["params"]))
         index = {id(q): j for j, q in enumerate(group["params"])}
-        coeffs = self._schedule(group)
+        coeffs = None  # resolved only when a plan is missing: once all are recorded, a step plans nothing
         plans = []
         for p, stack, block in zip(params, flags, blocks, strict=True):
             j = index[id(p)]
             if recorded[j] is None:
+                coeffs = coeffs or self._schedule(group)
                 _, n, m = muon_math.block_dims(p.shape, stack, block)
                 recorded[j] = plan(n, m, group.get("ns_precision", "auto"), self.ns_impl, coeffs, p.device)
             plans.append(recorded[j])
-        if record:
+        if record and coeffs is not None:  # something was planned: record it (a new request starts a new list)
             group["ns_plans"], group["ns_request"] = recorded, request
         return plans
 

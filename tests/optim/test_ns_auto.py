@@ -192,6 +192,25 @@ def test_a_changed_request_is_planned_again(monkeypatch):
     assert opt.param_groups[0]["ns_request"] == "bf16/auto"
 
 
+def test_once_every_plan_is_recorded_a_step_plans_nothing(monkeypatch):
+    """The hot path: after the first step, a step reads the recorded plans; it neither plans
+    again nor replaces the recorded list."""
+    from muonclip.optim import optimizer_state
+
+    monkeypatch.setenv("MUONCLIP_NS_RATES", '{"fp32": 100}')
+    params = _model()
+    opt = MuonClip(params, lr=0.02)
+    _run(opt, params, 1)
+    recorded = opt.param_groups[0]["ns_plans"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("planned again")
+
+    monkeypatch.setattr(optimizer_state, "plan", refuse)
+    _run(opt, params, 2, start=1)
+    assert opt.param_groups[0]["ns_plans"] is recorded
+
+
 def test_a_malformed_saved_plan_is_refused_and_nothing_changes(monkeypatch):
     monkeypatch.setenv("MUONCLIP_NS_RATES", '{"fp32": 100}')
     params = _model()
