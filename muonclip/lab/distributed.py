@@ -16,6 +16,7 @@ unchanged bit for bit.
 """
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -32,8 +33,9 @@ from ..optim.distributed import all_reduce_max
 
 T = TypeVar("T")
 
-__all__ = ["LabDist", "NullLog", "from_env", "launched_rank", "rank0_first", "launch", "max_across", "mean_across",
-           "shard_batch", "shutdown", "strip_nproc", "torchrun_command", "wrap_model", "is_main"]
+__all__ = ["LabDist", "NullLog", "from_env", "join_process_group", "launched_rank", "rank0_first", "launch",
+           "max_across", "mean_across", "shard_batch", "shutdown", "strip_nproc", "torchrun_command", "wrap_model",
+           "is_main"]
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,22 @@ def from_env() -> LabDist | None:
         return None
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group(backend=backend())
+        join_process_group()
     return LabDist(rank=dist.get_rank(), world_size=dist.get_world_size(),
                    local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owns)
+
+
+def join_process_group() -> None:
+    """``init_process_group`` from torchrun's environment, so that :func:`shutdown` can end it.
+
+    ``torch._dynamo``, which DistributedDataParallel imports, keeps the default group alive
+    for the rest of the process when it is first imported after the group exists (torch
+    2.13: gloo's threads outlive ``destroy_process_group`` and the last reference); imported
+    before, it does not. So it is imported first.
+    """
+    import torch._dynamo  # noqa: F401  (see above)
+
+    dist.init_process_group(backend=backend())
 
 
 def resolve_device(name: str, ctx: LabDist | None) -> torch.device:
@@ -91,10 +106,25 @@ def resolve_device(name: str, ctx: LabDist | None) -> torch.device:
     return device
 
 
-def shutdown(ctx: LabDist | None) -> None:
-    if ctx is not None and ctx.owns_group:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def shutdown(ctx: LabDist | None, peers_done: bool = True) -> None:
+    """Leave the process group (when :func:`from_env` created it) so that its threads end here.
+
+    ``destroy_process_group`` only drops torch's own references to the group: gloo's worker
+    threads run on while anything else holds it (the DDP wrapper's reducer does) and end at
+    interpreter exit, where a worker that drops the last reference to a tensor needs the GIL
+    that finalisation has taken away. Rank 1 of a 2-process CLI run aborted so once, 1 in a
+    few hundred runs ("terminate called without an active exception", SIGABRT). So, with the
+    caller's DDP wrapper already dropped: a barrier when every rank has finished
+    (``peers_done``; after an error the peers may be inside another collective, and torchrun
+    stops them), destroy, then collect the garbage that still holds the group, which joins
+    its threads while Python still runs.
+    """
+    if ctx is None or not ctx.owns_group or not dist.is_initialized():
+        return
+    if peers_done:
+        dist.barrier()  # gloo's barrier also waits for this rank's earlier collectives
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def wrap_model(model: torch.nn.Module, ctx: LabDist | None) -> torch.nn.Module:

@@ -282,6 +282,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
     t_start = time.perf_counter()
     row: dict[str, Any] = {}
     val_loss = None
+    finished = False  # every step and the last checkpoint done: the ranks may wait for each other at the end
     try:
         for step in range(start_step, end_step):
             t0 = time.perf_counter()
@@ -359,10 +360,12 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
             if checkpoint_due(step, r.checkpoint_every, end_step):
                 checkpoint(step + 1)
         checkpoint(end_step)
+        finished = True
     finally:
         bar.close()
         metrics.close()
-        lab_dist.shutdown(dctx)
+        del net  # the DDP wrapper holds the process group, whose threads must end before Python does
+        lab_dist.shutdown(dctx, peers_done=finished)
     summary = _summary(run_dir, cfg, end_step, tokens, row, val_loss)
     if end_step == r.steps and main:
         atomic_write_json(run_dir / SUMMARY_FILE, summary)
