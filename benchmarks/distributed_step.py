@@ -50,11 +50,12 @@ def _worker(rank: int, world: int, setup: str, args, out: str) -> None:
     import torch.distributed as dist
 
     from muonclip import MuonClip, build_param_groups
+    from muonclip.lab.distributed import join_process_group, leave_process_group
     from muonclip.optim import distributed as optim_dist
 
     torch.set_num_threads(args.threads_per_proc)
-    dist.init_process_group("gloo", init_method=f"file://{out}.rdzv", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=300))
+    join_process_group(backend="gloo", init_method=f"file://{out}.rdzv", rank=rank, world_size=world,
+                       timeout=datetime.timedelta(seconds=300))
     model = _model(args)
     n_params = sum(p.numel() for p in model.parameters())
     if setup == "muonclip_fsdp2":
@@ -114,7 +115,7 @@ def _worker(rank: int, world: int, setup: str, args, out: str) -> None:
         }
         res["total_bytes"] = res["optimizer_bytes"] + res["grad_sync_bytes"]
         Path(out).write_text(json.dumps(res))
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 def run(setup: str, world: int, args) -> dict:

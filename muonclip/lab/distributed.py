@@ -33,9 +33,9 @@ from ..optim.distributed import all_reduce_max
 
 T = TypeVar("T")
 
-__all__ = ["LabDist", "NullLog", "from_env", "join_process_group", "launched_rank", "rank0_first", "launch",
-           "max_across", "mean_across", "shard_batch", "shutdown", "strip_nproc", "torchrun_command", "wrap_model",
-           "is_main"]
+__all__ = ["LabDist", "NullLog", "from_env", "join_process_group", "launched_rank", "leave_process_group",
+           "rank0_first", "launch", "max_across", "mean_across", "shard_batch", "shutdown", "strip_nproc",
+           "torchrun_command", "wrap_model", "is_main"]
 
 
 @dataclass(frozen=True)
@@ -77,17 +77,19 @@ def from_env() -> LabDist | None:
                    local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owns)
 
 
-def join_process_group() -> None:
-    """``init_process_group`` from torchrun's environment, so that :func:`shutdown` can end it.
+def join_process_group(**init_kwargs) -> None:
+    """``init_process_group`` (torchrun's environment, or ``init_kwargs``; the backend of
+    :func:`backend` unless given), in a way that :func:`leave_process_group` can end.
 
-    ``torch._dynamo``, which DistributedDataParallel imports, keeps the default group alive
-    for the rest of the process when it is first imported after the group exists (torch
+    ``torch._dynamo``, which DistributedDataParallel and FSDP import, keeps the default group
+    alive for the rest of the process when it is first imported after the group exists (torch
     2.13: gloo's threads outlive ``destroy_process_group`` and the last reference); imported
     before, it does not. So it is imported first.
     """
     import torch._dynamo  # noqa: F401  (see above)
 
-    dist.init_process_group(backend=backend())
+    init_kwargs.setdefault("backend", backend())
+    dist.init_process_group(**init_kwargs)
 
 
 def resolve_device(name: str, ctx: LabDist | None) -> torch.device:
@@ -106,25 +108,31 @@ def resolve_device(name: str, ctx: LabDist | None) -> torch.device:
     return device
 
 
-def shutdown(ctx: LabDist | None, peers_done: bool = True) -> None:
-    """Leave the process group (when :func:`from_env` created it) so that its threads end here.
+def leave_process_group(peers_done: bool = True) -> None:
+    """Destroy the default process group so that its threads end here, not at exit.
 
     ``destroy_process_group`` only drops torch's own references to the group: gloo's worker
-    threads run on while anything else holds it (the DDP wrapper's reducer does) and end at
+    threads run on while anything else holds it (a DDP wrapper's reducer does) and end at
     interpreter exit, where a worker that drops the last reference to a tensor needs the GIL
     that finalisation has taken away. Rank 1 of a 2-process CLI run aborted so once, 1 in a
     few hundred runs ("terminate called without an active exception", SIGABRT). So, with the
-    caller's DDP wrapper already dropped: a barrier when every rank has finished
-    (``peers_done``; after an error the peers may be inside another collective, and torchrun
-    stops them), destroy, then collect the garbage that still holds the group, which joins
-    its threads while Python still runs.
+    group joined by :func:`join_process_group` and the caller's DDP wrapper already dropped:
+    a barrier when every rank has finished (``peers_done``; after an error the peers may be
+    inside another collective, and torchrun stops them), destroy, then collect the garbage
+    that still holds the group, which joins its threads while Python still runs.
     """
-    if ctx is None or not ctx.owns_group or not dist.is_initialized():
+    if not dist.is_initialized():
         return
     if peers_done:
         dist.barrier()  # gloo's barrier also waits for this rank's earlier collectives
     dist.destroy_process_group()
     gc.collect()
+
+
+def shutdown(ctx: LabDist | None, peers_done: bool = True) -> None:
+    """:func:`leave_process_group` when :func:`from_env` created the group."""
+    if ctx is not None and ctx.owns_group:
+        leave_process_group(peers_done)
 
 
 def wrap_model(model: torch.nn.Module, ctx: LabDist | None) -> torch.nn.Module:

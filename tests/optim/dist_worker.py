@@ -432,21 +432,26 @@ _NEEDS_OUTDIR = {"dcp", "dcp_sched", "fsdp_variants", "none_grad"}
 def _worker(rank: int, world: int, outdir: str, scenarios: list[str]) -> None:
     import torch.distributed as dist
 
+    from muonclip.lab.distributed import join_process_group, leave_process_group
+
     torch.set_num_threads(1)
     out = Path(outdir)
-    dist.init_process_group("gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=PG_TIMEOUT))
+    # joined and left as the lab does, so gloo's threads end before the process does
+    join_process_group(backend="gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=world,
+                       timeout=datetime.timedelta(seconds=PG_TIMEOUT))
+    finished = False
     try:
         for name in scenarios:
             fn = SCENARIOS[name]
             res = fn(rank, world, out) if name in _NEEDS_OUTDIR else fn(rank, world)
             torch.save(res, out / f"{name}_rank{rank}.pt")
             dist.barrier()
+        finished = True
     except Exception:
         traceback.print_exc()
         raise
     finally:
-        dist.destroy_process_group()
+        leave_process_group(peers_done=finished)
 
 
 def main(argv: list[str]) -> int:
