@@ -172,6 +172,7 @@ def resolve_form(n: int, m: int, impl: str = "auto", coeffs: Sequence[Coeffs] | 
     if impl == "auto":
         options = accepted_forms(dtype)
         return min(options, key=lambda f: (form_flops(n, m, f, steps_coeffs, dtype), f != "direct"))
+    check_impl(impl)
     kind, restarts = parse_form(impl)
     if restarts is None:
         restarts = DEFAULT_RESTARTS.get(dtype, ())
