@@ -112,14 +112,16 @@ def leave_process_group(peers_done: bool = True) -> None:
     """Destroy the default process group so that its threads end here, not at exit.
 
     ``destroy_process_group`` only drops torch's own references to the group: gloo's worker
-    threads run on while anything else holds it (a DDP wrapper's reducer does) and end at
-    interpreter exit, where a worker that drops the last reference to a tensor needs the GIL
-    that finalisation has taken away. Rank 1 of a 2-process CLI run aborted so once, 1 in a
-    few hundred runs ("terminate called without an active exception", SIGABRT). So, with the
-    group joined by :func:`join_process_group` and the caller's DDP wrapper already dropped:
-    a barrier when every rank has finished (``peers_done``; after an error the peers may be
-    inside another collective, and torchrun stops them), destroy, then collect the garbage
-    that still holds the group, which joins its threads while Python still runs.
+    threads run on while anything else holds it (a live DDP wrapper's reducer; torch._dynamo,
+    see :func:`join_process_group`) and end at interpreter exit, where a worker that drops the
+    last reference to a tensor needs the GIL that finalisation has taken away. Rank 1 of a
+    2-process CLI run aborted so once ("terminate called without an active exception",
+    SIGABRT); 70 reruns, 30 of them on a loaded machine, did not repeat it, but both ranks'
+    gloo threads were alive at exit. So, with the group joined by :func:`join_process_group`
+    and the caller's DDP wrapper dropped: a barrier when every rank has finished
+    (``peers_done``; after an error the peers may be inside another collective, and torchrun
+    stops them), destroy, then collect the garbage that still holds the group, which joins
+    its threads while Python still runs.
     """
     if not dist.is_initialized():
         return
