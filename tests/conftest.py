@@ -36,6 +36,24 @@ def load_benchmark():
     return load
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_ns_rates_measurement(tmp_path_factory):
+    """One measurement of the Newton-Schulz product rates for the whole session: every test
+    process and every process it starts (workers, torchrun ranks, CLI runs) reads the same
+    JSON cache, so ``ns_precision="auto"`` plans alike in a parent and its children. Probed
+    separately on a native-bf16 CPU at 2 threads, the bf16/fp32 ratio was seen anywhere from
+    0.1 to 2.2 while other processes ran, and a parent and its worker could pick different
+    precisions for the same run. A test may still point the variable elsewhere."""
+    if os.environ.get("MUONCLIP_NS_RATES_CACHE"):
+        yield
+        return
+    os.environ["MUONCLIP_NS_RATES_CACHE"] = str(tmp_path_factory.mktemp("ns_rates") / "rates.json")
+    try:
+        yield
+    finally:
+        os.environ.pop("MUONCLIP_NS_RATES_CACHE", None)
+
+
 @pytest.fixture(autouse=True)
 def _imitate_cpu_bf16_flags(monkeypatch):
     """``MUONCLIP_TEST_CPU_BF16_FLAGS=amx_bf16`` runs the suite as on a CPU with native bf16,

@@ -122,6 +122,9 @@ def test_sigkill_then_resume_has_each_row_once(tmp_path, corpus_file):
             break
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the run wrote fewer than 40 metrics rows in 120 s: too slow to test a kill after a checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = len(read_metrics(run / "metrics.jsonl"))

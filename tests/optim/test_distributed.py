@@ -284,14 +284,16 @@ def test_cli_nproc_2_matches_one_process(cli_runs):
 def test_cli_nproc_2_in_bf16_moves_less_than_bf16_itself(cli_runs):
     """With bf16 Newton-Schulz, two ranks may round a few NS inputs the other way. Its band:
     what distribution moves (1 vs 2 processes, both bf16) stays below what the precision moves
-    (bf16 vs fp32, one process), step by step after the first update. Measured on a Zen 4:
-    1.0e-5 against 4.0e-5 at step 3."""
+    (bf16 vs fp32, one process), the largest of each over the steps after the first update (a
+    signed loss difference can cancel on any one step). Measured on a Zen 4: 1.0e-5 against
+    4.0e-5 at step 3."""
     ref, one, two = cli_runs(1, "fp32"), cli_runs(1, "bf16"), cli_runs(2, "bf16")
     eps = torch.finfo(torch.float32).eps
-    precision_gap = 0.0  # the largest bf16-vs-fp32 gap so far: a signed difference can cancel on one step
-    for r, a, b in zip(ref, one, two, strict=True):
+    for a, b in zip(one, two, strict=True):
         assert a["tokens"] == b["tokens"]
-        precision_gap = max(precision_gap, abs(a["loss"] - r["loss"]))
-        # step 1 has no update yet: only the loss reduction differs
-        floor = FP32_REDUCTION_ULPS * eps * abs(a["loss"])
-        assert abs(a["loss"] - b["loss"]) <= max(floor, precision_gap), (r, a, b)
+    # step 1 has no update yet: only the loss reduction differs
+    assert abs(one[0]["loss"] - two[0]["loss"]) <= FP32_REDUCTION_ULPS * eps * abs(one[0]["loss"]), (one[0], two[0])
+    distribution_gap = max(abs(a["loss"] - b["loss"]) for a, b in zip(one[1:], two[1:], strict=True))
+    precision_gap = max(abs(a["loss"] - r["loss"]) for a, r in zip(one[1:], ref[1:], strict=True))
+    floor = FP32_REDUCTION_ULPS * eps * max(abs(a["loss"]) for a in one[1:])
+    assert distribution_gap <= max(floor, precision_gap), (distribution_gap, precision_gap, one, two, ref)

@@ -74,12 +74,18 @@ def test_every_accepted_16bit_form_is_as_accurate_as_torch_optim_muon(shape, dty
     """The acceptance rule, side by side: on each input class, the form's distance to a float64
     NS5 is within the peer's (1.1x: bf16 direct measured 0.74x to 1.01x the peer's on
     these shapes; fp16 direct and Gram restarted after 2 measured 0.1x to 0.25x, 64 x 256:
-    Gaussian 3.4e-3 against 1.5e-2, singular values to 1e-6 2.3e-2 against 0.19)."""
-    for name, G in input_classes(*shape, seed=sum(shape)).items():
-        ref = reference_orthogonalize(G, expert_stack=True)
-        ours = _rel(_fast(G, form, dtype), ref)
-        peer = _rel(_peer_torch_muon(G), ref)
-        assert ours < 1.1 * peer, (name, ours, peer)
+    Gaussian 3.4e-3 against 1.5e-2, singular values to 1e-6 2.3e-2 against 0.19). Summed over
+    three draws per class: bf16 direct and the peer run the same iteration, so a single draw
+    puts them within rounding noise of each other, which moves with the CPU's kernels."""
+    ours: dict[str, float] = {}
+    peer: dict[str, float] = {}
+    for draw in range(3):
+        for name, G in input_classes(*shape, seed=sum(shape) + 1000 * draw).items():
+            ref = reference_orthogonalize(G, expert_stack=True)
+            ours[name] = ours.get(name, 0.0) + _rel(_fast(G, form, dtype), ref)
+            peer[name] = peer.get(name, 0.0) + _rel(_peer_torch_muon(G), ref)
+    for name in ours:
+        assert ours[name] < 1.1 * peer[name], (name, ours[name], peer[name])
 
 
 def test_bf16_gram_with_restarts_is_refused_because_it_loses_to_the_peer():

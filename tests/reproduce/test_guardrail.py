@@ -3,10 +3,20 @@ of each effect on a shortened run (seeded, so deterministic).
 
 Shortened: batch 8 x T 64, 200 steps (the cosine schedule compressed to that length), tau 20.
 Against the same model and tau trained the dragon's way (no weight decay, constant lr), weight
-decay + cosine clips fewer heads, leaves less one-step slack after the first clip and ends at
-tau. Measured (seed 0, 1 thread): 12/32 vs 25/32 heads ever clipped; max logit after the first
-clip 1.189 vs 1.701 tau; last row 0.99 vs 1.10 tau; about 30 s for both runs on the shared
-2-core machine. (The full-size numbers are in the preset's comment and the doc.)
+decay + cosine clips fewer heads, leaves less one-step slack after the first clip and ends
+nearer tau. About 30 s for both runs on the shared 2-core machine. (The full-size numbers are
+in the preset's comment and the doc.)
+
+The bands hold on every seed and kernel set measured, not only the test's seed 0: seeds 0-3,
+each with the native AVX512 kernels and capped to AVX2 (a Zen 4, 1 thread; weight decay +
+cosine against no decay):
+
+    heads ever clipped (of 32)      6-12        against 23-27
+    max after the first clip        1.186-1.382 tau against 1.615-2.079 tau
+    max of the last 20 rows         1.007-1.129 tau against 1.179-1.437 tau
+
+Seed 0 gives the same weight-decay run under both kernel sets (12 heads, 1.189, 1.021 tau);
+seed 2 shows why the bands are not seed 0's: 1.38 tau after the first clip, 1.13 at the end.
 """
 from __future__ import annotations
 
@@ -57,18 +67,21 @@ def test_guardrail_clips_fewer_heads_and_holds_tau(quick_runs):
     n = results.n_heads(rows)
     k2_heads = len(results.heads_ever_clipped(rows, QUICK_TAU))
     steep_heads = len(results.heads_ever_clipped(steep, QUICK_TAU))
-    # weight decay + cosine: far fewer heads clipped than the no-decay recipe (measured 12 vs 25 of 32)
-    assert k2_heads <= n // 2
-    assert steep_heads >= 0.7 * n
+    # weight decay + cosine: far fewer heads clipped than the no-decay recipe, which clips most
+    # (module docstring: 6-12 against 23-27 of 32; at most 0.48x)
+    assert k2_heads <= n // 2 < steep_heads
     assert k2_heads < 0.6 * steep_heads
-    # ... and less one-step slack after the first clip (measured 1.189 vs 1.701 tau)
+    # ... and less one-step slack after the first clip: its excess over tau is at most 0.42x the
+    # no-decay run's, and at least 0.39 tau below it
     cap = results.max_after_first_clip(rows) / QUICK_TAU
     steep_cap = results.max_after_first_clip(steep) / QUICK_TAU
-    assert 1.0 <= cap < 1.3
-    assert cap < steep_cap - 0.2
-    # held: the last 20 rows sit at tau (measured at most 1.021 tau; the last row 0.99 tau and the
-    # no-decay run's 1.10 tau), whether or not the very last step clipped
-    assert max(r["max_logit"] for r in rows[-20:]) < 1.05 * QUICK_TAU
+    assert 1.0 <= cap < steep_cap - 0.2
+    assert cap - 1.0 < 0.6 * (steep_cap - 1.0)
+    # held: the last 20 rows stay near tau, below the no-decay run's (at most 1.129 against at
+    # least 1.179 tau), whether or not the very last step clipped
+    held = max(r["max_logit"] for r in rows[-20:]) / QUICK_TAU
+    assert held < 1.2
+    assert held < max(r["max_logit"] for r in steep[-20:]) / QUICK_TAU
 
 
 def test_clipped_heads_land_on_tau_on_their_own_batch(quick_runs):
