@@ -47,15 +47,21 @@ def _model(args):
 
 
 def _worker(rank: int, world: int, setup: str, args, out: str) -> None:
-    import torch.distributed as dist
-
-    from muonclip import MuonClip, build_param_groups
     from muonclip.lab.distributed import join_process_group, leave_process_group
-    from muonclip.optim import distributed as optim_dist
 
     torch.set_num_threads(args.threads_per_proc)
     join_process_group(backend="gloo", init_method=f"file://{out}.rdzv", rank=rank, world_size=world,
                        timeout=datetime.timedelta(seconds=300))
+    _time_setup(rank, world, setup, args, out)  # its model, wrapper and optimizer are gone when it returns
+    leave_process_group()
+
+
+def _time_setup(rank: int, world: int, setup: str, args, out: str) -> None:
+    import torch.distributed as dist
+
+    from muonclip import MuonClip, build_param_groups
+    from muonclip.optim import distributed as optim_dist
+
     model = _model(args)
     n_params = sum(p.numel() for p in model.parameters())
     if setup == "muonclip_fsdp2":
@@ -115,7 +121,6 @@ def _worker(rank: int, world: int, setup: str, args, out: str) -> None:
         }
         res["total_bytes"] = res["optimizer_bytes"] + res["grad_sync_bytes"]
         Path(out).write_text(json.dumps(res))
-    leave_process_group()
 
 
 def run(setup: str, world: int, args) -> dict:

@@ -38,12 +38,13 @@ def load_benchmark():
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_ns_rates_measurement(tmp_path_factory):
-    """One measurement of the Newton-Schulz product rates for the whole session: every test
-    process and every process it starts (workers, torchrun ranks, CLI runs) reads the same
-    JSON cache, so ``ns_precision="auto"`` plans alike in a parent and its children. Probed
-    separately on a native-bf16 CPU at 2 threads, the bf16/fp32 ratio was seen anywhere from
-    0.1 to 2.2 while other processes ran, and a parent and its worker could pick different
-    precisions for the same run. A test may still point the variable elsewhere."""
+    """One measurement of the Newton-Schulz product rates per thread count for the whole
+    session: the test process and every process it starts (workers, torchrun ranks, CLI runs)
+    share one JSON cache, so ``ns_precision="auto"`` plans alike wherever the thread count is
+    the same (the cache is keyed by it; processes that start together on an empty cache still
+    probe on their own). Probed separately on a native-bf16 CPU at 2 threads, the bf16/fp32
+    ratio was seen anywhere from 0.1 to 2.2 while other processes ran. Tests that compare runs
+    across processes pin ``ns_precision`` as well. A test may point the variable elsewhere."""
     if os.environ.get("MUONCLIP_NS_RATES_CACHE"):
         yield
         return

@@ -126,7 +126,7 @@ def leave_process_group(peers_done: bool = True) -> None:
     if not dist.is_initialized():
         return
     if peers_done:
-        dist.barrier()  # gloo's barrier also waits for this rank's earlier collectives
+        dist.barrier()  # on gloo it also waits for this rank's earlier (gloo) collectives
     dist.destroy_process_group()
     gc.collect()
 

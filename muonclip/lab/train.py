@@ -209,6 +209,15 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
            stop_after: int | None) -> dict[str, Any]:
     torch.manual_seed(cfg.run.seed)
     dctx = lab_dist.from_env()  # None unless launched by torchrun with WORLD_SIZE > 1
+    try:
+        return _train_joined(cfg, run_dir, resume, progress, log, stop_after, dctx)
+    finally:
+        # after an error before the training loop's own shutdown (a no-op once the group is left)
+        lab_dist.shutdown(dctx, peers_done=False)
+
+
+def _train_joined(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None, log: Callable[[str], None],
+                  stop_after: int | None, dctx: lab_dist.LabDist | None) -> dict[str, Any]:
     main = lab_dist.is_main(dctx)  # only rank 0 writes to run_dir
     device = lab_dist.resolve_device(cfg.run.device, dctx)
     model = build_model(cfg).to(device)  # built on the CPU first: the same init on every device

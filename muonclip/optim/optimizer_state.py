@@ -200,7 +200,8 @@ class StateMixin(Optimizer):
         for p, stack, block in zip(params, flags, blocks, strict=True):
             j = index[id(p)]
             if recorded[j] is None:
-                coeffs = coeffs or self._schedule(group)
+                if coeffs is None:
+                    coeffs = self._schedule(group)
                 _, n, m = muon_math.block_dims(p.shape, stack, block)
                 recorded[j] = plan(n, m, group.get("ns_precision", "auto"), self.ns_impl, coeffs, p.device)
             plans.append(recorded[j])

@@ -71,8 +71,8 @@ def test_guardrail_clips_fewer_heads_and_holds_tau(quick_runs):
     # (module docstring: 6-12 against 23-27 of 32; at most 0.48x)
     assert k2_heads <= n // 2 < steep_heads
     assert k2_heads < 0.6 * steep_heads
-    # ... and less one-step slack after the first clip: its excess over tau is at most 0.42x the
-    # no-decay run's, and at least 0.39 tau below it
+    # ... and less one-step slack after the first clip: paired per seed and kernel set, its excess
+    # over tau was at most 0.42x the no-decay run's, and at least 0.39 tau below it
     cap = results.max_after_first_clip(rows) / QUICK_TAU
     steep_cap = results.max_after_first_clip(steep) / QUICK_TAU
     assert 1.0 <= cap < steep_cap - 0.2
