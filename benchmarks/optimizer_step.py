@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from muonclip.optim import ns_auto, ns_forms
 from muonclip.optim.orthogonalizers import ORTHOGONALIZERS
 from muonclip.optim.precision import cpu_bf16_flags, cpu_has_native_bf16, resolve_ns_dtype
 from muonclip.optim.reference import input_classes, reference_orthogonalize
+from muonclip.reproduce.sections.base import cpu_model
 
 # Capping the ISA reproduces other CPUs (facts §5); both oneDNN (matmul) and ATen honour these.
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
@@ -91,16 +91,6 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 7) -> float:
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def plan_gflop(shapes, plans: dict[str, str]) -> dict[str, float]:

@@ -30,7 +30,7 @@ from .ns_forms import accepted_forms, form_flops, resolve_form
 from .orthogonalizers import Coeffs
 
 __all__ = ["PRECISION_DTYPES", "choose", "plan", "parse_plan", "candidate_precisions", "measured_rates", "probe",
-           "probe_all"]
+           "probe_all", "probe_rates", "PROBE_BUDGET_S", "PROBE_MAX_ROUNDS"]
 
 PRECISION_DTYPES = _precision.PRECISION_DTYPES
 # On equal cost, the more accurate precision (fp16 has 3 more mantissa bits than bf16).
@@ -145,7 +145,7 @@ def _cached_rates(key: str) -> dict[str, float] | None:
 
 
 def _probe_and_store(key: str, device: torch.device) -> dict[str, float]:
-    rates = probe_all([PRECISION_DTYPES[name] for name in candidate_precisions(device)], device)
+    rates, _ = probe_rates([PRECISION_DTYPES[name] for name in candidate_precisions(device)], device)
     rates = {name: rates[PRECISION_DTYPES[name]] for name in candidate_precisions(device)}
     path = os.environ.get(_CACHE_ENV)
     if path:
@@ -180,16 +180,53 @@ def probe(dtype: torch.dtype, device: torch.device | str, repeats: int = 3) -> f
     return probe_all([dtype], device, repeats, budget_s=0.0)[dtype]
 
 
+# How long the probe may go on drawing rounds: at least 5 rounds, more while under 15 ms (up to
+# 25), once per process and thread count. A longer budget does not see through sustained load:
+# benchmarks/auto_probe.py on a 2-core Zen 4 at 2 threads, both cores kept busy by two other
+# processes, 60 probes each (docs/data/auto_probe-zen4-2026-12.json): a bf16/fp32 ratio below 1.3
+# (quiet: 1.79-2.38, median 2.02) in 21 probes of 15 ms and 19 of 100 ms; probe_rates' one-thread
+# fallback, in none (1.64-2.66, median 2.05; it fell back in 21, and in none of 60 quiet probes).
+PROBE_BUDGET_S = 0.015
+PROBE_MAX_ROUNDS = 25
+
+
+def probe_rates(dtypes: Sequence[torch.dtype], device: torch.device | str) -> tuple[dict[torch.dtype, float], int]:
+    """What ``auto`` plans from: :func:`probe_all` on this process's threads, and the thread
+    count the rates are from.
+
+    On a CPU with more than one thread it also probes on one thread. If some precision then ran
+    slower on all threads than on one, the many-thread rounds were preempted (a parallel
+    product waits for its slowest thread, so on a busy machine both precisions take about a
+    time slice and their ratio comes out near 1, whatever it is), and the one-thread rates are
+    used: their ratio, which is what decides, holds on a busy machine (on the Zen 4 of
+    :data:`PROBE_BUDGET_S`'s note, 2.02-2.46 on one busy thread against 2.13 quiet, and 2.05 on
+    two quiet threads). On a quiet machine many threads beat one and nothing changes.
+    """
+    device = torch.device(device)
+    rates = probe_all(dtypes, device)
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        return rates, threads
+    try:
+        torch.set_num_threads(1)
+        single = probe_all(dtypes, device)
+    finally:
+        torch.set_num_threads(threads)
+    if any(rates[d] < single[d] for d in dtypes):
+        return single, 1
+    return rates, threads
+
+
 def probe_all(dtypes: Sequence[torch.dtype], device: torch.device | str, repeats: int = 5,
-              budget_s: float = 0.015, max_repeats: int = 25) -> dict[torch.dtype, float]:
+              budget_s: float = PROBE_BUDGET_S, max_repeats: int = PROBE_MAX_ROUNDS) -> dict[torch.dtype, float]:
     """GFLOP/s of a batched product in each of ``dtypes`` on ``device``: the fastest of
     ``repeats`` or more rounds after a warm-up (the fastest, because a shared machine only ever
     slows a run down), the dtypes timed in turn within each round so that a change in load
     reaches all of them alike (only their ratio decides). Rounds go on while the probe has
     used less than ``budget_s`` (up to ``max_repeats``): on a loaded machine most rounds are
-    preempted, and more of them make an undisturbed one likelier. The size is a
-    Newton-Schulz-like 4 x (256 x 256) on a CPU (~0.13 GFLOP, about 1 ms at fp32 rates) and
-    4 x (1024 x 1024) on a GPU."""
+    preempted, and more of them make an undisturbed one likelier (:data:`PROBE_BUDGET_S`). The
+    size is a Newton-Schulz-like 4 x (256 x 256) on a CPU (~0.13 GFLOP, about 1 ms at fp32
+    rates) and 4 x (1024 x 1024) on a GPU."""
     device = torch.device(device)
     size = 1024 if device.type == "cuda" else 256
     g = torch.Generator(device=device).manual_seed(0)

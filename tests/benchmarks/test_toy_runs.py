@@ -133,3 +133,20 @@ def test_optimizer_step_toy_run(load_benchmark):
     assert set(child["not_timed"]) == {"muonclip_bf16", "muonclip_fp16"}  # emulated there
     assert set(child["auto_plans"].values()) <= {"fp32:direct", "fp32:gram"} and list(child["auto_rates"]) == ["fp32"]
     assert child["torch_muon_over_muonclip_auto"] > 0
+
+
+def test_auto_probe_reports_each_budget_quiet_and_loaded(load_benchmark, capsys):
+    """The probe-steadiness benchmark at toy size: one JSON line, every budget under both
+    conditions, positive rates for each candidate precision, ratios where a 16-bit one is a
+    candidate."""
+    result = load_benchmark("auto_probe").main(["--probes", "2", "--budgets", "0,0.005", "--load", "1"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert result["candidates"][0] == "fp32" and result["cpu_capability"]
+    for condition in ("quiet", "loaded"):
+        assert set(result[condition]) == {"0", "0.005", "auto"}
+        assert 0 <= result[condition]["auto"]["from_one_thread"] <= 2
+        for block in result[condition].values():
+            assert set(block["gflops"]) == set(result["candidates"])
+            assert all(0 < s["min"] <= s["median"] <= s["max"] for s in block["gflops"].values())
+            assert ("ratio" in block) == ("ratios" in block) == (len(result["candidates"]) > 1)
+            assert all(len(r) == 2 for r in block.get("ratios", {}).values())

@@ -92,10 +92,10 @@ def test_candidates_follow_native_flags_and_caps(monkeypatch):
 def test_rates_are_probed_once_per_process_and_cached_in_a_json_file(monkeypatch, tmp_path):
     calls = []
 
-    def fake_probe(dtypes, device, repeats=5, budget_s=0.015, max_repeats=25):
+    def fake_probe(dtypes, device):
         calls.extend(dtypes)
-        return {d: {torch.float32: 100.0, torch.bfloat16: 250.0}[d] for d in dtypes}
-    monkeypatch.setattr(ns_auto, "probe_all", fake_probe)
+        return {d: {torch.float32: 100.0, torch.bfloat16: 250.0}[d] for d in dtypes}, 2
+    monkeypatch.setattr(ns_auto, "probe_rates", fake_probe)
     monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
@@ -115,6 +115,26 @@ def test_rates_are_probed_once_per_process_and_cached_in_a_json_file(monkeypatch
     monkeypatch.setattr(torch, "get_num_threads", lambda: 97)  # other threads, other rates
     ns_auto.measured_rates("cpu")
     assert len(calls) == 6
+
+
+@pytest.mark.parametrize("preempted", [False, True])
+def test_the_probe_falls_back_to_one_thread_only_where_many_ran_slower(monkeypatch, preempted):
+    """On a busy machine a parallel product waits for a descheduled thread, so both precisions
+    come out near one time slice: the many-thread rates are then slower than one thread's, and
+    the one-thread rates (whose ratio holds under load) are used. Quiet, nothing changes."""
+    def fake_probe(dtypes, device, *args, **kwargs):
+        one = torch.get_num_threads() == 1
+        fp32, bf16 = (90.0, 190.0) if one else ((17.0, 17.0) if preempted else (200.0, 400.0))
+        return {torch.float32: fp32, torch.bfloat16: bf16}
+    monkeypatch.setattr(ns_auto, "probe_all", fake_probe)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rates, threads = ns_auto.probe_rates([torch.float32, torch.bfloat16], "cpu")
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+    assert (threads, rates[torch.bfloat16] / rates[torch.float32]) == ((1, 190 / 90) if preempted else (2, 2.0))
 
 
 def test_pinned_rates_are_checked(monkeypatch):
