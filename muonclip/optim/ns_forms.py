@@ -86,14 +86,14 @@ def parse_form(form: str) -> tuple[str, tuple[int, ...] | None]:
                      "'gram@<iterations>' (restart after those iterations, increasing, e.g. 'gram@2,4'; 'gram@': none)")
 
 
-def check_impl(impl: str) -> None:
-    """Raise ``ValueError`` unless ``ns_impl`` is ``"auto"`` or a form :func:`parse_form` reads:
-    the one check of the option's spelling (whether a precision runs the form is
-    :func:`resolve_form`'s)."""
+def check_impl(impl: str) -> tuple[str, tuple[int, ...] | None] | None:
+    """Raise ``ValueError`` unless ``ns_impl`` is ``"auto"`` (None) or a form :func:`parse_form`
+    reads (its parse): the one check of the option's spelling (whether a precision runs the form
+    is :func:`resolve_form`'s)."""
     if impl == "auto":
-        return
+        return None
     try:
-        parse_form(impl)
+        return parse_form(impl)
     except ValueError as err:
         raise ValueError(f"ns_impl={impl!r}: {err}") from None
 
@@ -172,8 +172,7 @@ def resolve_form(n: int, m: int, impl: str = "auto", coeffs: Sequence[Coeffs] | 
     if impl == "auto":
         options = accepted_forms(dtype)
         return min(options, key=lambda f: (form_flops(n, m, f, steps_coeffs, dtype), f != "direct"))
-    check_impl(impl)
-    kind, restarts = parse_form(impl)
+    kind, restarts = check_impl(impl)
     if restarts is None:
         restarts = DEFAULT_RESTARTS.get(dtype, ())
     name = form_name(kind, restarts)

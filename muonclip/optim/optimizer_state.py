@@ -43,9 +43,10 @@ def _state_dtype(p: Tensor, key: str = "momentum_buffer") -> torch.dtype:
 def check_plannable(precision: str, impl: str) -> None:
     """Raise ``ValueError`` unless ``impl`` is a form name that ``precision`` runs (a 16-bit
     precision refuses the forms not measured as accurate as torch.optim.Muon's)."""
-    check_impl(impl)
     if precision in PRECISION_DTYPES:
-        resolve_form(1, 2, impl, None, PRECISION_DTYPES[precision])
+        resolve_form(1, 2, impl, None, PRECISION_DTYPES[precision])  # checks the spelling too
+    else:
+        check_impl(impl)
 
 
 def _check_plans(group: dict) -> None:

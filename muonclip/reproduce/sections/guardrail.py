@@ -186,9 +186,10 @@ def _slack_cause(per_seed: Sequence[dict[str, Any]], caps: Sequence[float | None
     and which part a typical row above tau owes its excess to. A cap above the worst covered
     row is a row the after-pass did not cover: every head was below ``AFTER_PASS_NEAR`` x tau the
     step before, so that head jumped by more than cap / AFTER_PASS_NEAR in one step."""
-    uncovered = [c for d, c in zip(per_seed, caps, strict=True) if c is not None and c > d["worst"]["excess"] * _LOGGED]
-    by_batch = sum(d["worst"]["batch"] > d["worst"]["growth"] or (c is not None and c > d["worst"]["excess"] * _LOGGED)
-                   for d, c in zip(per_seed, caps, strict=True))
+    batch_larger = [d["worst"]["batch"] > d["worst"]["growth"] for d in per_seed]
+    jumped = [c is not None and c > d["worst"]["excess"] * _LOGGED for d, c in zip(per_seed, caps, strict=True)]
+    uncovered = [c for c, j in zip(caps, jumped, strict=True) if j]
+    by_batch = sum(b or j for b, j in zip(batch_larger, jumped, strict=True))
     worst = "; ".join(f"{ratio(d['worst']['excess'])} = {ratio(d['worst']['growth'])} x {ratio(d['worst']['batch'])}"
                       for d in per_seed)
     jumps = (f" On {len(uncovered)} seed(s) the cap ({', '.join(ratio(c) for c in uncovered)} tau) is a row that "
@@ -200,7 +201,7 @@ def _slack_cause(per_seed: Sequence[dict[str, Any]], caps: Sequence[float | None
     cause = ("the next batch (a token pair the clipping step's batch lacked), not the update the clip cannot see"
              if 2 * by_batch > len(per_seed) else "the update the clip cannot see, not the next batch")
     return (f"**Cause, measured:** the worst covered row owes more to its batch factor than to its growth on "
-            f"{sum(d['worst']['batch'] > d['worst']['growth'] for d in per_seed)} of {len(per_seed)} seeds "
+            f"{sum(batch_larger)} of {len(per_seed)} seeds "
             f"(excess = growth x batch per seed: {worst}).{jumps}{typical} So on "
             f"{by_batch if 2 * by_batch > len(per_seed) else len(per_seed) - by_batch} of {len(per_seed)} seeds the "
             f"cap is set by {cause}.")
